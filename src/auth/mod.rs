@@ -1,0 +1,406 @@
+//! The credential: obtaining a token, caching it, refreshing it ahead of expiry, and
+//! invalidating it when Medusa rejects it.
+//!
+//! One background task, the *login driver*, performs every login; requests never log in
+//! themselves. That gives single flight for free (there is only one driver), makes a login
+//! immune to client cancellation (no request owns it), and bounds logins by the driver's
+//! backoff instead of by traffic.
+//!
+//! ```text
+//!   request ──token()──► moka cache hit ──► Arc<Token>           (steady state: no waiting)
+//!                          │ miss
+//!                          ├─ driver backing off ──► Err(NoToken + Retry-After)   (503 at once)
+//!                          └─ notify driver, wait for the status to change ──► cache
+//!   driver: loop { sleep until refresh_at or demand; login (login_timeout); cache or back off }
+//! ```
+
+pub mod backoff;
+pub mod jwt;
+pub mod login;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::config::AuthSettings;
+use crate::error::ProxyError;
+use backoff::Backoff;
+use login::{Login, LoginError};
+
+/// A token as cached: the ready-made header value plus what the lifecycle needs.
+pub struct Token {
+    /// Identity of this token within the process, for "invalidate only if still cached".
+    pub id: u64,
+    /// `Bearer <jwt>`, marked sensitive, built once per token and shared by every request.
+    pub header: HeaderValue,
+    pub user_id: Option<String>,
+    pub received: Instant,
+    pub lifetime: Duration,
+    /// Requests stop using the token at this instant (the cache entry expires).
+    pub usable_until: Instant,
+    /// The driver starts renewing at this instant, ahead of `usable_until`.
+    pub refresh_at: Instant,
+    /// Set once Medusa accepted the token for a request (a non-401 answer).
+    verified: AtomicBool,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("id", &self.id)
+            .field("header", &"Bearer ***")
+            .field("user_id", &self.user_id)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// Record that Medusa accepted this token. Cheap: a load first, so the cache line is
+    /// written once per token rather than once per request.
+    pub fn mark_verified(&self) {
+        if !self.verified.load(Ordering::Relaxed) {
+            self.verified.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Relaxed)
+    }
+}
+
+/// When to stop using a token and when to start renewing it, from its lifetime.
+///
+/// The token is used until `lifetime - margin`, where margin is `refresh_before_expiry`, or
+/// half the lifetime when the lifetime is shorter than twice that (a 2 s token with a 60 s
+/// margin would otherwise never be usable, and every request would log in). Renewal starts a
+/// quarter of the usable time earlier (at most 5 minutes), so steady-state requests never
+/// wait for a login.
+pub fn schedule(lifetime: Duration, refresh_before_expiry: Duration) -> (Duration, Duration) {
+    let margin = refresh_before_expiry.min(lifetime / 2);
+    let usable_for = lifetime - margin;
+    let lead = (usable_for / 4).min(Duration::from_secs(300));
+    (usable_for, usable_for - lead)
+}
+
+/// What the driver is doing, as seen by requests and readiness.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// A login is in flight (or about to be): waiting for it is worthwhile.
+    LoggingIn,
+    /// The last login succeeded.
+    Ready,
+    /// The last login failed; the next attempt is at `until`.
+    BackingOff { until: Instant, error: LoginError },
+}
+
+struct Inner {
+    cache: Cache<(), Arc<Token>>,
+    status: watch::Sender<Phase>,
+    demand: Notify,
+    login: Login,
+    settings: AuthSettings,
+    backoff: Backoff,
+    next_id: AtomicU64,
+    /// A token was rejected before Medusa ever accepted it: the next login waits for backoff.
+    rejected_unverified: AtomicBool,
+    logins: AtomicU64,
+}
+
+/// The token cache and its login driver. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+struct TokenExpiry;
+
+impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &(),
+        token: &Arc<Token>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(token.usable_until.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl TokenManager {
+    /// Create the manager; call [`TokenManager::spawn_driver`] to start logging in.
+    pub fn new(login: Login, settings: AuthSettings) -> TokenManager {
+        TokenManager::with_backoff(login, settings, Backoff::default())
+    }
+
+    pub fn with_backoff(login: Login, settings: AuthSettings, backoff: Backoff) -> TokenManager {
+        let cache = Cache::builder()
+            .max_capacity(4)
+            .expire_after(TokenExpiry)
+            .build();
+        let (status, _) = watch::channel(Phase::LoggingIn);
+        TokenManager {
+            inner: Arc::new(Inner {
+                cache,
+                status,
+                demand: Notify::new(),
+                login,
+                settings,
+                backoff,
+                next_id: AtomicU64::new(1),
+                rejected_unverified: AtomicBool::new(false),
+                logins: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Start the login driver. It stops when `shutdown` fires.
+    pub fn spawn_driver(&self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.drive(shutdown).await })
+    }
+
+    /// The current token, waiting for an in-flight login if none is cached. Never starts a
+    /// login of its own: it asks the driver, so a burst of N callers causes one login.
+    pub async fn token(&self) -> Result<Arc<Token>, ProxyError> {
+        if let Some(t) = self.inner.cache.get(&()).await {
+            return Ok(t);
+        }
+        self.wait_for_token().await
+    }
+
+    async fn wait_for_token(&self) -> Result<Arc<Token>, ProxyError> {
+        // Bounded: the driver's login is bounded by login_timeout.
+        let deadline = Instant::now() + self.inner.settings.login_timeout + Duration::from_secs(1);
+        let mut rx = self.inner.status.subscribe();
+        loop {
+            // Subscribe (above) before looking at the cache, so an insert that happens after
+            // the miss is followed by a status change we will see.
+            if let Some(t) = self.inner.cache.get(&()).await {
+                return Ok(t);
+            }
+            if let Phase::BackingOff { until, error } = &*rx.borrow_and_update() {
+                let now = Instant::now();
+                if *until > now {
+                    return Err(ProxyError::NoToken {
+                        reason: format!("login failed: {error}"),
+                        retry_after: *until - now,
+                    });
+                }
+            }
+            self.inner.demand.notify_one();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => {
+                    return Err(ProxyError::NoToken {
+                        reason: "timed out waiting for a login to Medusa".into(),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Medusa answered 401 to a request sent with `token`. Drop it only if it is still the
+    /// cached one: a burst of 401s, or a late 401 for a token already replaced, must not
+    /// throw away a newer token (and cause another login).
+    pub async fn reject(&self, token: &Token) {
+        let id = token.id;
+        let result = self
+            .inner
+            .cache
+            .entry(())
+            .and_compute_with(|cur| async move {
+                match cur {
+                    Some(e) if e.value().id == id => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
+            if !token.is_verified() {
+                self.inner
+                    .rejected_unverified
+                    .store(true, Ordering::Relaxed);
+            }
+            tracing::info!(
+                token_id = id,
+                "Medusa rejected the cached token; logging in again"
+            );
+            self.inner.demand.notify_one();
+        }
+    }
+
+    /// Drop the cached token (e.g. the credential changed) and log in again.
+    pub async fn invalidate(&self) {
+        self.inner.cache.invalidate(&()).await;
+        self.inner.demand.notify_one();
+    }
+
+    pub fn login(&self) -> &Login {
+        &self.inner.login
+    }
+
+    /// Successful logins so far.
+    pub fn logins(&self) -> u64 {
+        self.inner.logins.load(Ordering::Relaxed)
+    }
+
+    /// `Ok(remaining usable time)` while a token is held, else the reason.
+    pub async fn readiness(&self) -> Result<Duration, String> {
+        if let Some(t) = self.inner.cache.get(&()).await {
+            return Ok(t.usable_until.saturating_duration_since(Instant::now()));
+        }
+        Err(match &*self.inner.status.borrow() {
+            Phase::BackingOff { error, .. } => format!("login failed: {error}"),
+            Phase::LoggingIn | Phase::Ready => "no token yet: logging in to Medusa".to_owned(),
+        })
+    }
+
+    async fn drive(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut failures: u32 = 0;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            // Sleep while a token is held and not yet due for renewal.
+            if let Some(t) = self.inner.cache.get(&()).await {
+                if Instant::now() < t.refresh_at {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.refresh_at) => {}
+                        _ = self.inner.demand.notified() => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
+            } else if self
+                .inner
+                .rejected_unverified
+                .swap(false, Ordering::Relaxed)
+            {
+                // The previous login produced a token Medusa would not accept: logging in
+                // again at once could loop; back off like a failed login.
+                failures += 1;
+                if self
+                    .back_off(&mut failures, LoginError::TokenRejected, &mut shutdown)
+                    .await
+                {
+                    return;
+                }
+                continue;
+            }
+            let renewing = self.inner.cache.contains_key(&());
+            if !renewing {
+                self.inner.status.send_replace(Phase::LoggingIn);
+            }
+            match self.login_once().await {
+                Ok(token) => {
+                    failures = 0;
+                    tracing::info!(
+                        flavor = self.inner.login.flavor().as_str(),
+                        kind = if renewing { "refresh" } else { "login" },
+                        lifetime_s = token.lifetime.as_secs(),
+                        refresh_in_s = token
+                            .refresh_at
+                            .saturating_duration_since(token.received)
+                            .as_secs(),
+                        user_id = token.user_id.as_deref().unwrap_or("-"),
+                        "obtained a Medusa token"
+                    );
+                    self.inner.cache.insert((), token).await;
+                    self.inner.logins.fetch_add(1, Ordering::Relaxed);
+                    self.inner.status.send_replace(Phase::Ready);
+                }
+                Err(error) => {
+                    failures += 1;
+                    if self.back_off(&mut failures, error, &mut shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish the failure and sleep the backoff. Returns true on shutdown.
+    async fn back_off(
+        &self,
+        failures: &mut u32,
+        error: LoginError,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let delay = self
+            .inner
+            .backoff
+            .delay(*failures, error.is_bad_credentials());
+        let until = Instant::now() + delay;
+        tracing::warn!(
+            error = %error,
+            kind = error.kind(),
+            attempt = *failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "login to Medusa failed"
+        );
+        self.inner
+            .status
+            .send_replace(Phase::BackingOff { until, error });
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => false,
+            _ = shutdown.changed() => true,
+        }
+    }
+
+    async fn login_once(&self) -> Result<Arc<Token>, LoginError> {
+        let timeout = self.inner.settings.login_timeout;
+        let secret = tokio::time::timeout(timeout, self.inner.login.login())
+            .await
+            .map_err(|_| LoginError::Timeout(timeout))??;
+        let received = Instant::now();
+        let info = jwt::inspect(secret.expose(), self.inner.settings.default_token_lifetime)
+            .map_err(|e| match e {
+                jwt::JwtError::NotJwt => LoginError::BadResponse("the token is not a JWT"),
+                jwt::JwtError::NoLifetime => {
+                    LoginError::BadResponse("the token is already expired")
+                }
+            })?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+            .map_err(|_| LoginError::BadResponse("token is not a header value"))?;
+        header.set_sensitive(true);
+        let (usable_for, refresh_after) =
+            schedule(info.lifetime, self.inner.settings.refresh_before_expiry);
+        Ok(Arc::new(Token {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            header,
+            user_id: info.user_id,
+            received,
+            lifetime: info.lifetime,
+            usable_until: received + usable_for,
+            refresh_at: received + refresh_after,
+            verified: AtomicBool::new(false),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_keeps_margin_and_renews_early() {
+        let (use_for, refresh) = schedule(Duration::from_secs(86400), Duration::from_secs(60));
+        assert_eq!(use_for, Duration::from_secs(86340));
+        assert_eq!(refresh, Duration::from_secs(86340 - 300));
+        // Shorter than the margin: half the lifetime, never zero.
+        let (use_for, refresh) = schedule(Duration::from_secs(3), Duration::from_secs(60));
+        assert_eq!(use_for, Duration::from_millis(1500));
+        assert_eq!(refresh, Duration::from_millis(1125));
+        let (use_for, refresh) = schedule(Duration::from_secs(100), Duration::from_secs(10));
+        assert_eq!(use_for, Duration::from_secs(90));
+        assert_eq!(refresh, Duration::from_millis(67500));
+    }
+}

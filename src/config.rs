@@ -1,0 +1,466 @@
+//! Configuration: raw TOML structs (unknown keys rejected) -> [`Settings::from_toml`] -> typed,
+//! validated [`Settings`]. Every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use serde::Deserialize;
+
+use crate::secret::SecretSource;
+
+/// A config problem, naming the key (or file) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}", path = .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}", path = .path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+// ---- raw layer: exactly what the file may say -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    upstream: Option<RawUpstream>,
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    ops: RawOps,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    flavor: Option<String>,
+    email: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    refresh_before_expiry: Option<String>,
+    login_timeout: Option<String>,
+    default_token_lifetime: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: Option<String>,
+}
+
+// ---- typed layer -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub upstream: UpstreamSettings,
+    pub auth: AuthSettings,
+    pub ops: OpsSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// The URL as configured, for messages.
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of the base URL without a trailing slash ("" for none).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this; keep it below Medusa's keep-alive
+    /// timeout (Node's default is 5 s) so a request never lands on a connection the server
+    /// is closing.
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Medusa v1: `POST /admin/auth/token` -> `{access_token}`.
+    V1,
+}
+
+impl Flavor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::V1 => "v1",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub flavor: Flavor,
+    pub email: String,
+    pub password: SecretSource,
+    pub refresh_before_expiry: Duration,
+    pub login_timeout: Duration,
+    pub default_token_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpsSettings {
+    pub listen: SocketAddr,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:7001";
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::from_toml(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate. Secrets are not loaded here (see [`SecretSource::load`]).
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("<config>"),
+            // toml's message names the unknown or mistyped key and shows the line.
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+
+        let proxy = ProxySettings {
+            listen: addr("proxy.listen", raw.proxy.listen.as_deref(), DEFAULT_LISTEN)?,
+            shutdown_grace: duration(
+                "proxy.shutdown_grace",
+                raw.proxy.shutdown_grace.as_deref(),
+                "25s",
+            )?,
+        };
+
+        let up = raw
+            .upstream
+            .ok_or_else(|| invalid("upstream", "the [upstream] table is required"))?;
+        let url = up.url.ok_or_else(|| {
+            invalid(
+                "upstream.url",
+                "is required (Medusa's base URL, e.g. \"http://127.0.0.1:9000\")",
+            )
+        })?;
+        let (scheme, authority, base_path) = parse_base_url(&url)?;
+        let upstream = UpstreamSettings {
+            url,
+            scheme,
+            authority,
+            base_path,
+            connect_timeout: duration(
+                "upstream.connect_timeout",
+                up.connect_timeout.as_deref(),
+                "5s",
+            )?,
+            request_timeout: duration(
+                "upstream.request_timeout",
+                up.request_timeout.as_deref(),
+                "60s",
+            )?,
+            pool_idle_timeout: duration(
+                "upstream.pool_idle_timeout",
+                up.pool_idle_timeout.as_deref(),
+                "4s",
+            )?,
+        };
+
+        let a = raw
+            .auth
+            .ok_or_else(|| invalid("auth", "the [auth] table is required"))?;
+        let flavor = match a.flavor.as_deref() {
+            None | Some("v1") => Flavor::V1,
+            Some(other) => {
+                return Err(invalid(
+                    "auth.flavor",
+                    format!("unknown flavor {other:?}; supported: \"v1\""),
+                ));
+            }
+        };
+        let email = a
+            .email
+            .filter(|e| !e.trim().is_empty())
+            .ok_or_else(|| invalid("auth.email", "is required for flavor \"v1\""))?;
+        let password = match (a.password_env, a.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "auth.password_env",
+                    "set exactly one of auth.password_env and auth.password_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "auth.password_env",
+                    "one of auth.password_env or auth.password_file is required",
+                ));
+            }
+            (Some(var), None) if var.is_empty() => {
+                return Err(invalid(
+                    "auth.password_env",
+                    "must name an environment variable",
+                ));
+            }
+            (Some(var), None) => SecretSource::Env(var),
+            (None, Some(path)) => SecretSource::File(path),
+        };
+        let auth = AuthSettings {
+            flavor,
+            email,
+            password,
+            refresh_before_expiry: duration(
+                "auth.refresh_before_expiry",
+                a.refresh_before_expiry.as_deref(),
+                "60s",
+            )?,
+            login_timeout: nonzero(
+                "auth.login_timeout",
+                duration("auth.login_timeout", a.login_timeout.as_deref(), "10s")?,
+            )?,
+            default_token_lifetime: nonzero(
+                "auth.default_token_lifetime",
+                duration(
+                    "auth.default_token_lifetime",
+                    a.default_token_lifetime.as_deref(),
+                    "1h",
+                )?,
+            )?,
+        };
+
+        let ops = OpsSettings {
+            listen: addr("ops.listen", raw.ops.listen.as_deref(), DEFAULT_OPS_LISTEN)?,
+        };
+        if ops.listen == proxy.listen && proxy.listen.port() != 0 {
+            return Err(invalid("ops.listen", "must differ from proxy.listen"));
+        }
+        nonzero("upstream.request_timeout", upstream.request_timeout)?;
+        nonzero("upstream.connect_timeout", upstream.connect_timeout)?;
+
+        Ok(Settings {
+            proxy,
+            upstream,
+            auth,
+            ops,
+        })
+    }
+}
+
+fn addr(key: &'static str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = value.unwrap_or(default);
+    v.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{v:?} is not an IP:port address (e.g. \"127.0.0.1:7000\" or \"[::1]:7000\")"),
+        )
+    })
+}
+
+/// Durations are strings with units ("500ms", "30s", "5m", "1h"): a bare number is ambiguous.
+pub fn duration(
+    key: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default);
+    humantime::parse_duration(v.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{v:?} is not a duration with a unit, like \"30s\" or \"5m\" ({e})"),
+        )
+    })
+}
+
+fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn parse_base_url(url: &str) -> Result<(Scheme, Authority, String), ConfigError> {
+    let key = "upstream.url";
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => {
+            return Err(invalid(
+                key,
+                "https upstreams are not supported yet; use http:// (TLS to Medusa is planned)",
+            ));
+        }
+        Some(other) => {
+            return Err(invalid(
+                key,
+                format!("scheme {other:?} is not supported; use http://"),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                key,
+                format!("{url:?} has no scheme; write e.g. \"http://127.0.0.1:9000\""),
+            ));
+        }
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| invalid(key, format!("{url:?} has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            key,
+            "must not contain user info; credentials belong in [auth]",
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(key, "must not contain a query string"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok((scheme, authority, base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[upstream]
+url = "http://127.0.0.1:9000"
+[auth]
+email = "admin@example.com"
+password_env = "PW"
+"#;
+
+    fn err(text: &str) -> String {
+        Settings::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.proxy.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.ops.listen.to_string(), DEFAULT_OPS_LISTEN);
+        assert_eq!(s.proxy.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(s.auth.refresh_before_expiry, Duration::from_secs(60));
+        assert_eq!(s.auth.default_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(s.upstream.authority.as_str(), "127.0.0.1:9000");
+        assert_eq!(s.upstream.base_path, "");
+        assert_eq!(s.auth.password, SecretSource::Env("PW".into()));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&format!(
+            "{MINIMAL}\n[ops]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"
+        ));
+        assert!(e.contains("lisen"), "{e}");
+        let e = err(&MINIMAL.replace("[auth]", "[auth]\npasword_env = \"X\""));
+        assert!(e.contains("pasword_env"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[extra]\n"));
+        assert!(e.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (MINIMAL.replace("http://127", "ftp://127"), "upstream.url"),
+            (
+                MINIMAL.replace("http://127.0.0.1:9000", "127.0.0.1:9000"),
+                "upstream.url",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\nlogin_timeout = \"10\""),
+                "auth.login_timeout",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\nlogin_timeout = \"0s\""),
+                "auth.login_timeout",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\nflavor = \"v9\""),
+                "auth.flavor",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\npassword_file = \"/x\""),
+                "auth.password_env",
+            ),
+            (
+                MINIMAL.replace("password_env = \"PW\"", ""),
+                "auth.password_env",
+            ),
+            (
+                MINIMAL.replace("email = \"admin@example.com\"", ""),
+                "auth.email",
+            ),
+            (
+                format!("[proxy]\nlisten = \"localhost\"\n{MINIMAL}"),
+                "proxy.listen",
+            ),
+            (
+                format!("[proxy]\nshutdown_grace = \"soon\"\n{MINIMAL}"),
+                "proxy.shutdown_grace",
+            ),
+            (
+                MINIMAL.replace("9000\"", "9000\"\nrequest_timeout = \"1 fortnight\""),
+                "upstream.request_timeout",
+            ),
+            (
+                "[auth]\nemail=\"a\"\npassword_env=\"P\"".to_owned(),
+                "upstream",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(&text);
+            assert!(e.contains(key), "expected {key} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn base_path_is_kept_without_trailing_slash() {
+        let s = Settings::from_toml(&MINIMAL.replace(":9000\"", ":9000/medusa/\"")).unwrap();
+        assert_eq!(s.upstream.base_path, "/medusa");
+    }
+}

@@ -1,0 +1,14 @@
+//! medusa-auth-proxy: an authenticating reverse proxy for the Medusa admin API.
+//!
+//! Module map (dependencies point down):
+//! `app` -> `proxy`, `ops` -> `auth` -> `upstream` -> `config`, `error`, `secret`; `server`.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ops;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod upstream;

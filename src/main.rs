@@ -1,0 +1,183 @@
+//! CLI: parse arguments, initialise logging, load the config, run; map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use medusa_auth_proxy::app;
+use medusa_auth_proxy::auth::jwt;
+use medusa_auth_proxy::auth::login::Login;
+use medusa_auth_proxy::config::Settings;
+use medusa_auth_proxy::server::Drained;
+use medusa_auth_proxy::upstream::Upstream;
+
+/// Authenticating reverse proxy for the Medusa admin API: tools talk plain HTTP to it, it
+/// logs in to Medusa and injects the admin token. Tools never hold a credential.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "MEDUSA_AUTH_PROXY_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config file and that every secret resolves.
+    Check {
+        /// Also log in to Medusa once and print the token's remaining lifetime (never the token).
+        #[arg(long)]
+        login: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let Some(path) = cli.config else {
+        eprintln!("error: --config FILE is required (or set MEDUSA_AUTH_PROXY_CONFIG)");
+        return ExitCode::from(2);
+    };
+    let settings = match Settings::load(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(settings)),
+        Command::Check { login } => runtime.block_on(check(settings, login)),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(settings: Settings) -> ExitCode {
+    let grace = settings.proxy.shutdown_grace;
+    let running = match app::start(settings).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = wait_for_signal().await;
+    tracing::info!(
+        signal,
+        grace_s = grace.as_secs_f64(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    match running.shutdown().await {
+        Drained::Clean => {
+            tracing::info!("drained; bye");
+            ExitCode::SUCCESS
+        }
+        Drained::GraceExceeded => {
+            tracing::warn!("shutdown_grace exceeded; closing remaining connections");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still be stopped by SIGKILL; wait forever.
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn check(settings: Settings, login: bool) -> ExitCode {
+    let password = match settings.auth.password.load() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: auth.password: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "config ok: proxy {} -> {} (flavor {}), ops {}",
+        settings.proxy.listen,
+        settings.upstream.url,
+        settings.auth.flavor.as_str(),
+        settings.ops.listen
+    );
+    if !login {
+        return ExitCode::SUCCESS;
+    }
+    let upstream = Upstream::new(&settings.upstream);
+    let login = Login::new(
+        upstream,
+        settings.auth.flavor,
+        settings.auth.email.clone(),
+        password,
+    );
+    let timeout = settings.auth.login_timeout;
+    let token = match tokio::time::timeout(timeout, login.login()).await {
+        Err(_) => {
+            eprintln!("error: login timed out after {timeout:?}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: login failed: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Ok(t)) => t,
+    };
+    match jwt::inspect(token.expose(), settings.auth.default_token_lifetime) {
+        Ok(info) => {
+            println!(
+                "login ok: user {}, token valid for {}{}",
+                info.user_id.as_deref().unwrap_or("(unknown)"),
+                humantime::format_duration(std::time::Duration::from_secs(info.lifetime.as_secs())),
+                if info.from_claims {
+                    ""
+                } else {
+                    " (no exp claim: default_token_lifetime)"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: login answered, but {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

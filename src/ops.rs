@@ -1,0 +1,65 @@
+//! The ops listener: liveness and readiness (metrics come later).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::auth::TokenManager;
+use crate::error::json_response;
+
+pub struct Ops {
+    tokens: TokenManager,
+}
+
+impl Ops {
+    pub fn new(tokens: TokenManager) -> Ops {
+        Ops { tokens }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            );
+        }
+        match req.uri().path() {
+            // Liveness: the process runs and answers.
+            "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            // Readiness: a valid token is held, so a request sent now would be forwarded.
+            "/readyz" => match self.tokens.readiness().await {
+                Ok(left) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready", "token_usable_for_s": left.as_secs()}),
+                ),
+                Err(reason) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "not_ready", "reason": reason}),
+                ),
+            },
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "ops endpoints: /healthz, /readyz",
+            ),
+        }
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}

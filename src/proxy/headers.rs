@@ -1,0 +1,185 @@
+//! Header hygiene, both directions. Small pure functions over a `HeaderMap`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not be
+/// forwarded. `Proxy-Connection` is not standard but old clients send it (RFC 9112 §9.6
+/// notes it), and `Keep-Alive` is RFC 2068's.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Client headers that can carry a credential Medusa would accept (or that authenticate to
+/// the proxy itself). The proxy injects its own credential; a client's must never reach Medusa.
+const CLIENT_CREDENTIALS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static("x-medusa-access-token"),
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Remove hop-by-hop headers, including every header named in `Connection` (RFC 9110
+/// §7.6.1), whatever their spelling or however many `Connection` lines there are.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect the names first: `Connection` itself is removed below.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(s) = value.to_str() else { continue };
+        for token in s.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepare a client's request headers for Medusa: no hop-by-hop headers, no client
+/// credentials, no client-supplied forwarding claims; then our `X-Forwarded-*`.
+pub fn sanitize_request(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    client_host: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(headers);
+    for name in &CLIENT_CREDENTIALS {
+        headers.remove(name);
+    }
+    // A client could claim another origin address; we state what we saw instead.
+    headers.remove(header::FORWARDED);
+    headers.remove(header::HOST);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        ip_header(client_ip),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    match client_host {
+        Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h),
+        None => headers.remove(HeaderName::from_static("x-forwarded-host")),
+    };
+}
+
+/// Prepare Medusa's response headers for the client: no hop-by-hop headers and no cookies
+/// (a Medusa session must never reach a client; `Upstream::send` already removed them, this
+/// is the second lock on the same door).
+pub fn sanitize_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::SET_COOKIE);
+}
+
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    // An IP address always renders as a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed_in_any_spelling() {
+        let mut h = map(&[
+            ("Connection", "X-Foo, keep-alive"),
+            ("connection", " x-BAR ,"),
+            ("x-foo", "1"),
+            ("X-Bar", "2"),
+            ("x-unrelated", "3"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-unrelated"], "3");
+    }
+
+    #[test]
+    fn garbage_connection_tokens_are_ignored() {
+        let mut h = map(&[
+            ("connection", "bad header name, , x-a"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-a").is_none());
+        assert_eq!(h["x-b"], "2");
+    }
+
+    #[test]
+    fn request_credentials_are_dropped_and_forwarded_set() {
+        let mut h = map(&[
+            ("authorization", "Bearer client-token"),
+            ("AUTHORIZATION", "Basic xyz"),
+            ("cookie", "connect.sid=client"),
+            ("x-medusa-access-token", "api"),
+            ("proxy-authorization", "Bearer k"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("host", "localhost:7000"),
+            ("accept", "application/json"),
+        ]);
+        sanitize_request(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some(HeaderValue::from_static("localhost:7000")),
+        );
+        for gone in [
+            "authorization",
+            "cookie",
+            "x-medusa-access-token",
+            "proxy-authorization",
+            "forwarded",
+            "host",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} kept");
+        }
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "localhost:7000");
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn response_cookies_and_hop_headers_are_dropped() {
+        let mut h = map(&[
+            ("set-cookie", "connect.sid=abc"),
+            ("Set-Cookie", "other=1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("content-type", "application/json"),
+        ]);
+        sanitize_response(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,235 @@
+//! The connection to Medusa: one pooled keep-alive client shared by logins and proxied
+//! requests, the upstream URL, the request timeout, and Medusa's session cookie.
+//!
+//! Medusa v1 answers every cookie-less request with a new server-side session that lives for
+//! 10 hours (express-session, `saveUninitialized: true`), so a proxy that never sends a cookie
+//! grows Medusa's memory with its traffic. We keep the session cookie Medusa gives us and send
+//! it back on every request of ours. Client cookies are never forwarded (see `proxy::headers`),
+//! and upstream `Set-Cookie` never reaches a client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{COOKIE, HOST, SET_COOKIE};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamSettings;
+
+/// The request body sent to Medusa: buffered (small, replayable) or streamed from the client.
+pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+
+/// Name of the session cookie Medusa (express-session) sets.
+pub const SESSION_COOKIE: &str = "connect.sid";
+/// A session cookie longer than this is ignored rather than stored.
+const MAX_SESSION_COOKIE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out: Medusa is down or unreachable.
+    #[error("cannot connect to Medusa at {authority}: {detail}")]
+    Connect { authority: String, detail: String },
+    /// The connection broke while sending the request or reading the response head.
+    #[error("connection to Medusa failed: {0}")]
+    Io(String),
+    /// No response head within the request timeout.
+    #[error("Medusa did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The request could not be built (a path that is not a valid URI).
+    #[error("invalid request URI")]
+    InvalidUri,
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, UpstreamBody>,
+    settings: UpstreamSettings,
+    host: HeaderValue,
+    session: ArcSwapOption<HeaderValue>,
+}
+
+impl Upstream {
+    pub fn new(settings: &UpstreamSettings) -> Arc<Upstream> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .timer(TokioTimer::new())
+            .build(connector);
+        let host = HeaderValue::from_str(settings.authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Arc::new(Upstream {
+            client,
+            settings: settings.clone(),
+            host,
+            session: ArcSwapOption::empty(),
+        })
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// The upstream URI for a client's path and query, byte for byte after the base path.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let mut pq = String::with_capacity(self.settings.base_path.len() + path_and_query.len());
+        pq.push_str(&self.settings.base_path);
+        pq.push_str(path_and_query);
+        Uri::builder()
+            .scheme(self.settings.scheme.clone())
+            .authority(self.settings.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| UpstreamError::InvalidUri)
+    }
+
+    /// Send a request whose URI came from [`Upstream::uri_for`]. Sets `Host` and our session
+    /// cookie, applies the request timeout to the response head, and captures the session
+    /// cookie from the response (removing every `Set-Cookie` from it).
+    pub async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let headers = req.headers_mut();
+        headers.insert(HOST, self.host.clone());
+        if let Some(cookie) = self.session.load_full() {
+            headers.insert(COOKIE, (*cookie).clone());
+        }
+        let timeout = self.settings.request_timeout;
+        let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => return Err(UpstreamError::Timeout(timeout)),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(UpstreamError::Connect {
+                    authority: self.settings.authority.to_string(),
+                    detail: error_chain(&e),
+                });
+            }
+            Ok(Err(e)) => return Err(UpstreamError::Io(error_chain(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        self.capture_session(resp.headers_mut());
+        Ok(resp)
+    }
+
+    /// Remember Medusa's session cookie and remove every `Set-Cookie`: a Medusa session must
+    /// never be handed to a client.
+    fn capture_session(&self, headers: &mut http::HeaderMap) {
+        let mut found = None;
+        if let http::header::Entry::Occupied(e) = headers.entry(SET_COOKIE) {
+            for v in e.remove_entry_mult().1 {
+                if let Some(pair) = session_pair(&v) {
+                    found = Some(pair);
+                }
+            }
+        }
+        if let Some(pair) = found {
+            let current = self.session.load();
+            if current.as_deref().map(HeaderValue::as_bytes) != Some(pair.as_bytes()) {
+                let mut pair = pair;
+                pair.set_sensitive(true);
+                self.session.store(Some(Arc::new(pair)));
+                tracing::debug!("stored a new Medusa session cookie");
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn session_cookie(&self) -> Option<HeaderValue> {
+        self.session.load_full().map(|c| (*c).clone())
+    }
+}
+
+/// `connect.sid=VALUE` from a `Set-Cookie` value, if it is the session cookie.
+fn session_pair(set_cookie: &HeaderValue) -> Option<HeaderValue> {
+    let bytes = set_cookie.as_bytes();
+    if bytes.len() > MAX_SESSION_COOKIE {
+        return None;
+    }
+    let pair = bytes.split(|b| *b == b';').next()?;
+    let eq = pair.iter().position(|b| *b == b'=')?;
+    let name = pair[..eq].trim_ascii();
+    if name != SESSION_COOKIE.as_bytes() {
+        return None;
+    }
+    let value = pair[eq + 1..].trim_ascii();
+    if value.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(name.len() + 1 + value.len());
+    out.extend_from_slice(name);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    HeaderValue::from_bytes(&out).ok()
+}
+
+/// "a: b: c" from an error and its sources. hyper's errors carry no header values or bodies.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn upstream() -> Arc<Upstream> {
+        let s = Settings::from_toml(
+            "[upstream]\nurl=\"http://127.0.0.1:9/base/\"\n[auth]\nemail=\"a\"\npassword_env=\"P\"",
+        )
+        .unwrap();
+        Upstream::new(&s.upstream)
+    }
+
+    #[test]
+    fn session_cookie_pair_is_extracted() {
+        let v = HeaderValue::from_static("connect.sid=s%3Aabc.def; Path=/; HttpOnly");
+        assert_eq!(session_pair(&v).unwrap(), "connect.sid=s%3Aabc.def");
+        assert!(session_pair(&HeaderValue::from_static("other=1; Path=/")).is_none());
+        assert!(session_pair(&HeaderValue::from_static("connect.sid=; Path=/")).is_none());
+        assert!(session_pair(&HeaderValue::from_static("garbage")).is_none());
+    }
+
+    #[tokio::test]
+    async fn set_cookie_is_removed_and_session_kept() {
+        let up = upstream();
+        let mut h = http::HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_static("a=1"));
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("connect.sid=s1; Path=/"),
+        );
+        up.capture_session(&mut h);
+        assert!(h.get(SET_COOKIE).is_none());
+        assert_eq!(up.session_cookie().unwrap(), "connect.sid=s1");
+    }
+
+    #[tokio::test]
+    async fn uri_keeps_path_and_query_bytes() {
+        let up = upstream();
+        let uri = up
+            .uri_for("/admin/products?q=a%20b&x[]=1")
+            .unwrap_or_else(|_| up.uri_for("/admin/products?q=a%20b&x%5B%5D=1").unwrap());
+        assert!(
+            uri.to_string()
+                .starts_with("http://127.0.0.1:9/base/admin/products?q=a%20b")
+        );
+    }
+}
