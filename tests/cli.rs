@@ -413,3 +413,17 @@ async fn memory_stays_flat_for_huge_bodies() {
         "peak RSS {peak} KiB for 2 x 512 MiB bodies"
     );
 }
+
+#[test]
+fn every_example_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            medusa_auth_proxy::config::Settings::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected the documented and the local example, found {n}");
+}
