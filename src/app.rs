@@ -11,15 +11,20 @@ use crate::auth::TokenManager;
 use crate::auth::login::Login;
 use crate::config::Settings;
 use crate::ops::Ops;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Rules, RulesError};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
 use crate::upstream::Upstream;
+use crate::watch::FileWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("auth.password: {0}")]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error(transparent)]
+    Tls(#[from] crate::upstream::TlsSetupError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -38,6 +43,7 @@ pub struct Running {
     proxy_task: JoinHandle<Drained>,
     ops_task: JoinHandle<Drained>,
     driver: JoinHandle<()>,
+    _watch: Option<FileWatch>,
 }
 
 impl Running {
@@ -64,6 +70,13 @@ impl Running {
 /// Load secrets, bind both listeners, start the login driver and serve.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let password = settings.auth.password.load()?;
+    let rules = Rules::from_settings(&settings)?;
+    for name in rules.policy.lifted() {
+        tracing::warn!(
+            rule = %name,
+            "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies; callers can reach a route that mints or ends credentials"
+        );
+    }
     let proxy_listener = TcpListener::bind(settings.proxy.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -93,7 +106,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             source,
         })?;
 
-    let upstream = Upstream::new(&settings.upstream);
+    let upstream = Upstream::new(&settings.upstream)?;
     let login = Login::new(
         upstream.clone(),
         settings.auth.flavor,
@@ -104,7 +117,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
 
-    let proxy = Arc::new(Proxy::new(upstream, tokens.clone()));
+    let proxy = Arc::new(Proxy::new(
+        upstream,
+        tokens.clone(),
+        rules,
+        settings.proxy.max_concurrent_requests,
+    ));
+    let proxy_for_watch = proxy.clone();
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
         move |req, peer| {
@@ -113,6 +132,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         },
         shutdown_rx.clone(),
         settings.proxy.shutdown_grace,
+        server::Limits {
+            header_read_timeout: settings.proxy.header_read_timeout,
+            ..server::Limits::default()
+        },
     ));
     let ops = Arc::new(Ops::new(tokens.clone()));
     let ops_task = tokio::spawn(server::serve(
@@ -123,7 +146,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         },
         shutdown_rx,
         settings.proxy.shutdown_grace,
+        server::Limits::default(),
     ));
+    let watch = watch_secrets(&settings, &tokens, &proxy_for_watch);
     tracing::info!(
         listen = %proxy_addr,
         ops = %ops_addr,
@@ -139,5 +164,64 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         proxy_task,
         ops_task,
         driver,
+        _watch: watch,
     })
+}
+
+/// Re-read `auth.password_file` and `access.client_keys_file` when they change. A new
+/// password invalidates the cached token (the old one may belong to a rotated credential);
+/// a bad keys file is rejected with an error log and the old keys stay in force.
+fn watch_secrets(
+    settings: &Settings,
+    tokens: &TokenManager,
+    proxy: &Arc<Proxy>,
+) -> Option<FileWatch> {
+    let mut files = Vec::new();
+    files.extend(settings.auth.password.file().map(|p| p.to_path_buf()));
+    files.extend(settings.access.client_keys_file.clone());
+    if files.is_empty() {
+        return None;
+    }
+    let settings = settings.clone();
+    let tokens = tokens.clone();
+    let proxy = proxy.clone();
+    let on_change = move || {
+        if settings.auth.password.file().is_some() {
+            match settings.auth.password.load() {
+                Ok(pw) => {
+                    if tokens.login().set_password(pw) {
+                        tracing::info!(
+                            "auth.password_file changed; dropping the token and logging in again"
+                        );
+                        let tokens = tokens.clone();
+                        tokio::spawn(async move { tokens.invalidate().await });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "auth.password_file changed but cannot be used; keeping the old password")
+                }
+            }
+        }
+        if settings.access.client_keys_file.is_some() {
+            match Rules::from_settings(&settings) {
+                Ok(rules) => {
+                    tracing::info!(
+                        keys = rules.access.client_keys.as_ref().map_or(0, |k| k.len()),
+                        "access.client_keys_file re-read"
+                    );
+                    proxy.set_rules(rules);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "access.client_keys_file changed but is invalid; keeping the old keys")
+                }
+            }
+        }
+    };
+    match crate::watch::watch_files(&files, on_change) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch secret files; changes need a restart");
+            None
+        }
+    }
 }

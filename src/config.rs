@@ -43,6 +43,30 @@ struct RawConfig {
     auth: Option<RawAuth>,
     #[serde(default)]
     ops: RawOps,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    allow_cidrs: Option<Vec<String>>,
+    client_keys_file: Option<PathBuf>,
+    allow_hosts: Option<Vec<String>>,
+    allow_origins: Option<Vec<String>>,
+    allow_unauthenticated_remote: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allow_paths: Option<Vec<String>>,
+    deny_paths: Option<Vec<String>>,
+    read_only: Option<bool>,
+    max_body: Option<String>,
+    unsafe_lift_builtin_denies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +74,8 @@ struct RawConfig {
 struct RawProxy {
     listen: Option<String>,
     shutdown_grace: Option<String>,
+    header_read_timeout: Option<String>,
+    max_concurrent_requests: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +85,7 @@ struct RawUpstream {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     pool_idle_timeout: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,12 +114,39 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub auth: AuthSettings,
     pub ops: OpsSettings,
+    pub access: AccessSettings,
+    pub policy: PolicySettings,
 }
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// A client that has not sent a complete request head within this is disconnected.
+    pub header_read_timeout: Duration,
+    /// Requests in flight (until their response body ends); beyond it -> 503 at once.
+    pub max_concurrent_requests: usize,
+}
+
+/// `[access]`: who may use the proxy. Validated further by `proxy::access`.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    pub allow_cidrs: Vec<String>,
+    pub client_keys_file: Option<PathBuf>,
+    /// `None`: the defaults plus the listen host.
+    pub allow_hosts: Option<Vec<String>>,
+    pub allow_origins: Vec<String>,
+    pub allow_unauthenticated_remote: bool,
+}
+
+/// `[policy]`: what callers may reach. Validated further by `proxy::policy`.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub allow_paths: Vec<String>,
+    pub deny_paths: Vec<String>,
+    pub read_only: bool,
+    pub max_body: u64,
+    pub unsafe_lift_builtin_denies: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +163,8 @@ pub struct UpstreamSettings {
     /// timeout (Node's default is 5 s) so a request never lands on a connection the server
     /// is closing.
     pub pool_idle_timeout: Duration,
+    /// PEM file of extra CA certificates trusted for an https upstream (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +229,24 @@ impl Settings {
                 raw.proxy.shutdown_grace.as_deref(),
                 "25s",
             )?,
+            header_read_timeout: nonzero(
+                "proxy.header_read_timeout",
+                duration(
+                    "proxy.header_read_timeout",
+                    raw.proxy.header_read_timeout.as_deref(),
+                    "10s",
+                )?,
+            )?,
+            max_concurrent_requests: match raw.proxy.max_concurrent_requests {
+                None => 1024,
+                Some(0) => {
+                    return Err(invalid(
+                        "proxy.max_concurrent_requests",
+                        "must be at least 1",
+                    ));
+                }
+                Some(n) => n,
+            },
         };
 
         let up = raw
@@ -205,7 +279,14 @@ impl Settings {
                 up.pool_idle_timeout.as_deref(),
                 "4s",
             )?,
+            ca_file: up.ca_file,
         };
+        if upstream.ca_file.is_some() && upstream.scheme != Scheme::HTTPS {
+            return Err(invalid(
+                "upstream.ca_file",
+                "is only used with an https:// upstream.url",
+            ));
+        }
 
         let a = raw
             .auth
@@ -277,11 +358,34 @@ impl Settings {
         nonzero("upstream.request_timeout", upstream.request_timeout)?;
         nonzero("upstream.connect_timeout", upstream.connect_timeout)?;
 
+        let access = AccessSettings {
+            allow_cidrs: raw
+                .access
+                .allow_cidrs
+                .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()]),
+            client_keys_file: raw.access.client_keys_file,
+            allow_hosts: raw.access.allow_hosts,
+            allow_origins: raw.access.allow_origins.unwrap_or_default(),
+            allow_unauthenticated_remote: raw.access.allow_unauthenticated_remote.unwrap_or(false),
+        };
+        let policy = PolicySettings {
+            allow_paths: raw
+                .policy
+                .allow_paths
+                .unwrap_or_else(|| vec!["/admin/".into()]),
+            deny_paths: raw.policy.deny_paths.unwrap_or_default(),
+            read_only: raw.policy.read_only.unwrap_or(false),
+            max_body: size("policy.max_body", raw.policy.max_body.as_deref(), "50MiB")?,
+            unsafe_lift_builtin_denies: raw.policy.unsafe_lift_builtin_denies.unwrap_or_default(),
+        };
+
         Ok(Settings {
             proxy,
             upstream,
             auth,
             ops,
+            access,
+            policy,
         })
     }
 }
@@ -311,6 +415,37 @@ pub fn duration(
     })
 }
 
+/// Sizes are strings with a unit: "512B", "64KiB", "50MiB", "1GiB" (also kB/MB/GB, powers of 10).
+pub fn size(key: &'static str, value: Option<&str>, default: &str) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default).trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(invalid(
+                key,
+                format!("{v:?} is not a size with a unit, like \"64KiB\" or \"50MiB\""),
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{v:?} is not a size with a unit, like \"64KiB\" or \"50MiB\""),
+            )
+        })
+}
+
 fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         Err(invalid(key, "must be greater than zero"))
@@ -326,16 +461,11 @@ fn parse_base_url(url: &str) -> Result<(Scheme, Authority, String), ConfigError>
         .map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
-        Some("https") => {
-            return Err(invalid(
-                key,
-                "https upstreams are not supported yet; use http:// (TLS to Medusa is planned)",
-            ));
-        }
+        Some("https") => Scheme::HTTPS,
         Some(other) => {
             return Err(invalid(
                 key,
-                format!("scheme {other:?} is not supported; use http://"),
+                format!("scheme {other:?} is not supported; use http:// or https://"),
             ));
         }
         None => {
@@ -456,6 +586,41 @@ password_env = "PW"
             let e = err(&text);
             assert!(e.contains(key), "expected {key} in {e:?}");
         }
+    }
+
+    #[test]
+    fn sizes_need_units() {
+        assert_eq!(size("k", Some("50MiB"), "").unwrap(), 50 << 20);
+        assert_eq!(size("k", Some("1kB"), "").unwrap(), 1000);
+        assert_eq!(size("k", Some("0B"), "").unwrap(), 0);
+        for bad in [
+            "50",
+            "MiB",
+            "1.5MiB",
+            "-1KiB",
+            "99999999999999999999GiB",
+            "5 parsecs",
+        ] {
+            assert!(
+                size("policy.max_body", Some(bad), "")
+                    .unwrap_err()
+                    .to_string()
+                    .contains("policy.max_body"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn security_defaults() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.access.allow_cidrs, ["127.0.0.0/8", "::1/128"]);
+        assert!(s.access.allow_hosts.is_none() && s.access.allow_origins.is_empty());
+        assert!(!s.access.allow_unauthenticated_remote);
+        assert_eq!(s.policy.allow_paths, ["/admin/"]);
+        assert_eq!(s.policy.max_body, 50 << 20);
+        assert_eq!(s.proxy.max_concurrent_requests, 1024);
+        assert_eq!(s.proxy.header_read_timeout, Duration::from_secs(10));
     }
 
     #[test]

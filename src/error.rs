@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// Medusa could not be reached or the connection broke: 502.
     #[error("Medusa is unreachable: {0}")]
     UpstreamUnreachable(String),
+    /// Medusa's TLS certificate was not accepted: 502, saying so.
+    #[error("{0}")]
+    UpstreamCertificate(String),
     /// Medusa did not answer with a response head within `upstream.request_timeout`: 504.
     #[error("Medusa did not answer within {0:?}")]
     UpstreamTimeout(Duration),
@@ -29,15 +32,36 @@ pub enum ProxyError {
     /// The request cannot be forwarded as written: 400.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The caller or the route is not allowed (access rules, route policy): 403.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// Client keys are configured and the request has no valid one: 407.
+    #[error("{message}")]
+    ProxyAuth {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// The body exceeds `policy.max_body`: 413.
+    #[error("request body exceeds policy.max_body ({0} bytes)")]
+    PayloadTooLarge(u64),
+    /// More than `proxy.max_concurrent_requests` in flight: 503 at once.
+    #[error("too many requests in flight (proxy.max_concurrent_requests = {0})")]
+    Overloaded(usize),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamCertificate(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -45,14 +69,28 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamCertificate(_) => "upstream_certificate",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::NoToken { .. } => "no_token",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Forbidden { code, .. } | ProxyError::ProxyAuth { code, .. } => code,
+            ProxyError::PayloadTooLarge(_) => "payload_too_large",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut resp = json_response(self.status(), self.code(), &self.to_string());
+        if let ProxyError::ProxyAuth { .. } = &self {
+            resp.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let ProxyError::Overloaded(_) = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let ProxyError::NoToken { retry_after, .. } = &self {
             // Whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3).
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

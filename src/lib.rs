@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod ops;
@@ -12,3 +13,4 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod upstream;
+pub mod watch;

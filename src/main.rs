@@ -8,6 +8,7 @@ use medusa_auth_proxy::app;
 use medusa_auth_proxy::auth::jwt;
 use medusa_auth_proxy::auth::login::Login;
 use medusa_auth_proxy::config::Settings;
+use medusa_auth_proxy::proxy::Rules;
 use medusa_auth_proxy::server::Drained;
 use medusa_auth_proxy::upstream::Upstream;
 
@@ -134,6 +135,22 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let rules = match Rules::from_settings(&settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for name in rules.policy.lifted() {
+        println!(
+            "WARNING: built-in deny rule {name:?} is lifted (policy.unsafe_lift_builtin_denies)"
+        );
+    }
+    if let Err(e) = Upstream::new(&settings.upstream) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     println!(
         "config ok: proxy {} -> {} (flavor {}), ops {}",
         settings.proxy.listen,
@@ -144,7 +161,13 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
     if !login {
         return ExitCode::SUCCESS;
     }
-    let upstream = Upstream::new(&settings.upstream);
+    let upstream = match Upstream::new(&settings.upstream) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let login = Login::new(
         upstream,
         settings.auth.flavor,

@@ -24,6 +24,27 @@ pub enum Drained {
     GraceExceeded,
 }
 
+/// Limits on what a client may send before the handler sees the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not sent a complete request head within this is disconnected.
+    pub header_read_timeout: Duration,
+    /// More header fields than this -> 431 (HTTP/1.1) and the connection closed.
+    pub max_headers: usize,
+    /// A request head larger than this -> 431 (HTTP/1.1); the HTTP/2 header list cap.
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_head_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// Serve HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown` becomes true;
 /// then stop accepting at once, let in-flight requests finish for up to `grace`, and return.
 pub async fn serve<F, Fut, B>(
@@ -31,6 +52,7 @@ pub async fn serve<F, Fut, B>(
     handler: F,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    limits: Limits,
 ) -> Drained
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -39,8 +61,16 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_head_bytes as u32);
     let graceful = GracefulShutdown::new();
     loop {
         if *shutdown.borrow_and_update() {

@@ -16,14 +16,16 @@ use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::LimitedBody;
 use crate::config::UpstreamSettings;
 
 /// The request body sent to Medusa: buffered (small, replayable) or streamed from the client.
-pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+pub type UpstreamBody = Either<Full<Bytes>, LimitedBody>;
 
 /// Name of the session cookie Medusa (express-session) sets.
 pub const SESSION_COOKIE: &str = "connect.sid";
@@ -41,24 +43,44 @@ pub enum UpstreamError {
     /// No response head within the request timeout.
     #[error("Medusa did not answer within {0:?}")]
     Timeout(Duration),
+    /// TLS to Medusa failed because its certificate was not accepted.
+    #[error("Medusa's TLS certificate was rejected: {0}")]
+    Certificate(String),
     /// The request could not be built (a path that is not a valid URI).
     #[error("invalid request URI")]
     InvalidUri,
 }
 
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("config key `upstream.ca_file`: cannot read {path}: {detail}", path = .0.display(), detail = .1)]
+    CaFile(std::path::PathBuf, String),
+    #[error("config key `upstream.ca_file`: {path} holds no PEM certificate", path = .0.display())]
+    CaFileEmpty(std::path::PathBuf),
+    #[error("TLS setup failed: {0}")]
+    Rustls(String),
+}
+
 pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     settings: UpstreamSettings,
     host: HeaderValue,
     session: ArcSwapOption<HeaderValue>,
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Arc<Upstream> {
+    pub fn new(settings: &UpstreamSettings) -> Result<Arc<Upstream>, TlsSetupError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let tls = tls_config(settings)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
@@ -66,12 +88,12 @@ impl Upstream {
             .build(connector);
         let host = HeaderValue::from_str(settings.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        Arc::new(Upstream {
+        Ok(Arc::new(Upstream {
             client,
             settings: settings.clone(),
             host,
             session: ArcSwapOption::empty(),
-        })
+        }))
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -106,6 +128,11 @@ impl Upstream {
         let timeout = self.settings.request_timeout;
         let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout(timeout)),
+            Ok(Err(e)) if certificate_error(&e).is_some() => {
+                return Err(UpstreamError::Certificate(
+                    certificate_error(&e).unwrap_or_default(),
+                ));
+            }
             Ok(Err(e)) if e.is_connect() => {
                 return Err(UpstreamError::Connect {
                     authority: self.settings.authority.to_string(),
@@ -170,6 +197,61 @@ fn session_pair(set_cookie: &HeaderValue) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&out).ok()
 }
 
+/// Trust store for an https upstream: the system's roots plus `upstream.ca_file`. There is
+/// deliberately no switch to skip verification: use `ca_file` for a private CA.
+fn tls_config(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, TlsSetupError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if settings.scheme == http::uri::Scheme::HTTPS {
+        // Unreadable system certificates are not fatal: a private CA may be all that is needed.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
+    if let Some(path) = &settings.ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| TlsSetupError::CaFile(path.clone(), e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsSetupError::CaFile(path.clone(), e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsSetupError::CaFileEmpty(path.clone()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| TlsSetupError::CaFile(path.clone(), e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The certificate problem, if this error is a TLS certificate rejection. `io::Error` hides
+/// its inner error from `source()`, so look inside each one explicitly.
+fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(c)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                return Some(format!("{c:?}"));
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// "a: b: c" from an error and its sources. hyper's errors carry no header values or bodies.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -195,7 +277,7 @@ mod tests {
             "[upstream]\nurl=\"http://127.0.0.1:9/base/\"\n[auth]\nemail=\"a\"\npassword_env=\"P\"",
         )
         .unwrap();
-        Upstream::new(&s.upstream)
+        Upstream::new(&s.upstream).unwrap()
     }
 
     #[test]

@@ -368,7 +368,10 @@ async fn memory_stays_flat_for_huge_bodies() {
     const SIZE: u64 = 512 * 1024 * 1024;
     let fake = FakeMedusa::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::spawn(&config(dir.path(), &fake.url(), ""), &[]);
+    let cfg = config(dir.path(), &fake.url(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}\n[policy]\nmax_body = \"2GiB\"\n")).unwrap();
+    let p = Proc::spawn(&cfg, &[]);
     let addr = p.addr().await;
     let chunk = Bytes::from(vec![1u8; 1024 * 1024]);
     let frames = futures_util::stream::iter(
@@ -421,9 +424,13 @@ fn every_example_config_parses() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            medusa_auth_proxy::config::Settings::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            medusa_auth_proxy::config::Settings::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
     }
-    assert!(n >= 2, "expected the documented and the local example, found {n}");
+    assert!(
+        n >= 2,
+        "expected the documented and the local example, found {n}"
+    );
 }

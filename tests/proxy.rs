@@ -45,6 +45,7 @@ async fn harness_with(fake: FakeMedusa, extra: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{}\n", fake_medusa::DEFAULT_PASSWORD)).unwrap();
+    let (extra, tail) = extra.split_once("@tail").unwrap_or((extra, ""));
     let (auth_extra, upstream_extra) = extra.split_once("@upstream").unwrap_or((extra, ""));
     let toml = format!(
         r#"
@@ -63,6 +64,7 @@ login_timeout = "2s"
 {auth_extra}
 [ops]
 listen = "127.0.0.1:0"
+{tail}
 "#,
         url = fake.url(),
         email = fake_medusa::DEFAULT_EMAIL,
@@ -493,7 +495,7 @@ async fn session_cookie_is_reused_and_connections_pooled() {
 
 #[tokio::test]
 async fn big_upload_and_download_stream_intact() {
-    let h = harness("").await;
+    let h = harness("@tail[policy]\nmax_body = \"1GiB\"").await;
     const SIZE: u64 = 64 * 1024 * 1024;
     // Upload: a streamed body of SIZE bytes, produced chunk by chunk.
     let chunk = Bytes::from(vec![0xabu8; 256 * 1024]);

@@ -112,6 +112,8 @@ struct Inner {
     /// A token was rejected before Medusa ever accepted it: the next login waits for backoff.
     rejected_unverified: AtomicBool,
     logins: AtomicU64,
+    /// The user id of the last token obtained (for the "own user" route rule).
+    user_id: arc_swap::ArcSwapOption<String>,
 }
 
 /// The token cache and its login driver. Cheap to clone.
@@ -156,6 +158,7 @@ impl TokenManager {
                 next_id: AtomicU64::new(1),
                 rejected_unverified: AtomicBool::new(false),
                 logins: AtomicU64::new(0),
+                user_id: arc_swap::ArcSwapOption::empty(),
             }),
         }
     }
@@ -247,6 +250,11 @@ impl TokenManager {
         &self.inner.login
     }
 
+    /// The Medusa user id of the most recent token, if known.
+    pub fn user_id_hint(&self) -> Option<Arc<String>> {
+        self.inner.user_id.load_full()
+    }
+
     /// Successful logins so far.
     pub fn logins(&self) -> u64 {
         self.inner.logins.load(Ordering::Relaxed)
@@ -313,6 +321,9 @@ impl TokenManager {
                         user_id = token.user_id.as_deref().unwrap_or("-"),
                         "obtained a Medusa token"
                     );
+                    if let Some(id) = &token.user_id {
+                        self.inner.user_id.store(Some(Arc::new(id.clone())));
+                    }
                     self.inner.cache.insert((), token).await;
                     self.inner.logins.fetch_add(1, Ordering::Relaxed);
                     self.inner.status.send_replace(Phase::Ready);

@@ -1,30 +1,106 @@
-//! The request path: client request -> header hygiene -> token -> Medusa -> response hygiene.
-//! On a 401 for our token: invalidate it (if still cached), wait for the next token, and
-//! replay once if the body was buffered for that.
+//! The request path: guards (slots, access, policy, body size) -> header hygiene -> token ->
+//! Medusa -> response hygiene. On a 401 for our token: invalidate it (if still cached), wait
+//! for the next token, and replay once if the body was buffered for that.
 
+pub mod access;
 pub mod headers;
+pub mod policy;
 pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use tokio::sync::Semaphore;
 
 use crate::auth::{Token, TokenManager};
+use crate::body::{Guarded, LimitedBody};
+use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
+use policy::{Decision, Policy, PolicyConfig};
 use replay::PreparedBody;
 
-/// Body of every response the proxy sends: Medusa's, streamed, or one of our own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Body of every response the proxy sends: Medusa's, streamed, or one of our own; it holds
+/// the request's concurrency slot until it ends.
+pub type ProxyBody = Guarded<Either<Incoming, Full<Bytes>>>;
+
+/// Everything a reload may change about who may call and what they may reach.
+#[derive(Debug)]
+pub struct Rules {
+    pub access: access::AccessConfig,
+    pub policy: Policy,
+    pub max_body: u64,
+}
+
+/// A rule set that cannot be used, naming the config key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RulesError(pub String);
+
+impl Rules {
+    /// Validate `[access]` and `[policy]` (reads `client_keys_file`).
+    pub fn from_settings(s: &Settings) -> Result<Rules, RulesError> {
+        let mut allow_cidrs = Vec::new();
+        for c in &s.access.allow_cidrs {
+            allow_cidrs.push(
+                c.parse::<access::Cidr>()
+                    .map_err(|e| RulesError(format!("config key `access.allow_cidrs`: {e}")))?,
+            );
+        }
+        let client_keys =
+            match &s.access.client_keys_file {
+                Some(path) => Some(access::ClientKeys::load(path).map_err(|e| {
+                    RulesError(format!("config key `access.client_keys_file`: {e}"))
+                })?),
+                None => None,
+            };
+        let allow_hosts = match &s.access.allow_hosts {
+            Some(hosts) => hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            None => access::default_allow_hosts(s.proxy.listen),
+        };
+        let access = access::AccessConfig {
+            allow_cidrs,
+            allow_hosts,
+            allow_origins: s.access.allow_origins.clone(),
+            client_keys,
+        };
+        access
+            .validate()
+            .map_err(|e| RulesError(format!("config key `[access]`: {e}")))?;
+        access::remote_exposure_ok(
+            s.proxy.listen,
+            &access,
+            s.access.allow_unauthenticated_remote,
+        )
+        .map_err(RulesError)?;
+        let policy = Policy::new(PolicyConfig {
+            allow_paths: s.policy.allow_paths.clone(),
+            deny_paths: s.policy.deny_paths.clone(),
+            read_only: s.policy.read_only,
+            lift_builtin: s.policy.unsafe_lift_builtin_denies.clone(),
+        })
+        .map_err(|e| RulesError(format!("config: {e}")))?;
+        Ok(Rules {
+            access,
+            policy,
+            max_body: s.policy.max_body,
+        })
+    }
+}
 
 pub struct Proxy {
     upstream: Arc<Upstream>,
     tokens: TokenManager,
+    rules: ArcSwap<Rules>,
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
 }
 
 /// What is needed to send the same request again.
@@ -36,27 +112,81 @@ struct ReplayParts {
 }
 
 impl Proxy {
-    pub fn new(upstream: Arc<Upstream>, tokens: TokenManager) -> Proxy {
-        Proxy { upstream, tokens }
+    pub fn new(
+        upstream: Arc<Upstream>,
+        tokens: TokenManager,
+        rules: Rules,
+        max_concurrent: usize,
+    ) -> Proxy {
+        Proxy {
+            upstream,
+            tokens,
+            rules: ArcSwap::from_pointee(rules),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+        }
+    }
+
+    /// Swap in new access and policy rules (client keys file changed, config reloaded).
+    pub fn set_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        // Beyond the cap: answer at once rather than queue (a queue hides overload and grows
+        // memory); the slot is held until the response body ends.
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            let e = ProxyError::Overloaded(self.max_concurrent);
+            tracing::warn!(error = %e, "request refused");
+            return e
+                .into_response()
+                .map(|b| Guarded::new(Either::Right(b), None));
+        };
         let method = req.method().clone();
-        match self.forward(req, peer).await {
+        let resp = match self.forward(req, peer).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(method = %method, status = e.status().as_u16(), error = %e, "request failed");
                 e.into_response().map(Either::Right)
             }
-        }
+        };
+        resp.map(|b| Guarded::new(b, Some(permit)))
     }
 
     async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<Either<Incoming, Full<Bytes>>>, ProxyError> {
+        let rules = self.rules.load();
         let (mut parts, body) = req.into_parts();
+
+        let caller =
+            access::check(&rules.access, peer.ip(), &parts.headers, &parts.uri).map_err(|d| {
+                tracing::info!(peer = %peer, reason = d.code(), "request denied");
+                match d.status() {
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED => ProxyError::ProxyAuth {
+                        code: d.code(),
+                        message: d.message(),
+                    },
+                    _ => ProxyError::Forbidden {
+                        code: d.code(),
+                        message: d.message().to_owned(),
+                    },
+                }
+            })?;
+        self.check_policy(
+            &rules.policy,
+            &parts.method,
+            parts.uri.path(),
+            self.tokens.user_id_hint().as_deref().map(String::as_str),
+        )?;
+
+        // Refuse a declared oversize body before reading any of it.
+        if declared_length(&parts.headers).is_some_and(|len| len > rules.max_body) {
+            return Err(ProxyError::PayloadTooLarge(rules.max_body));
+        }
+
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = self.upstream.uri_for(pq).map_err(upstream_error)?;
         let client_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -70,6 +200,20 @@ impl Proxy {
 
         // Fail fast, before reading any body, when no token can be had.
         let token = self.tokens.token().await?;
+        if self.tokens.user_id_hint().is_none() {
+            // First request before any login finished: the own-user rule needs the id.
+            self.check_policy(
+                &rules.policy,
+                &parts.method,
+                parts.uri.path(),
+                token.user_id.as_deref(),
+            )?;
+        }
+        if let Some(fp) = &caller.key_fingerprint {
+            tracing::debug!(client_key = %fp, "caller identified");
+        }
+
+        let mut too_large = None;
         let (first_body, replay) = match replay::prepare(&parts.headers, body).await? {
             PreparedBody::Replayable(bytes) => (
                 Either::Left(Full::new(bytes.clone())),
@@ -80,12 +224,27 @@ impl Proxy {
                     body: bytes,
                 }),
             ),
-            PreparedBody::Streamed(incoming) => (Either::Right(incoming), None),
+            PreparedBody::Streamed(incoming) => {
+                let (limited, flag) = LimitedBody::new(incoming, rules.max_body);
+                too_large = Some(flag);
+                (Either::Right(limited), None)
+            }
         };
 
-        let resp = self
+        let sent = self
             .send(parts.method, uri, parts.headers, first_body, &token)
-            .await?;
+            .await;
+        let resp = match sent {
+            Err(_)
+                if too_large
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Relaxed)) =>
+            {
+                // The body broke off at the cap; Medusa saw an incomplete message.
+                return Err(ProxyError::PayloadTooLarge(rules.max_body));
+            }
+            other => other?,
+        };
         if resp.status() != StatusCode::UNAUTHORIZED {
             token.mark_verified();
             return Ok(finish(resp));
@@ -124,6 +283,26 @@ impl Proxy {
         Ok(finish(resp))
     }
 
+    fn check_policy(
+        &self,
+        policy: &Policy,
+        method: &Method,
+        path: &str,
+        own: Option<&str>,
+    ) -> Result<(), ProxyError> {
+        match policy.check(method, path, own) {
+            Decision::Allow => Ok(()),
+            Decision::BadPath(why) => Err(ProxyError::BadRequest(why)),
+            Decision::Deny(reason) => {
+                tracing::info!(method = %method, reason = %reason, "route denied by policy");
+                Err(ProxyError::Forbidden {
+                    code: "route_denied",
+                    message: reason.to_string(),
+                })
+            }
+        }
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -143,7 +322,17 @@ impl Proxy {
     }
 }
 
-fn finish(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn finish(resp: Response<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
     let (mut parts, body) = resp.into_parts();
     headers::sanitize_response(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
@@ -158,5 +347,6 @@ fn upstream_error(e: UpstreamError) -> ProxyError {
         e @ (UpstreamError::Connect { .. } | UpstreamError::Io(_)) => {
             ProxyError::UpstreamUnreachable(e.to_string())
         }
+        e @ UpstreamError::Certificate(_) => ProxyError::UpstreamCertificate(e.to_string()),
     }
 }

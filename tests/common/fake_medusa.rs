@@ -74,17 +74,27 @@ struct Knobs {
     response_delay: Duration,
 }
 
-#[derive(Default)]
-struct Counters {
-    login_attempts: AtomicUsize,
-    logins: AtomicUsize,
-    logins_in_flight: AtomicUsize,
-    max_concurrent_logins: AtomicUsize,
-    connections: AtomicUsize,
-    expired: AtomicUsize,
-    rejected: AtomicUsize,
-    sessions: AtomicUsize,
+/// Counters, each with a getter of the same name: `login_attempts` (every POST
+/// /admin/auth/token), `logins` (tokens issued), `logins_in_flight`, `max_concurrent_logins`
+/// (high-water mark), `connections` (TCP accepted), `expired_token_requests`,
+/// `rejected_requests` (every auth 401 off the login route), `sessions_created`.
+macro_rules! counters {
+    ($($name:ident),*) => {
+        #[derive(Default)]
+        struct Counters { $($name: AtomicUsize),* }
+        impl FakeMedusa { $(pub fn $name(&self) -> usize { self.state.n.$name.load(SeqCst) })* }
+    };
 }
+counters!(
+    login_attempts,
+    logins,
+    logins_in_flight,
+    max_concurrent_logins,
+    connections,
+    expired_token_requests,
+    rejected_requests,
+    sessions_created
+);
 
 struct State {
     knobs: Mutex<Knobs>,
@@ -162,30 +172,6 @@ impl FakeMedusa {
         self.knobs().response_delay = d;
     }
 
-    pub fn login_attempts(&self) -> usize {
-        self.state.n.login_attempts.load(SeqCst)
-    }
-    pub fn logins(&self) -> usize {
-        self.state.n.logins.load(SeqCst)
-    }
-    pub fn logins_in_flight(&self) -> usize {
-        self.state.n.logins_in_flight.load(SeqCst)
-    }
-    pub fn max_concurrent_logins(&self) -> usize {
-        self.state.n.max_concurrent_logins.load(SeqCst)
-    }
-    pub fn connections(&self) -> usize {
-        self.state.n.connections.load(SeqCst)
-    }
-    pub fn expired_token_requests(&self) -> usize {
-        self.state.n.expired.load(SeqCst)
-    }
-    pub fn rejected_requests(&self) -> usize {
-        self.state.n.rejected.load(SeqCst)
-    }
-    pub fn sessions_created(&self) -> usize {
-        self.state.n.sessions.load(SeqCst)
-    }
     /// Every non-login request, in arrival order. An `/admin/echo` request appears once its
     /// body has been streamed back completely.
     pub fn requests(&self) -> Vec<Recorded> {
@@ -290,18 +276,10 @@ fn hex(h: Sha256) -> String {
 }
 
 fn random_hex(len: usize) -> String {
-    static CTR: AtomicU64 = AtomicU64::new(0);
     let mut s = String::new();
     while s.len() < len {
-        let mut rs = RandomState::new().build_hasher();
-        rs.write_u64(CTR.fetch_add(1, SeqCst));
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let mut h = Sha256::new();
-        h.update(rs.finish().to_le_bytes());
-        h.update(nanos.to_le_bytes());
-        s.push_str(&hex(h));
+        // Each RandomState gets fresh keys (OS-seeded per thread, then perturbed per call).
+        let _ = write!(s, "{:016x}", RandomState::new().build_hasher().finish());
     }
     s.truncate(len);
     s
@@ -344,7 +322,7 @@ async fn handle(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     };
     // express-session with saveUninitialized: a cookie-less request gets a new stored session.
     let sid = known.unwrap_or_else(|| {
-        st.n.sessions.fetch_add(1, SeqCst);
+        st.n.sessions_created.fetch_add(1, SeqCst);
         let id = random_hex(32);
         lock(&st.sessions).insert(id.clone());
         id
@@ -400,14 +378,12 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
     tokio::time::sleep(delay).await;
     match failure {
         None => {}
-        Some(LoginFailure::Status(401)) => return unauthorized(),
+        Some(LoginFailure::Status(401)) => return login_unauthorized(),
         Some(LoginFailure::Status(400)) => return invalid_data("email must be an email"),
         Some(LoginFailure::Status(code)) => {
-            let code = if (200..=599).contains(&code) {
-                code
-            } else {
-                500
-            };
+            let code = Some(code)
+                .filter(|c| (200..=599).contains(c))
+                .unwrap_or(500);
             let body = json!({"type": "unknown_error", "message": "An unknown error occurred."});
             return json_resp(code, &body);
         }
@@ -434,7 +410,7 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
     let token = {
         let k = lock(&st.knobs);
         if email != k.email || password != k.password {
-            return unauthorized();
+            return login_unauthorized();
         }
         let iat = now_secs();
         let exp = iat + k.lifetime.as_secs();
@@ -565,9 +541,9 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let (len, sha, complete) = drain(&mut body).await;
     let response = match auth {
         Err(why) => {
-            st.n.rejected.fetch_add(1, SeqCst);
+            st.n.rejected_requests.fetch_add(1, SeqCst);
             if matches!(why, AuthFailure::Expired) {
-                st.n.expired.fetch_add(1, SeqCst);
+                st.n.expired_token_requests.fetch_add(1, SeqCst);
             }
             unauthorized()
         }
@@ -662,6 +638,11 @@ fn json_resp(status: u16, v: &Value) -> Response<Body> {
 
 fn invalid_data(message: &str) -> Response<Body> {
     json_resp(400, &json!({"type": "invalid_data", "message": message}))
+}
+
+/// Medusa v1's 401 on the login route.
+fn login_unauthorized() -> Response<Body> {
+    resp(401, Some("text/plain; charset=utf-8"), "Unauthorized")
 }
 
 /// Medusa v1's 401 on admin routes: bare text, no Content-Type, no WWW-Authenticate.

@@ -58,7 +58,9 @@ start_medusa() {
     if [ "$ver" = v1 ]; then
         # medusa start (v1) has no host option and binds every interface: the preload forces
         # 127.0.0.1 into every listen() of the process.
-        envs+=("NODE_OPTIONS=--require=$E2E_SRC/lib/listen-localhost.js" "E2E_LISTEN_HOST=127.0.0.1")
+        # --expose-gc and E2E_MEMSTAT_FILE serve the RSS scenario's memory probe (SIGUSR2).
+        envs+=("NODE_OPTIONS=--require=$E2E_SRC/lib/preload-v1.js --expose-gc"
+            "E2E_LISTEN_HOST=127.0.0.1" "E2E_MEMSTAT_FILE=$E2E_STATE/$name.memstat.json")
         cmd=(node_modules/.bin/medusa start -p "$port")
     else
         # development keeps the session cookie usable over plain http; it also makes Medusa
@@ -67,6 +69,7 @@ start_medusa() {
         if [ -n "$expires" ]; then envs+=("E2E_JWT_EXPIRES_IN=$expires"); fi
         cmd=(node_modules/.bin/medusa start -H 127.0.0.1 -p "$port")
     fi
+    rm -f "$E2E_STATE/$name.memstat.json"
     t0=$(date +%s.%N)
     (cd "$dir" && e2e_start "$name" "$E2E_LOGS/$name.log" env "${envs[@]}" "${cmd[@]}")
     if ! e2e_wait_http "http://127.0.0.1:$port/health" 120 "$name"; then

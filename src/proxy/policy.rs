@@ -1,0 +1,1407 @@
+//! Route policy: which requests the proxy forwards to Medusa at all.
+//!
+//! This module is pure (no I/O, no global state): [`Policy::check`] takes the
+//! method, the raw request path and the proxy's own Medusa user id, and
+//! returns a [`Decision`]. The caller maps it to a response:
+//! [`Decision::BadPath`] -> 400, [`Decision::Deny`] -> 403, and only
+//! [`Decision::Allow`] is forwarded.
+//!
+//! # Canonical paths and why the proxy rejects so much
+//!
+//! Medusa (v1 and v2) routes with Express. Express matches the request path
+//! case-insensitively and ignores one trailing slash, so `/ADMIN/AUTH/TOKEN`
+//! and `/admin/auth/token/` reach the same handler as `/admin/auth/token`.
+//! Express matches its route patterns against the *raw* (still
+//! percent-encoded) path and only decodes route parameters afterwards.
+//!
+//! The proxy forwards the raw path bytes unchanged. So the rule is: every path
+//! the proxy accepts has exactly one meaning, and the proxy matches on that
+//! meaning. [`canonicalize`] therefore *rejects* (400) every spelling where
+//! Express, Node's URL parser or any hop in between could see a different
+//! route than the one we matched, and otherwise returns the path lowercased
+//! with one trailing slash removed, which is exactly the equivalence Express
+//! applies. Policy matching (built-in rules, `deny_paths`, `allow_paths`)
+//! only ever looks at the canonical form.
+//!
+//! The caller must pass the path component only (`uri.path()`), not the query:
+//! a `?` or `#` in `raw_path` is rejected. It must then forward exactly that
+//! path, byte for byte (and the query untouched): the guarantees here hold
+//! only for the bytes that were checked.
+//!
+//! # Order of checks
+//!
+//! 1. [`canonicalize`] fails -> `BadPath`.
+//! 2. A built-in rule ([`BUILTIN_RULES`]) matches and was not lifted ->
+//!    `Deny(BuiltIn(name))`. Built-ins win over `allow_paths`: an operator who
+//!    allows `/` still cannot reach `/admin/auth/token` unless they lift the
+//!    rule by name in `policy.unsafe_lift_builtin_denies`.
+//! 3. A `deny_paths` prefix matches -> `Deny(DenyListed)`.
+//! 4. No `allow_paths` prefix matches -> `Deny(NotAllowed)`.
+//! 5. `read_only` and the method is not GET, HEAD or OPTIONS ->
+//!    `Deny(ReadOnly)`.
+//! 6. `Allow`.
+//!
+//! # Path prefixes in `allow_paths` / `deny_paths`
+//!
+//! Entries are canonicalised like request paths (so they are
+//! case-insensitive and must be spelled plainly) and match *whole segments*:
+//! `/admin/users` and `/admin/users/` are the same entry and both match
+//! `/admin/users` and everything below it (`/admin/users/usr_1`), but never
+//! `/admin/users-extra`. `/` matches every path. A trailing slash therefore
+//! does not change an entry's meaning, just as it does not change a route's
+//! meaning for Express. Wildcards (`*`) are rejected at start-up rather than
+//! silently treated as a literal character.
+
+use std::fmt;
+
+use http::Method;
+
+/// Medusa major version. The built-in denies of both versions apply to every
+/// flavor (a v1 route on a v2 server is a 404 anyway, and a wrong flavor guess
+/// must never open a credential route), so the policy does not need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    V1,
+    V2,
+}
+
+/// The `[policy]` section, as far as routes are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Path prefixes that may be forwarded. Default: `["/admin/"]`.
+    pub allow_paths: Vec<String>,
+    /// Path prefixes that are never forwarded (checked before `allow_paths`).
+    pub deny_paths: Vec<String>,
+    /// Only GET, HEAD and OPTIONS are forwarded.
+    pub read_only: bool,
+    /// Names of built-in deny rules the operator deliberately lifts.
+    pub lift_builtin: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            allow_paths: vec!["/admin/".to_owned()],
+            deny_paths: Vec::new(),
+            read_only: false,
+            lift_builtin: Vec::new(),
+        }
+    }
+}
+
+/// Outcome of [`Policy::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward the request (with the raw path, unchanged).
+    Allow,
+    /// The path has a spelling the proxy refuses to interpret: answer 400.
+    /// The string is a short reason, safe to show to the client.
+    BadPath(&'static str),
+    /// Answer 403 and do not forward.
+    Deny(DenyReason),
+}
+
+/// Why a request was denied (403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The path is not under any `policy.allow_paths` prefix.
+    NotAllowed,
+    /// The path is under a `policy.deny_paths` prefix.
+    DenyListed,
+    /// `policy.read_only` is set and the method is not GET, HEAD or OPTIONS.
+    ReadOnly,
+    /// A built-in rule (named) matched; see [`BUILTIN_RULES`].
+    BuiltIn(&'static str),
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NotAllowed => f.write_str("path is not in policy.allow_paths"),
+            DenyReason::DenyListed => f.write_str("path is in policy.deny_paths"),
+            DenyReason::ReadOnly => {
+                f.write_str("policy.read_only is set: only GET, HEAD and OPTIONS are forwarded")
+            }
+            DenyReason::BuiltIn(name) => write!(
+                f,
+                "route is blocked by built-in rule \"{name}\" (it hands out or ends credentials)"
+            ),
+        }
+    }
+}
+
+/// A route the proxy refuses by default because it mints, resets or ends
+/// credentials, or would let a caller take over or delete the proxy's own
+/// Medusa user.
+///
+/// `pattern` is a canonical path whose segments are literals, except:
+/// - `*` matches any one segment;
+/// - `{own_user_id}` matches the proxy's own user id (case-insensitively,
+///   after percent-decoding) and the alias `me`;
+/// - a final `**` matches the path itself and anything below it.
+#[derive(Debug)]
+pub struct BuiltinRule {
+    /// Stable name, used in `policy.unsafe_lift_builtin_denies` and in 403 messages.
+    pub name: &'static str,
+    /// Methods the rule applies to; `None` = every method.
+    pub methods: Option<&'static [Method]>,
+    /// Path pattern, see the type's docs.
+    pub pattern: &'static str,
+    /// Why the route is blocked (for docs and start-up warnings).
+    pub description: &'static str,
+}
+
+const OWN_USER_ID: &str = "{own_user_id}";
+const SUBTREE: &str = "**";
+const ANY_SEGMENT: &str = "*";
+
+/// The built-in deny rules, in the order they are checked.
+///
+/// Rules with a `**` subtree are deliberately wider than the exact Medusa
+/// route: nothing legitimate lives below these routes, and a wider rule cannot
+/// be sidestepped by a route Medusa adds later under the same prefix. Rules do
+/// not overlap on their documented routes, so lifting one rule by name really
+/// opens its routes (a test checks this).
+pub const BUILTIN_RULES: &[BuiltinRule] = &[
+    BuiltinRule {
+        name: "v1-auth-session",
+        methods: Some(&[Method::POST, Method::DELETE]),
+        pattern: "/admin/auth",
+        description: "v1 cookie login (POST /admin/auth) hands out a session; DELETE ends the \
+                      proxy's own session. GET /admin/auth (\"who am I\") stays allowed.",
+    },
+    BuiltinRule {
+        name: "v1-auth-token",
+        methods: None,
+        pattern: "/admin/auth/token/**",
+        description: "v1 login: POST /admin/auth/token returns a 24 h admin JWT.",
+    },
+    BuiltinRule {
+        name: "users-password-token",
+        methods: None,
+        pattern: "/admin/users/password-token/**",
+        description: "v1: creates a password-reset token for any user.",
+    },
+    BuiltinRule {
+        name: "users-reset-password",
+        methods: None,
+        pattern: "/admin/users/reset-password/**",
+        description: "v1: sets a user's password with a reset token.",
+    },
+    BuiltinRule {
+        name: "invites-create",
+        methods: Some(&[Method::POST]),
+        pattern: "/admin/invites",
+        description: "Creates an invite; its token lets anyone become an admin (v2 returns \
+                      it in the response). Listing and deleting invites stay allowed.",
+    },
+    BuiltinRule {
+        name: "invites-resend",
+        methods: Some(&[Method::POST]),
+        pattern: "/admin/invites/*/resend",
+        description: "Issues a fresh token for an existing invite (v2 returns it).",
+    },
+    BuiltinRule {
+        name: "invites-accept",
+        methods: None,
+        pattern: "/admin/invites/accept/**",
+        description: "Accepting an invite creates a new admin user.",
+    },
+    BuiltinRule {
+        name: "users-create",
+        methods: Some(&[Method::POST]),
+        pattern: "/admin/users",
+        description: "v1: POST /admin/users creates an admin user with a password of the \
+                      caller's choosing.",
+    },
+    BuiltinRule {
+        name: "own-user",
+        methods: Some(&[Method::POST, Method::DELETE]),
+        pattern: "/admin/users/{own_user_id}/**",
+        description: "Updating the proxy's own user (v1: set its api_token, a static \
+                      credential) or deleting it (the proxy loses its login).",
+    },
+    BuiltinRule {
+        name: "v2-auth",
+        methods: None,
+        pattern: "/auth/**",
+        description: "v2 login, registration, token refresh, password reset and sessions \
+                      all live under /auth.",
+    },
+    BuiltinRule {
+        name: "api-keys-create",
+        methods: Some(&[Method::POST]),
+        pattern: "/admin/api-keys/**",
+        description: "v2: POST /admin/api-keys creates a secret API key (a credential); \
+                      POST below it updates or revokes keys. GET and DELETE stay allowed.",
+    },
+];
+
+/// Looks up a built-in rule by its exact name.
+pub fn builtin_rule(name: &str) -> Option<&'static BuiltinRule> {
+    BUILTIN_RULES.iter().find(|r| r.name == name)
+}
+
+impl BuiltinRule {
+    /// Does this rule match `method` on the *canonical* path `canonical`?
+    ///
+    /// Methods are compared ASCII-case-insensitively: HTTP methods are
+    /// case-sensitive and Node rejects `post`, but a lowercase spelling must
+    /// never be the thing that slips past a deny.
+    pub fn matches(&self, method: &Method, canonical: &str, own_user_id: Option<&str>) -> bool {
+        let method_ok = self.methods.is_none_or(|ms| {
+            ms.iter()
+                .any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()))
+        });
+        method_ok && pattern_matches(self.pattern, canonical, own_user_id)
+    }
+}
+
+/// Segments of a canonical path; `/` has none.
+fn segments(canonical: &str) -> impl Iterator<Item = &str> {
+    let body = canonical.strip_prefix('/').unwrap_or(canonical);
+    body.split('/').filter(|s| !s.is_empty())
+}
+
+fn pattern_matches(pattern: &str, canonical: &str, own_user_id: Option<&str>) -> bool {
+    let mut path = segments(canonical);
+    for pat in segments(pattern) {
+        if pat == SUBTREE {
+            return true;
+        }
+        let Some(seg) = path.next() else {
+            return false;
+        };
+        let ok = if pat == ANY_SEGMENT {
+            true
+        } else if pat == OWN_USER_ID {
+            is_own_user_segment(seg, own_user_id)
+        } else {
+            pat == seg
+        };
+        if !ok {
+            return false;
+        }
+    }
+    path.next().is_none()
+}
+
+/// `seg` is a canonical segment (lowercase; only escapes that canonicalize
+/// accepted). Express hands route parameters to Medusa percent-decoded, so the
+/// comparison is on the decoded bytes; and it is case-insensitive because the
+/// canonical form is lowercase (this over-denies a different user whose id
+/// differs only in case, which Medusa's ids never do). `me` is denied too:
+/// Medusa v2 has `/admin/users/me` for the current user, and although only GET
+/// exists there today, a write to it would mean the proxy's own user.
+fn is_own_user_segment(seg: &str, own_user_id: Option<&str>) -> bool {
+    if seg == "me" {
+        return true;
+    }
+    let Some(own) = own_user_id else {
+        return false;
+    };
+    let decoded = percent_decode(seg.as_bytes());
+    !own.is_empty() && decoded.eq_ignore_ascii_case(own.as_bytes())
+}
+
+/// Lenient percent-decoding (an invalid escape is kept as-is). Only used on
+/// canonical segments, whose escapes are all valid.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
+                input.get(i + 1).copied().and_then(hex_val),
+                input.get(i + 2).copied().and_then(hex_val),
+            )
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 unreserved: percent-encoding one of these must not change
+/// meaning, yet Express matches routes on the raw path, so `/admin/%61uth`
+/// would be `/admin/auth` to a decoding hop and something else to Express.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Canonical form of a request path, or a short reason why the proxy refuses
+/// to interpret it (answer 400).
+///
+/// Accepted bytes: `/`, unreserved characters, the sub-delimiters
+/// `! $ & ' ( ) * + , =`, `:`, `@`, and `%XX` escapes. The canonical form is
+/// the path with ASCII letters (and escape hex digits) lowercased and one
+/// trailing slash removed (`/` stays `/`).
+///
+/// Rejected, with the bypass each rejection blocks:
+/// - not starting with `/` (empty, `*`, absolute-form): parseurl sends such
+///   strings through Node's `url.parse`, which reinterprets them;
+/// - raw `?` or `#`: the caller must pass the path only; Node's URL parsing
+///   cuts the path at `#`, so `/admin/auth/token#x` would be the token route;
+/// - control characters, space, non-ASCII: they push parseurl onto
+///   `url.parse`, which trims whitespace and turns `\` into `/`; raw
+///   non-ASCII is not a valid request-target (clients percent-encode it);
+/// - backslash, raw or `%5C`: `url.parse` and many other URL parsers treat
+///   `\` as `/`;
+/// - `%2F`: a decoding hop would see two segments where Express sees one;
+/// - `%XX` of an unreserved character (`%61`, `%2e`, `%7E`...): equal to the
+///   plain character for any decoding hop, different for Express;
+/// - `%25` (encoded `%`): double encoding (`%2561`) becomes a new escape in
+///   any hop that decodes once;
+/// - `%00`-`%20`, `%7F`: NUL and control bytes truncate or confuse code that
+///   later sees the decoded parameter, and decoded whitespace gets trimmed;
+/// - escapes that do not decode to valid UTF-8 (overlong `%C0%AF` for `/`,
+///   lone continuation bytes): JavaScript's `decodeURIComponent` rejects them
+///   and older decoders turn overlongs into `/` or `.`;
+/// - invalid escapes (`%`, `%4`, `%zz`, `%u0061`);
+/// - `;`: Express does not treat `;` specially, but servers that strip
+///   `;params` from segments (Tomcat/Spring, some gateways) would see
+///   `/admin/auth/token;x` as the token route; no Medusa route contains `;`;
+/// - `"` `<` `>` `[` `]` `^` `` ` `` `{` `|` `}`: not allowed unencoded in a
+///   path (RFC 3986), so parsers disagree about them;
+/// - empty segments (`//`, except one trailing slash) and `.` / `..`
+///   segments: Express does not collapse or resolve them, but proxies,
+///   clients and frameworks in between often do.
+pub fn canonicalize(raw_path: &str) -> Result<String, &'static str> {
+    let bytes = raw_path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err("path must start with '/'");
+    }
+    let mut out = String::with_capacity(bytes.len());
+    // The path with every escape decoded, only to check that it is UTF-8.
+    let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hi = bytes.get(i + 1).copied();
+                let lo = bytes.get(i + 2).copied();
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err("invalid percent-escape");
+                };
+                let (Some(h), Some(l)) = (hex_val(hi), hex_val(lo)) else {
+                    return Err("invalid percent-escape");
+                };
+                let v = h * 16 + l;
+                if v <= 0x20 || v == 0x7f {
+                    // Includes %20: decoding hops that trim whitespace would
+                    // turn `/admin/auth/token%20` into the token route.
+                    return Err("percent-encoded control character or space");
+                }
+                if v == b'/' || v == b'\\' {
+                    return Err("percent-encoded '/' or '\\'");
+                }
+                if is_unreserved(v) {
+                    return Err("percent-encoded unreserved character");
+                }
+                if v == b'%' {
+                    return Err("percent-encoded '%' (double encoding)");
+                }
+                out.push('%');
+                out.push(char::from(hi.to_ascii_lowercase()));
+                out.push(char::from(lo.to_ascii_lowercase()));
+                decoded.push(v);
+                i += 3;
+            }
+            b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':'
+            | b'@' => {
+                out.push(char::from(b));
+                decoded.push(b);
+                i += 1;
+            }
+            _ if is_unreserved(b) => {
+                out.push(char::from(b.to_ascii_lowercase()));
+                decoded.push(b);
+                i += 1;
+            }
+            0x80..=0xff => return Err("non-ASCII character in path"),
+            0x00..=0x20 | 0x7f => return Err("control character or space in path"),
+            b'\\' => return Err("backslash in path"),
+            b'?' | b'#' => return Err("'?' or '#' in path (pass the path without query)"),
+            b';' => return Err("';' in path"),
+            _ => return Err("character in path that must be percent-encoded"),
+        }
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err("percent-escapes do not decode to UTF-8");
+    }
+    if out == "/" {
+        return Ok(out);
+    }
+    // Express ignores exactly one trailing slash (path-to-regexp, strict:
+    // false): `/a/` is `/a`, but `/a//` is not, so only one is removed and
+    // whatever remains must be a run of non-empty, non-dot segments.
+    if out.ends_with('/') {
+        out.pop();
+    }
+    for seg in out[1..].split('/') {
+        if seg.is_empty() {
+            return Err("empty path segment ('//')");
+        }
+        if seg == "." || seg == ".." {
+            return Err("dot segment ('.' or '..') in path");
+        }
+    }
+    Ok(out)
+}
+
+/// The configuration key that lists lifted built-in rules (for messages).
+pub const LIFT_KEY: &str = "policy.unsafe_lift_builtin_denies";
+
+/// A configuration error, naming the offending entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// An `allow_paths` / `deny_paths` entry is not a usable path prefix.
+    BadPathEntry {
+        field: &'static str,
+        entry: String,
+        reason: &'static str,
+    },
+    /// A `lift_builtin` entry names no built-in rule.
+    UnknownBuiltin { name: String },
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::BadPathEntry {
+                field,
+                entry,
+                reason,
+            } => write!(
+                f,
+                "policy.{field}: {entry:?} is not a usable path prefix: {reason}"
+            ),
+            PolicyError::UnknownBuiltin { name } => {
+                write!(f, "{LIFT_KEY}: unknown rule {name:?}; known: ")?;
+                for (i, rule) in BUILTIN_RULES.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(rule.name)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// A validated route policy. Cheap to clone; immutable.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    read_only: bool,
+    active: Vec<&'static BuiltinRule>,
+    lifted: Vec<String>,
+}
+
+fn canonical_prefixes(field: &'static str, entries: &[String]) -> Result<Vec<String>, PolicyError> {
+    entries
+        .iter()
+        .map(|entry| {
+            let bad = |reason| PolicyError::BadPathEntry {
+                field,
+                entry: entry.clone(),
+                reason,
+            };
+            if entry.contains('*') {
+                // `*` is a legal path character, so `/admin/*` would silently
+                // be a literal prefix that matches nothing useful.
+                return Err(bad(
+                    "wildcards are not supported (entries are path prefixes)",
+                ));
+            }
+            canonicalize(entry).map_err(bad)
+        })
+        .collect()
+}
+
+/// Whole-segment prefix match on canonical paths: `/admin` matches `/admin`
+/// and `/admin/...`, never `/adminx`; `/` matches everything.
+fn prefix_matches(prefix: &str, canonical: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match canonical.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+impl Policy {
+    /// Validates `cfg`: every path entry must canonicalise (see
+    /// [`canonicalize`]; no wildcards) and every `lift_builtin` name must name
+    /// a rule in [`BUILTIN_RULES`].
+    pub fn new(cfg: PolicyConfig) -> Result<Policy, PolicyError> {
+        let allow = canonical_prefixes("allow_paths", &cfg.allow_paths)?;
+        let deny = canonical_prefixes("deny_paths", &cfg.deny_paths)?;
+        for name in &cfg.lift_builtin {
+            if builtin_rule(name).is_none() {
+                return Err(PolicyError::UnknownBuiltin { name: name.clone() });
+            }
+        }
+        let is_lifted = |rule: &BuiltinRule| cfg.lift_builtin.iter().any(|n| n == rule.name);
+        let active = BUILTIN_RULES.iter().filter(|r| !is_lifted(r)).collect();
+        let lifted = BUILTIN_RULES
+            .iter()
+            .filter(|r| is_lifted(r))
+            .map(|r| r.name.to_owned())
+            .collect();
+        Ok(Policy {
+            allow,
+            deny,
+            read_only: cfg.read_only,
+            active,
+            lifted,
+        })
+    }
+
+    /// Names of the built-in rules lifted by configuration (deduplicated, in
+    /// [`BUILTIN_RULES`] order), so the app can warn loudly at start-up.
+    pub fn lifted(&self) -> &[String] {
+        &self.lifted
+    }
+
+    /// Decides whether to forward `method raw_path`. `raw_path` is the path
+    /// component exactly as it will be forwarded (no query). `own_user_id` is
+    /// the proxy's own Medusa user id, when known (from its token).
+    pub fn check(&self, method: &Method, raw_path: &str, own_user_id: Option<&str>) -> Decision {
+        let canonical = match canonicalize(raw_path) {
+            Ok(c) => c,
+            Err(reason) => return Decision::BadPath(reason),
+        };
+        if let Some(rule) = self
+            .active
+            .iter()
+            .find(|r| r.matches(method, &canonical, own_user_id))
+        {
+            return Decision::Deny(DenyReason::BuiltIn(rule.name));
+        }
+        if self.deny.iter().any(|p| prefix_matches(p, &canonical)) {
+            return Decision::Deny(DenyReason::DenyListed);
+        }
+        if !self.allow.iter().any(|p| prefix_matches(p, &canonical)) {
+            return Decision::Deny(DenyReason::NotAllowed);
+        }
+        if self.read_only && !is_read_method(method) {
+            return Decision::Deny(DenyReason::ReadOnly);
+        }
+        Decision::Allow
+    }
+}
+
+/// Exact comparison on purpose: a lowercase `get` is not GET and is refused
+/// in read-only mode (Node would reject it anyway).
+fn is_read_method(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OWN: &str = "usr_01ABCdef";
+
+    fn policy(cfg: PolicyConfig) -> Policy {
+        match Policy::new(cfg) {
+            Ok(p) => p,
+            Err(e) => panic!("bad test config: {e}"),
+        }
+    }
+
+    fn default_policy() -> Policy {
+        policy(PolicyConfig::default())
+    }
+
+    /// Allows everything, so that only built-ins (and BadPath) can refuse.
+    fn open_policy() -> Policy {
+        policy(PolicyConfig {
+            allow_paths: vec!["/".into()],
+            ..PolicyConfig::default()
+        })
+    }
+
+    fn m(s: &str) -> Method {
+        match Method::from_bytes(s.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => panic!("bad method {s}: {e}"),
+        }
+    }
+
+    fn builtin(name: &'static str) -> Decision {
+        Decision::Deny(DenyReason::BuiltIn(name))
+    }
+
+    /// (method, canonical path, rule that must deny it)
+    const DENIED: &[(&str, &str, &str)] = &[
+        ("POST", "/admin/auth", "v1-auth-session"),
+        ("DELETE", "/admin/auth", "v1-auth-session"),
+        ("GET", "/admin/auth/token", "v1-auth-token"),
+        ("POST", "/admin/auth/token", "v1-auth-token"),
+        ("OPTIONS", "/admin/auth/token", "v1-auth-token"),
+        ("GET", "/admin/users/password-token", "users-password-token"),
+        (
+            "POST",
+            "/admin/users/password-token",
+            "users-password-token",
+        ),
+        (
+            "POST",
+            "/admin/users/reset-password",
+            "users-reset-password",
+        ),
+        ("PUT", "/admin/users/reset-password", "users-reset-password"),
+        ("POST", "/admin/invites", "invites-create"),
+        ("POST", "/admin/invites/invite_1/resend", "invites-resend"),
+        ("GET", "/admin/invites/accept", "invites-accept"),
+        ("POST", "/admin/users", "users-create"),
+        ("POST", "/admin/users/usr_01abcdef", "own-user"),
+        ("DELETE", "/admin/users/usr_01abcdef", "own-user"),
+        ("POST", "/admin/users/me", "own-user"),
+        ("GET", "/auth", "v2-auth"),
+        ("POST", "/auth/user/emailpass", "v2-auth"),
+        ("POST", "/auth/token/refresh", "v2-auth"),
+        ("DELETE", "/auth/session", "v2-auth"),
+        ("POST", "/admin/api-keys", "api-keys-create"),
+        ("POST", "/admin/api-keys/apk_1/revoke", "api-keys-create"),
+    ];
+
+    #[test]
+    fn every_builtin_rule_denies_its_routes() {
+        for p in [default_policy(), open_policy()] {
+            for (method, path, rule) in DENIED {
+                // v2-auth is outside the default allow list but must still be
+                // reported as the built-in (built-ins are checked first).
+                assert_eq!(
+                    p.check(&m(method), path, Some(OWN)),
+                    builtin(rule),
+                    "{method} {path}"
+                );
+            }
+        }
+        // Every rule is exercised above.
+        for rule in BUILTIN_RULES {
+            assert!(
+                DENIED.iter().any(|(_, _, r)| *r == rule.name),
+                "no test for {}",
+                rule.name
+            );
+        }
+    }
+
+    #[test]
+    fn neighbouring_routes_stay_allowed() {
+        let p = default_policy();
+        for (method, path) in [
+            ("GET", "/admin/auth"), // "who am I"
+            ("HEAD", "/admin/auth"),
+            ("GET", "/admin/users"),
+            ("GET", "/admin/users/me"),
+            ("GET", "/admin/users/usr_01abcdef"),
+            ("POST", "/admin/users/usr_other"),
+            ("DELETE", "/admin/users/usr_other"),
+            ("GET", "/admin/invites"),
+            ("DELETE", "/admin/invites/invite_1"),
+            ("GET", "/admin/api-keys"),
+            ("GET", "/admin/api-keys/apk_1"),
+            ("DELETE", "/admin/api-keys/apk_1"),
+            ("POST", "/admin/products"),
+            ("POST", "/admin/authx"),
+            ("POST", "/admin/users-x"),
+            ("GET", "/admin/auth/tokenx"),
+            ("GET", "/admin"),
+            ("GET", "/admin/"),
+        ] {
+            assert_eq!(
+                p.check(&m(method), path, Some(OWN)),
+                Decision::Allow,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn bypass_spellings_of_the_token_route() {
+        let p = open_policy();
+        let get = Method::GET;
+        // Express-equivalent spellings: denied by the rule itself.
+        for path in [
+            "/admin/auth/token",
+            "/ADMIN/AUTH/TOKEN",
+            "/Admin/Auth/Token/",
+            "/admin/auth/token/",
+        ] {
+            assert_eq!(
+                p.check(&get, path, None),
+                builtin("v1-auth-token"),
+                "{path}"
+            );
+        }
+        // Spellings some hop could read differently: refused outright.
+        for path in [
+            "/admin//auth/token",
+            "//admin/auth/token",
+            "/admin/auth/token//",
+            "/admin/./auth/token",
+            "/admin/x/../auth/token",
+            "/admin/auth/token/.",
+            "/admin/%61uth/token",
+            "/admin/%2e/auth/token",
+            "/admin/auth%2Ftoken",
+            "/admin/auth%2ftoken",
+            "/admin/auth/token%2f",
+            "/admin/auth/token%2F",
+            "/admin\\auth\\token",
+            "/admin/auth%5ctoken",
+            "/admin/auth/token;x",
+            "/admin/auth;x/token",
+            "/admin/auth/token%00",
+            "/admin/auth/token%20",
+            "/admin/auth/token#x",
+            "/admin/auth/token?x",
+            "/admin/auth/token\t",
+            "/admin/auth/token ",
+            "/admin/auth/tok%65n",
+            "/admin/auth/%2561uth",
+            "/admin/auth%c0%aftoken",
+            "/admin/auth/token%",
+            "/admin/auth/tok\u{212a}en",
+            "admin/auth/token",
+            "",
+        ] {
+            let d = p.check(&get, path, None);
+            assert!(matches!(d, Decision::BadPath(_)), "{path:?} -> {d:?}");
+        }
+    }
+
+    #[test]
+    fn own_user_rule() {
+        let p = default_policy();
+        let post = Method::POST;
+        // Case-insensitive: Express passes the raw case to Medusa, but the
+        // canonical form is lowercase; denying the other case is the safe side.
+        for path in [
+            "/admin/users/usr_01ABCdef",
+            "/admin/users/USR_01ABCDEF/",
+            "/admin/users/usr_01abcdef/anything",
+            "/admin/users/me",
+            "/admin/users/ME",
+        ] {
+            assert_eq!(
+                p.check(&post, path, Some(OWN)),
+                builtin("own-user"),
+                "{path}"
+            );
+            assert_eq!(
+                p.check(&Method::DELETE, path, Some(OWN)),
+                builtin("own-user"),
+                "{path}"
+            );
+            assert_eq!(p.check(&Method::GET, path, Some(OWN)), Decision::Allow);
+        }
+        // An encoded spelling of the id is refused before matching.
+        assert!(matches!(
+            p.check(&post, "/admin/users/usr%5F01abcdef", Some(OWN)),
+            Decision::BadPath(_)
+        ));
+        // Unknown own id: only the alias is denied.
+        assert_eq!(
+            p.check(&post, "/admin/users/usr_01abcdef", None),
+            Decision::Allow
+        );
+        assert_eq!(p.check(&post, "/admin/users/me", None), builtin("own-user"));
+        // Another user's id is fine, as is an id that merely starts the same.
+        assert_eq!(
+            p.check(&post, "/admin/users/usr_01abcdefg", Some(OWN)),
+            Decision::Allow
+        );
+        assert_eq!(p.check(&post, "/admin/users/x", Some("")), Decision::Allow);
+    }
+
+    #[test]
+    fn own_user_id_with_reserved_characters_is_compared_decoded() {
+        let p = default_policy();
+        assert_eq!(
+            p.check(&Method::POST, "/admin/users/a%3Ab", Some("a:b")),
+            builtin("own-user")
+        );
+        assert_eq!(
+            p.check(&Method::POST, "/admin/users/a:b", Some("a:b")),
+            builtin("own-user")
+        );
+    }
+
+    #[test]
+    fn lowercase_method_spelling_is_still_denied() {
+        let p = default_policy();
+        assert_eq!(
+            p.check(&m("post"), "/admin/users", None),
+            builtin("users-create")
+        );
+        assert_eq!(
+            p.check(&m("Delete"), "/admin/auth", None),
+            builtin("v1-auth-session")
+        );
+    }
+
+    #[test]
+    fn read_only() {
+        let p = policy(PolicyConfig {
+            read_only: true,
+            ..PolicyConfig::default()
+        });
+        for method in ["GET", "HEAD", "OPTIONS"] {
+            assert_eq!(
+                p.check(&m(method), "/admin/products", None),
+                Decision::Allow
+            );
+        }
+        for method in ["POST", "PUT", "PATCH", "DELETE", "get", "PROPFIND"] {
+            assert_eq!(
+                p.check(&m(method), "/admin/products", None),
+                Decision::Deny(DenyReason::ReadOnly),
+                "{method}"
+            );
+        }
+        // Built-ins and path rules come first.
+        assert_eq!(
+            p.check(&Method::POST, "/admin/users", None),
+            builtin("users-create")
+        );
+        assert_eq!(
+            p.check(&Method::POST, "/store/carts", None),
+            Decision::Deny(DenyReason::NotAllowed)
+        );
+    }
+
+    #[test]
+    fn allow_paths_default_and_prefix_semantics() {
+        let p = default_policy();
+        for path in ["/store/products", "/health", "/", "/adminx", "/app/admin"] {
+            assert_eq!(
+                p.check(&Method::GET, path, None),
+                Decision::Deny(DenyReason::NotAllowed),
+                "{path}"
+            );
+        }
+        for path in ["/admin", "/admin/", "/ADMIN/products", "/admin/products/"] {
+            assert_eq!(p.check(&Method::GET, path, None), Decision::Allow, "{path}");
+        }
+        // With or without trailing slash, an entry means the same subtree.
+        let q = policy(PolicyConfig {
+            allow_paths: vec!["/Admin/Products".into(), "/store/".into()],
+            ..PolicyConfig::default()
+        });
+        for (path, ok) in [
+            ("/admin/products", true),
+            ("/admin/products/prod_1", true),
+            ("/admin/productsx", false),
+            ("/admin/orders", false),
+            ("/store", true),
+            ("/store/carts", true),
+            ("/storex", false),
+        ] {
+            let want = if ok {
+                Decision::Allow
+            } else {
+                Decision::Deny(DenyReason::NotAllowed)
+            };
+            assert_eq!(q.check(&Method::GET, path, None), want, "{path}");
+        }
+        let none = policy(PolicyConfig {
+            allow_paths: vec![],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(
+            none.check(&Method::GET, "/admin/products", None),
+            Decision::Deny(DenyReason::NotAllowed)
+        );
+    }
+
+    #[test]
+    fn deny_paths() {
+        let p = policy(PolicyConfig {
+            deny_paths: vec!["/admin/users/".into(), "/admin/Orders".into()],
+            read_only: true,
+            ..PolicyConfig::default()
+        });
+        for path in [
+            "/admin/users",
+            "/ADMIN/Users/",
+            "/admin/users/usr_1",
+            "/admin/orders",
+            "/admin/orders/order_1/fulfillments",
+        ] {
+            assert_eq!(
+                p.check(&Method::GET, path, None),
+                Decision::Deny(DenyReason::DenyListed),
+                "{path}"
+            );
+        }
+        // Deny-listing is reported before read-only.
+        assert_eq!(
+            p.check(&Method::PUT, "/admin/orders", None),
+            Decision::Deny(DenyReason::DenyListed)
+        );
+        for path in ["/admin/users-groups", "/admin/ordersx", "/admin/products"] {
+            assert_eq!(p.check(&Method::GET, path, None), Decision::Allow, "{path}");
+        }
+        // Built-ins still win over deny_paths in the report.
+        assert_eq!(
+            p.check(&Method::GET, "/admin/users/password-token", None),
+            builtin("users-password-token")
+        );
+    }
+
+    #[test]
+    fn builtins_win_over_allow_root() {
+        let p = open_policy();
+        assert_eq!(
+            p.check(&Method::POST, "/auth/user/emailpass", None),
+            builtin("v2-auth")
+        );
+        assert_eq!(
+            p.check(&Method::GET, "/store/products", None),
+            Decision::Allow
+        );
+        assert_eq!(p.check(&Method::GET, "/", None), Decision::Allow);
+    }
+
+    #[test]
+    fn lift_builtin() {
+        let p = policy(PolicyConfig {
+            lift_builtin: vec![
+                "v1-auth-token".into(),
+                "own-user".into(),
+                "v1-auth-token".into(),
+            ],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(p.lifted(), ["v1-auth-token", "own-user"]);
+        assert_eq!(
+            p.check(&Method::POST, "/admin/auth/token", None),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check(&Method::POST, "/admin/users/me", Some(OWN)),
+            Decision::Allow
+        );
+        // Other rules stay in force.
+        assert_eq!(
+            p.check(&Method::POST, "/admin/auth", None),
+            builtin("v1-auth-session")
+        );
+        assert_eq!(
+            p.check(&Method::POST, "/admin/users", None),
+            builtin("users-create")
+        );
+        // Lifting does not bypass canonicalisation, nor allow_paths.
+        assert!(matches!(
+            p.check(&Method::GET, "/admin//auth/token", None),
+            Decision::BadPath(_)
+        ));
+        assert!(default_policy().lifted().is_empty());
+        let q = policy(PolicyConfig {
+            lift_builtin: vec!["v2-auth".into()],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(
+            q.check(&Method::POST, "/auth/user/emailpass", None),
+            Decision::Deny(DenyReason::NotAllowed)
+        );
+    }
+
+    #[test]
+    fn lifting_one_rule_opens_exactly_its_routes() {
+        for rule in BUILTIN_RULES {
+            let p = policy(PolicyConfig {
+                allow_paths: vec!["/".into()],
+                lift_builtin: vec![rule.name.to_owned()],
+                ..PolicyConfig::default()
+            });
+            assert_eq!(p.lifted(), [rule.name]);
+            for (method, path, name) in DENIED {
+                let want = if *name == rule.name {
+                    Decision::Allow
+                } else {
+                    builtin(name)
+                };
+                assert_eq!(
+                    p.check(&m(method), path, Some(OWN)),
+                    want,
+                    "lifted {}: {method} {path}",
+                    rule.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_entry() {
+        let err = |cfg| match Policy::new(cfg) {
+            Ok(_) => panic!("config accepted"),
+            Err(e) => e.to_string(),
+        };
+        let e = err(PolicyConfig {
+            allow_paths: vec!["admin/".into()],
+            ..PolicyConfig::default()
+        });
+        assert!(e.starts_with("policy.allow_paths: \"admin/\""), "{e}");
+        assert!(e.contains("start with '/'"), "{e}");
+        let e = err(PolicyConfig {
+            deny_paths: vec!["/admin//users".into()],
+            ..PolicyConfig::default()
+        });
+        assert!(e.starts_with("policy.deny_paths: \"/admin//users\""), "{e}");
+        let e = err(PolicyConfig {
+            deny_paths: vec!["/admin/*".into()],
+            ..PolicyConfig::default()
+        });
+        assert!(e.contains("wildcards"), "{e}");
+        let e = err(PolicyConfig {
+            lift_builtin: vec!["x".into()],
+            ..PolicyConfig::default()
+        });
+        assert!(
+            e.starts_with(&format!(
+                "{LIFT_KEY}: unknown rule \"x\"; known: v1-auth-session, "
+            )),
+            "{e}"
+        );
+        for rule in BUILTIN_RULES {
+            assert!(e.contains(rule.name), "{e}");
+        }
+        // Names are exact.
+        let e = err(PolicyConfig {
+            lift_builtin: vec!["V2-AUTH".into()],
+            ..PolicyConfig::default()
+        });
+        assert!(e.contains("\"V2-AUTH\""), "{e}");
+    }
+
+    #[test]
+    fn canonicalize_examples() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/Admin/Products/", "/admin/products"),
+            (
+                "/admin/products/prod_01HX~x-y.z",
+                "/admin/products/prod_01hx~x-y.z",
+            ),
+            ("/a/%3A%C3%A9%3f%23", "/a/%3a%c3%a9%3f%23"),
+            ("/a/b:c@d!$&'()*+,=", "/a/b:c@d!$&'()*+,="),
+            ("/a/.../..x/.x", "/a/.../..x/.x"),
+        ] {
+            assert_eq!(canonicalize(raw), Ok(want.to_owned()), "{raw}");
+        }
+        for (raw, why) in [
+            ("", "start with '/'"),
+            ("*", "start with '/'"),
+            ("http://x/admin", "start with '/'"),
+            ("//", "empty"),
+            ("/a//", "empty"),
+            ("/.", "dot"),
+            ("/a/..", "dot"),
+            ("/a/./", "dot"),
+            ("/%41", "unreserved"),
+            ("/%7e", "unreserved"),
+            ("/%2E%2E", "unreserved"),
+            ("/%2F", "'/'"),
+            ("/%5C", "'/'"),
+            ("/a\\b", "backslash"),
+            ("/%25", "double"),
+            ("/%00", "control"),
+            ("/%7F", "control"),
+            ("/a%20", "space"),
+            ("/%", "invalid"),
+            ("/%4", "invalid"),
+            ("/%zz", "invalid"),
+            ("/%u0061", "invalid"),
+            ("/%C0%AF", "UTF-8"),
+            ("/%80", "UTF-8"),
+            ("/a b", "control"),
+            ("/a\u{0}", "control"),
+            ("/\u{e9}", "non-ASCII"),
+            ("/a;b", "';'"),
+            ("/a?b", "'?'"),
+            ("/a#b", "'#'"),
+            ("/a|b", "percent-encoded"),
+            ("/a{b}", "percent-encoded"),
+        ] {
+            match canonicalize(raw) {
+                Ok(c) => panic!("{raw:?} accepted as {c:?}"),
+                Err(e) => assert!(e.contains(why), "{raw:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn builtin_rule_table_is_well_formed() {
+        for (i, rule) in BUILTIN_RULES.iter().enumerate() {
+            assert!(
+                BUILTIN_RULES[..i].iter().all(|r| r.name != rule.name),
+                "duplicate {}",
+                rule.name
+            );
+            assert!(builtin_rule(rule.name).is_some());
+            // Patterns are canonical once placeholders are filled in.
+            let filled = rule
+                .pattern
+                .replace(OWN_USER_ID, "id")
+                .replace("/**", "")
+                .replace("/*/", "/id/");
+            assert_eq!(canonicalize(&filled), Ok(filled.clone()), "{}", rule.name);
+            assert!(!rule.description.is_empty());
+        }
+    }
+
+    #[test]
+    fn deny_reason_display() {
+        assert!(
+            DenyReason::BuiltIn("v2-auth")
+                .to_string()
+                .contains("\"v2-auth\"")
+        );
+        assert!(DenyReason::ReadOnly.to_string().contains("read_only"));
+        assert!(DenyReason::NotAllowed.to_string().contains("allow_paths"));
+        assert!(DenyReason::DenyListed.to_string().contains("deny_paths"));
+    }
+
+    // ---- property tests ----
+
+    /// The most liberal reading of a path any hop might apply: `\` as `/`,
+    /// repeated decoding of escapes that "should not matter" (unreserved,
+    /// `/`, `\`, `%`, controls), cutting at `?`/`#`, stripping `;params`,
+    /// collapsing empty segments, resolving dot segments, lowercasing.
+    fn liberal(s: &str) -> String {
+        let mut b: Vec<u8> = s.as_bytes().to_vec();
+        for _ in 0..4 {
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let escaped = match (b.get(i), b.get(i + 1), b.get(i + 2)) {
+                    (Some(b'%'), Some(&h), Some(&l)) => hex_val(h).zip(hex_val(l)),
+                    _ => None,
+                };
+                if let Some((h, l)) = escaped
+                    && let v = h * 16 + l
+                    && (is_unreserved(v) || matches!(v, b'/' | b'\\' | b'%' | 0..=0x20 | 0x7f))
+                {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            b = out;
+        }
+        let s = String::from_utf8_lossy(&b).replace('\\', "/");
+        let s = s.split(['?', '#']).next().unwrap_or("");
+        let mut segs: Vec<String> = Vec::new();
+        for seg in s.split('/') {
+            let seg = seg.split(';').next().unwrap_or("");
+            let seg: String = seg
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .to_ascii_lowercase();
+            match seg.as_str() {
+                "" | "." => {}
+                ".." => {
+                    segs.pop();
+                }
+                _ => segs.push(seg),
+            }
+        }
+        format!("/{}", segs.join("/"))
+    }
+
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            4 => Just("/".to_owned()),
+            6 => prop::sample::select(vec![
+                "admin", "ADMIN", "Auth", "auth", "token", "users", "me", "usr_01abcdef",
+                "invites", "accept", "resend", "api-keys", "password-token", "x", ".", "..", "%2f",
+                "%2F", "%5c", "%61", "%41", "%2e", "%2E", "%25", "%252f", "%3a", "%3A",
+                "%C3%A9", "%c0%af", "%80", "%00", "%0a", "%", "%g1", "\\", ";", "?", "#",
+                " ", "\t", "\u{e9}", "\u{212a}", "~", "-", "_", "*", "|",
+            ])
+            .prop_map(str::to_owned),
+            1 => any::<char>().prop_map(String::from),
+        ];
+        (any::<bool>(), prop::collection::vec(piece, 0..14)).prop_map(|(slash, pieces)| {
+            let mut s = if slash { "/".to_owned() } else { String::new() };
+            s.extend(pieces);
+            s
+        })
+    }
+
+    /// Re-spells a canonical denied path: `seps[i]` picks the separator
+    /// before segment `i` (doubled slash, `/./`, `/x/../`, backslash, encoded
+    /// slashes, encoded dot segments), `chars[j]` what happens to character
+    /// `j` (case flip, percent-encoding in either hex case, double encoding)
+    /// and `suffix` what is appended (trailing slashes, dot segments, `;x`,
+    /// `%00`, fragment, query...). Missing choices mean "leave as is".
+    fn respell(path: &str, seps: &[u8], chars: &[u8], suffix: u8) -> String {
+        let mut out = String::new();
+        let mut j = 0;
+        for (i, seg) in segments(path).enumerate() {
+            out.push_str(match seps.get(i).map_or(255, |c| c % 16) {
+                0 => "//",
+                1 => "/./",
+                2 => "/x/../",
+                3 => "\\",
+                4 => "%2f",
+                5 => "%2F",
+                6 => "%5C",
+                7 => "/%2e/",
+                8 => "/.%2E/../",
+                _ => "/",
+            });
+            for c in seg.chars() {
+                match chars.get(j).map_or(255, |c| c % 12) {
+                    0..=2 => out.push(c.to_ascii_uppercase()),
+                    3 => out.push_str(&format!("%{:02X}", u32::from(c))),
+                    4 => out.push_str(&format!("%{:02x}", u32::from(c))),
+                    5 => out.push_str(&format!("%25{:02x}", u32::from(c))),
+                    _ => out.push(c),
+                }
+                j += 1;
+            }
+        }
+        out.push_str(match suffix % 20 {
+            0 => "/",
+            1 => "//",
+            2 => "/.",
+            3 => ";x",
+            4 => "%00",
+            5 => "#x",
+            6 => "?x",
+            7 => "/x/..",
+            8 => "%2f",
+            9 => " ",
+            10 => "\\",
+            11 => ";",
+            12 => "/%2e",
+            13 => "%20",
+            14 => "%09",
+            _ => "",
+        });
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// (1) No spelling of a built-in-denied route is ever allowed, even
+        /// with every path allowed; the plain Express-equivalent spellings
+        /// (case, one trailing slash) are denied by the right rule.
+        #[test]
+        fn denied_routes_stay_denied_under_any_spelling(
+            idx in 0..DENIED.len(),
+            seps in prop::collection::vec(any::<u8>(), 0..6),
+            chars in prop::collection::vec(any::<u8>(), 0..40),
+            suffix in any::<u8>(),
+        ) {
+            let (method, path, rule) = DENIED[idx];
+            let spelled = respell(path, &seps, &chars, suffix);
+            for p in [open_policy(), default_policy()] {
+                let d = p.check(&m(method), &spelled, Some(OWN));
+                prop_assert!(
+                    matches!(d, Decision::Deny(_) | Decision::BadPath(_)),
+                    "{} {:?} -> {:?}", method, spelled, d
+                );
+            }
+            // Case flips and one trailing slash only: the rule itself denies.
+            let mut plain: String = path
+                .chars()
+                .zip(chars.iter().chain(std::iter::repeat(&0)))
+                .map(|(c, r)| if r % 2 == 1 { c.to_ascii_uppercase() } else { c })
+                .collect();
+            if suffix % 3 == 0 {
+                plain.push('/');
+            }
+            prop_assert_eq!(
+                open_policy().check(&m(method), &plain, Some(OWN)),
+                builtin(rule),
+                "{}", plain
+            );
+        }
+
+        /// (1b) Whatever the path: Allow implies it canonicalises, and the
+        /// most liberal reading of it is not a built-in-denied route.
+        #[test]
+        fn allowed_paths_are_unambiguous(path in tricky_path()) {
+            let p = open_policy();
+            for method in [Method::GET, Method::POST, Method::DELETE] {
+                if p.check(&method, &path, Some(OWN)) == Decision::Allow {
+                    prop_assert!(canonicalize(&path).is_ok());
+                    let lib = liberal(&path);
+                    prop_assert!(
+                        !BUILTIN_RULES.iter().any(|r| r.matches(&method, &lib, Some(OWN))),
+                        "{} {:?} allowed, but reads as {:?}", method, path, lib
+                    );
+                }
+            }
+        }
+
+        /// (4) Every accepted path means the same under the most liberal
+        /// reading as its canonical form: there is nothing left to interpret.
+        #[test]
+        fn canonical_form_equals_liberal_reading(path in tricky_path()) {
+            if let Ok(c) = canonicalize(&path) {
+                prop_assert_eq!(liberal(&path), c, "{:?}", path);
+            }
+        }
+
+        /// (2) Never panics; idempotent on its output.
+        #[test]
+        fn canonicalize_is_idempotent(path in prop_oneof![any::<String>(), tricky_path()]) {
+            if let Ok(c) = canonicalize(&path) {
+                prop_assert_eq!(canonicalize(&c), Ok(c.clone()));
+            }
+            let _ = open_policy().check(&Method::POST, &path, Some(OWN));
+        }
+
+        /// (3) Shape of the canonical form.
+        #[test]
+        fn canonical_form_invariants(path in prop_oneof![any::<String>(), tricky_path()]) {
+            if let Ok(c) = canonicalize(&path) {
+                prop_assert!(c.starts_with('/'));
+                prop_assert!(!c.contains("//"), "{:?}", c);
+                prop_assert!(!c.contains("/./") && !c.ends_with("/."), "{:?}", c);
+                prop_assert!(!c.contains("/../") && !c.ends_with("/.."), "{:?}", c);
+                prop_assert!(!c.contains("%2f") && !c.contains("%5c"), "{:?}", c);
+                prop_assert!(!c.contains('\\') && !c.contains(';'), "{:?}", c);
+                prop_assert!(!c.bytes().any(|b| b.is_ascii_uppercase()), "{:?}", c);
+                prop_assert!(c == "/" || !c.ends_with('/'), "{:?}", c);
+                prop_assert!(c.is_ascii());
+            }
+        }
+    }
+}
