@@ -19,8 +19,8 @@ use crate::watch::FileWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("auth.password: {0}")]
-    Secret(#[from] SecretError),
+    #[error("{0}: {1}")]
+    Secret(&'static str, SecretError),
     #[error(transparent)]
     Rules(#[from] RulesError),
     #[error(transparent)]
@@ -69,7 +69,11 @@ impl Running {
 
 /// Load secrets, bind both listeners, start the login driver and serve.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    let password = settings.auth.password.load()?;
+    let password = settings
+        .auth
+        .secret
+        .load()
+        .map_err(|e| StartError::Secret(settings.auth.secret_name, e))?;
     let rules = Rules::from_settings(&settings)?;
     for name in rules.policy.lifted() {
         tracing::warn!(
@@ -177,7 +181,7 @@ fn watch_secrets(
     proxy: &Arc<Proxy>,
 ) -> Option<FileWatch> {
     let mut files = Vec::new();
-    files.extend(settings.auth.password.file().map(|p| p.to_path_buf()));
+    files.extend(settings.auth.secret.file().map(|p| p.to_path_buf()));
     files.extend(settings.access.client_keys_file.clone());
     if files.is_empty() {
         return None;
@@ -186,19 +190,19 @@ fn watch_secrets(
     let tokens = tokens.clone();
     let proxy = proxy.clone();
     let on_change = move || {
-        if settings.auth.password.file().is_some() {
-            match settings.auth.password.load() {
+        if settings.auth.secret.file().is_some() {
+            match settings.auth.secret.load() {
                 Ok(pw) => {
                     if tokens.login().set_password(pw) {
                         tracing::info!(
-                            "auth.password_file changed; dropping the token and logging in again"
+                            "the secret file changed; dropping the token and logging in again"
                         );
                         let tokens = tokens.clone();
                         tokio::spawn(async move { tokens.invalidate().await });
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "auth.password_file changed but cannot be used; keeping the old password")
+                    tracing::error!(error = %e, "the secret file changed but cannot be used; keeping the old secret")
                 }
             }
         }

@@ -95,6 +95,9 @@ struct RawAuth {
     email: Option<String>,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
+    key_check_interval: Option<String>,
     refresh_before_expiry: Option<String>,
     login_timeout: Option<String>,
     default_token_lifetime: Option<String>,
@@ -169,26 +172,61 @@ pub struct UpstreamSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
-    /// Medusa v1: `POST /admin/auth/token` -> `{access_token}`.
+    /// Medusa v1: `POST /admin/auth/token` -> `{access_token}`, sent as a Bearer JWT.
     V1,
+    /// Medusa v2: `POST /auth/user/emailpass` -> `{token}`, renewed with
+    /// `POST /auth/token/refresh`, sent as a Bearer JWT.
+    V2,
+    /// Medusa v1 user's static API token, sent as `x-medusa-access-token`.
+    V1ApiToken,
+    /// Medusa v2 secret API key (`sk_...`), sent as `Authorization: Basic base64("sk_...:")`.
+    V2SecretKey,
+    /// Email/password; v1 or v2 decided by a probe at start-up.
+    Auto,
 }
 
 impl Flavor {
     pub fn as_str(self) -> &'static str {
         match self {
             Flavor::V1 => "v1",
+            Flavor::V2 => "v2",
+            Flavor::V1ApiToken => "v1-api-token",
+            Flavor::V2SecretKey => "v2-secret-key",
+            Flavor::Auto => "auto",
         }
     }
+
+    /// A static credential: no login, no expiry.
+    pub fn is_static(self) -> bool {
+        match self {
+            Flavor::V1ApiToken | Flavor::V2SecretKey => true,
+            Flavor::V1 | Flavor::V2 | Flavor::Auto => false,
+        }
+    }
+
+    const ALL: [Flavor; 5] = [
+        Flavor::V1,
+        Flavor::V2,
+        Flavor::V1ApiToken,
+        Flavor::V2SecretKey,
+        Flavor::Auto,
+    ];
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub flavor: Flavor,
-    pub email: String,
-    pub password: SecretSource,
+    /// The account's email (login flavors); `None` for static flavors.
+    pub email: Option<String>,
+    /// The password (login flavors) or the API key (static flavors).
+    pub secret: SecretSource,
+    /// `"auth.password"` or `"auth.api_key"`, for messages.
+    pub secret_name: &'static str,
     pub refresh_before_expiry: Duration,
     pub login_timeout: Duration,
     pub default_token_lifetime: Duration,
+    /// Static flavors: how often a cheap authenticated request proves the key still works.
+    pub key_check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -292,44 +330,84 @@ impl Settings {
             .auth
             .ok_or_else(|| invalid("auth", "the [auth] table is required"))?;
         let flavor = match a.flavor.as_deref() {
-            None | Some("v1") => Flavor::V1,
-            Some(other) => {
-                return Err(invalid(
-                    "auth.flavor",
-                    format!("unknown flavor {other:?}; supported: \"v1\""),
-                ));
-            }
+            None => Flavor::V1,
+            Some(name) => Flavor::ALL
+                .into_iter()
+                .find(|f| f.as_str() == name)
+                .ok_or_else(|| {
+                    invalid(
+                        "auth.flavor",
+                        format!(
+                            "unknown flavor {name:?}; supported: \"v1\", \"v2\", \"v1-api-token\", \"v2-secret-key\", \"auto\""
+                        ),
+                    )
+                })?,
         };
-        let email = a
-            .email
-            .filter(|e| !e.trim().is_empty())
-            .ok_or_else(|| invalid("auth.email", "is required for flavor \"v1\""))?;
-        let password = match (a.password_env, a.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "auth.password_env",
-                    "set exactly one of auth.password_env and auth.password_file, not both",
-                ));
+        let (email, secret, secret_name) = if flavor.is_static() {
+            for (key, set) in [
+                ("auth.email", a.email.is_some()),
+                ("auth.password_env", a.password_env.is_some()),
+                ("auth.password_file", a.password_file.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "is not used by flavor \"{}\" (a static key); set auth.api_key_env or auth.api_key_file",
+                            flavor.as_str()
+                        ),
+                    ));
+                }
             }
-            (None, None) => {
-                return Err(invalid(
-                    "auth.password_env",
-                    "one of auth.password_env or auth.password_file is required",
-                ));
+            let key = secret_source(
+                "auth.api_key_env",
+                "auth.api_key_file",
+                a.api_key_env,
+                a.api_key_file,
+            )?;
+            (None, key, "auth.api_key")
+        } else {
+            for (key, set) in [
+                ("auth.api_key_env", a.api_key_env.is_some()),
+                ("auth.api_key_file", a.api_key_file.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "is only used by the static flavors \"v1-api-token\" and \"v2-secret-key\", not \"{}\"",
+                            flavor.as_str()
+                        ),
+                    ));
+                }
             }
-            (Some(var), None) if var.is_empty() => {
-                return Err(invalid(
-                    "auth.password_env",
-                    "must name an environment variable",
-                ));
-            }
-            (Some(var), None) => SecretSource::Env(var),
-            (None, Some(path)) => SecretSource::File(path),
+            let email = a.email.filter(|e| !e.trim().is_empty()).ok_or_else(|| {
+                invalid(
+                    "auth.email",
+                    format!("is required for flavor \"{}\"", flavor.as_str()),
+                )
+            })?;
+            let pw = secret_source(
+                "auth.password_env",
+                "auth.password_file",
+                a.password_env,
+                a.password_file,
+            )?;
+            (Some(email), pw, "auth.password")
         };
         let auth = AuthSettings {
             flavor,
             email,
-            password,
+            secret,
+            secret_name,
+            key_check_interval: nonzero(
+                "auth.key_check_interval",
+                duration(
+                    "auth.key_check_interval",
+                    a.key_check_interval.as_deref(),
+                    "30s",
+                )?,
+            )?,
             refresh_before_expiry: duration(
                 "auth.refresh_before_expiry",
                 a.refresh_before_expiry.as_deref(),
@@ -387,6 +465,30 @@ impl Settings {
             access,
             policy,
         })
+    }
+}
+
+/// Exactly one of an env var / a file.
+fn secret_source(
+    env_key: &'static str,
+    file_key: &'static str,
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<SecretSource, ConfigError> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            env_key,
+            format!("set exactly one of {env_key} and {file_key}, not both"),
+        )),
+        (None, None) => Err(invalid(
+            env_key,
+            format!("one of {env_key} or {file_key} is required"),
+        )),
+        (Some(var), None) if var.is_empty() => {
+            Err(invalid(env_key, "must name an environment variable"))
+        }
+        (Some(var), None) => Ok(SecretSource::Env(var)),
+        (None, Some(path)) => Ok(SecretSource::File(path)),
     }
 }
 
@@ -518,7 +620,8 @@ password_env = "PW"
         assert_eq!(s.auth.default_token_lifetime, Duration::from_secs(3600));
         assert_eq!(s.upstream.authority.as_str(), "127.0.0.1:9000");
         assert_eq!(s.upstream.base_path, "");
-        assert_eq!(s.auth.password, SecretSource::Env("PW".into()));
+        assert_eq!(s.auth.secret, SecretSource::Env("PW".into()));
+        assert_eq!(s.auth.email.as_deref(), Some("admin@example.com"));
     }
 
     #[test]
@@ -586,6 +689,34 @@ password_env = "PW"
             let e = err(&text);
             assert!(e.contains(key), "expected {key} in {e:?}");
         }
+    }
+
+    #[test]
+    fn flavors_take_the_right_secrets() {
+        for f in ["v1", "v2", "auto"] {
+            let s = Settings::from_toml(
+                &MINIMAL.replace("[auth]", &format!("[auth]\nflavor = \"{f}\"")),
+            )
+            .unwrap();
+            assert_eq!(s.auth.flavor.as_str(), f);
+            assert_eq!(s.auth.secret_name, "auth.password");
+        }
+        let static_auth = "[upstream]\nurl=\"http://127.0.0.1:9\"\n[auth]\nflavor = \"v2-secret-key\"\napi_key_file = \"/k\"\n";
+        let s = Settings::from_toml(static_auth).unwrap();
+        assert!(s.auth.flavor.is_static() && s.auth.email.is_none());
+        assert_eq!(s.auth.secret, SecretSource::File("/k".into()));
+        let e = Settings::from_toml(&format!("{static_auth}email = \"a@b\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.email") && e.contains("api_key"), "{e}");
+        let e = Settings::from_toml(&static_auth.replace("api_key_file = \"/k\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.api_key_env"), "{e}");
+        let e = Settings::from_toml(&MINIMAL.replace("[auth]", "[auth]\napi_key_env = \"K\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.api_key_env"), "{e}");
     }
 
     #[test]

@@ -128,10 +128,10 @@ async fn wait_for_signal() -> &'static str {
 }
 
 async fn check(settings: Settings, login: bool) -> ExitCode {
-    let password = match settings.auth.password.load() {
+    let password = match settings.auth.secret.load() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: auth.password: {e}");
+            eprintln!("error: {}: {e}", settings.auth.secret_name);
             return ExitCode::FAILURE;
         }
     };
@@ -175,7 +175,7 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
         password,
     );
     let timeout = settings.auth.login_timeout;
-    let token = match tokio::time::timeout(timeout, login.login()).await {
+    let cred = match tokio::time::timeout(timeout, login.obtain(None)).await {
         Err(_) => {
             eprintln!("error: login timed out after {timeout:?}");
             return ExitCode::FAILURE;
@@ -184,12 +184,20 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
             eprintln!("error: login failed: {e}");
             return ExitCode::FAILURE;
         }
-        Ok(Ok(t)) => t,
+        Ok(Ok(c)) => c,
     };
-    match jwt::inspect(token.expose(), settings.auth.default_token_lifetime) {
+    if cred.flavor.is_static() {
+        println!(
+            "login ok: flavor {}: the API key was accepted by Medusa (static: it does not expire)",
+            cred.flavor.as_str()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match jwt::inspect(cred.value.expose(), settings.auth.default_token_lifetime) {
         Ok(info) => {
             println!(
-                "login ok: user {}, token valid for {}{}",
+                "login ok: flavor {}, user {}, token valid for {}{}",
+                cred.flavor.as_str(),
                 info.user_id.as_deref().unwrap_or("(unknown)"),
                 humantime::format_duration(std::time::Duration::from_secs(info.lifetime.as_secs())),
                 if info.from_claims {

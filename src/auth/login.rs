@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::config::Flavor;
@@ -31,6 +33,9 @@ pub enum LoginError {
     /// A 2xx answer that holds no usable token.
     #[error("unusable login response: {0}")]
     BadResponse(&'static str),
+    /// The account cannot log in without a human (MFA, verification, external provider).
+    #[error("{0}")]
+    NeedsInteraction(&'static str),
     /// Medusa answered 401 to a token it had just issued, before any request succeeded with it.
     #[error("Medusa rejected the token it had just issued")]
     TokenRejected,
@@ -38,13 +43,17 @@ pub enum LoginError {
 
 impl LoginError {
     pub fn is_bad_credentials(&self) -> bool {
-        matches!(self, LoginError::InvalidCredentials(_))
+        matches!(
+            self,
+            LoginError::InvalidCredentials(_) | LoginError::NeedsInteraction(_)
+        )
     }
 
     /// Short label for metrics and readiness.
     pub fn kind(&self) -> &'static str {
         match self {
             LoginError::InvalidCredentials(_) => "invalid_credentials",
+            LoginError::NeedsInteraction(_) => "needs_interaction",
             LoginError::Status(_) => "bad_status",
             LoginError::Upstream(_) => "unreachable",
             LoginError::Timeout(_) => "timeout",
@@ -63,91 +72,386 @@ impl From<UpstreamError> for LoginError {
     }
 }
 
-/// Logs in with the configured email and password.
+/// A credential obtained from Medusa (or proven to work, for static keys).
+pub struct Credential {
+    /// The JWT, or the static key.
+    pub value: Secret,
+    /// The flavor that produced it (never `Auto`).
+    pub flavor: Flavor,
+    /// How it was obtained, for logs and metrics.
+    pub how: Obtained,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Obtained {
+    /// A full login with email and password.
+    Login,
+    /// v2: `POST /auth/token/refresh` with the still-valid token (no password hash on Medusa).
+    Refresh,
+    /// Static flavors: a cheap authenticated request proved the key works.
+    KeyCheck,
+}
+
+impl Obtained {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Obtained::Login => "login",
+            Obtained::Refresh => "refresh",
+            Obtained::KeyCheck => "key_check",
+        }
+    }
+}
+
+/// The header that carries a credential of `flavor` to Medusa, marked sensitive.
+pub fn credential_header(flavor: Flavor, value: &str) -> Option<(HeaderName, HeaderValue)> {
+    use base64::Engine as _;
+    let (name, text) = match flavor {
+        Flavor::V1 | Flavor::V2 | Flavor::Auto => {
+            (header::AUTHORIZATION, format!("Bearer {value}"))
+        }
+        Flavor::V1ApiToken => (
+            HeaderName::from_static("x-medusa-access-token"),
+            value.to_owned(),
+        ),
+        // Medusa v2 reads a secret key from Basic auth with the key as user and no password.
+        Flavor::V2SecretKey => (
+            header::AUTHORIZATION,
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{value}:"))
+            ),
+        ),
+    };
+    let text = zeroize::Zeroizing::new(text);
+    let mut v = HeaderValue::from_str(&text).ok()?;
+    v.set_sensitive(true);
+    Some((name, v))
+}
+
+const V1_LOGIN: &str = "/admin/auth/token";
+const V2_LOGIN: &str = "/auth/user/emailpass";
+const V2_REFRESH: &str = "/auth/token/refresh";
+/// Exists in v1 and v2, cheap, and needs admin authentication in both.
+const KEY_CHECK: &str = "/admin/store";
+
+/// Obtains credentials from Medusa for the configured flavor.
 pub struct Login {
     upstream: Arc<Upstream>,
-    flavor: Flavor,
+    configured: Flavor,
+    /// For `auto`: the flavor the probe found (0 = not yet known).
+    resolved: AtomicU8,
     email: String,
-    password: ArcSwap<Secret>,
+    secret: ArcSwap<Secret>,
 }
 
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")
-            .field("flavor", &self.flavor)
+            .field("flavor", &self.flavor())
             .field("email", &self.email)
-            .field("password", &"***")
+            .field("secret", &"***")
             .finish()
     }
 }
 
+fn flavor_code(f: Flavor) -> u8 {
+    match f {
+        Flavor::Auto => 0,
+        Flavor::V1 => 1,
+        Flavor::V2 => 2,
+        Flavor::V1ApiToken => 3,
+        Flavor::V2SecretKey => 4,
+    }
+}
+
+fn code_flavor(c: u8) -> Flavor {
+    match c {
+        1 => Flavor::V1,
+        2 => Flavor::V2,
+        3 => Flavor::V1ApiToken,
+        4 => Flavor::V2SecretKey,
+        _ => Flavor::Auto,
+    }
+}
+
 impl Login {
-    pub fn new(upstream: Arc<Upstream>, flavor: Flavor, email: String, password: Secret) -> Self {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        flavor: Flavor,
+        email: Option<String>,
+        secret: Secret,
+    ) -> Self {
         Login {
             upstream,
-            flavor,
-            email,
-            password: ArcSwap::from_pointee(password),
+            configured: flavor,
+            resolved: AtomicU8::new(flavor_code(flavor)),
+            email: email.unwrap_or_default(),
+            secret: ArcSwap::from_pointee(secret),
         }
     }
 
+    /// The flavor in use: the configured one, or for `auto` what the probe found (`Auto`
+    /// until then).
     pub fn flavor(&self) -> Flavor {
-        self.flavor
+        code_flavor(self.resolved.load(Ordering::Relaxed))
     }
 
-    /// Replace the password; returns whether it changed.
-    pub fn set_password(&self, password: Secret) -> bool {
-        let changed = **self.password.load() != password;
+    pub fn configured_flavor(&self) -> Flavor {
+        self.configured
+    }
+
+    /// Replace the password or key; returns whether it changed.
+    pub fn set_password(&self, secret: Secret) -> bool {
+        let changed = **self.secret.load() != secret;
         if changed {
-            self.password.store(Arc::new(password));
+            self.secret.store(Arc::new(secret));
         }
         changed
     }
 
-    /// One login attempt. The caller applies `login_timeout`.
-    pub async fn login(&self) -> Result<Secret, LoginError> {
-        let (path, field) = match self.flavor {
-            Flavor::V1 => ("/admin/auth/token", "access_token"),
-        };
-        let password = self.password.load_full();
+    /// Obtain a credential. `current` is the token still held, if any (v2 renews it instead
+    /// of logging in). The caller applies `login_timeout`.
+    pub async fn obtain(&self, current: Option<&Secret>) -> Result<Credential, LoginError> {
+        match self.flavor() {
+            Flavor::V1 => self.login_v1().await,
+            Flavor::V2 => {
+                if let Some(cur) = current {
+                    match self.refresh_v2(cur).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => {
+                            tracing::info!(error = %e, "token refresh failed; logging in instead")
+                        }
+                    }
+                }
+                self.login_v2().await
+            }
+            Flavor::Auto => self.probe().await,
+            f @ (Flavor::V1ApiToken | Flavor::V2SecretKey) => self.key_check(f).await,
+        }
+    }
+
+    /// `auto`: `POST /auth/user/emailpass` exists only in v2 (a v1 server answers 404). We do
+    /// not probe v1 routes: v2 answers every unknown /admin route with 401.
+    async fn probe(&self) -> Result<Credential, LoginError> {
+        let (status, body) = self.post_login(V2_LOGIN).await?;
+        if status == StatusCode::NOT_FOUND {
+            self.resolved
+                .store(flavor_code(Flavor::V1), Ordering::Relaxed);
+            tracing::info!(
+                flavor = "v1",
+                "auto: Medusa v1 detected ({V2_LOGIN} answered 404)"
+            );
+            return self.login_v1().await;
+        }
+        self.resolved
+            .store(flavor_code(Flavor::V2), Ordering::Relaxed);
+        tracing::info!(
+            flavor = "v2",
+            "auto: Medusa v2 detected ({V2_LOGIN} exists)"
+        );
+        v2_answer(status, &body, Obtained::Login)
+    }
+
+    async fn login_v1(&self) -> Result<Credential, LoginError> {
+        let (status, body) = self.post_login(V1_LOGIN).await?;
+        classify_status(status)?;
+        let value = token_field(&body, "access_token")?;
+        Ok(Credential {
+            value,
+            flavor: Flavor::V1,
+            how: Obtained::Login,
+        })
+    }
+
+    async fn login_v2(&self) -> Result<Credential, LoginError> {
+        let (status, body) = self.post_login(V2_LOGIN).await?;
+        v2_answer(status, &body, Obtained::Login)
+    }
+
+    async fn refresh_v2(&self, current: &Secret) -> Result<Credential, LoginError> {
+        let (_, header) = credential_header(Flavor::V2, current.expose())
+            .ok_or(LoginError::BadResponse("token is not a header value"))?;
+        let (status, body) = self
+            .send(
+                Method::POST,
+                V2_REFRESH,
+                Some((header::AUTHORIZATION, header)),
+                Bytes::new(),
+            )
+            .await?;
+        v2_answer(status, &body, Obtained::Refresh)
+    }
+
+    async fn key_check(&self, flavor: Flavor) -> Result<Credential, LoginError> {
+        let key = self.secret.load_full();
+        let header = credential_header(flavor, key.expose()).ok_or(LoginError::BadResponse(
+            "the API key is not a valid header value",
+        ))?;
+        let (status, _) = self
+            .send(Method::GET, KEY_CHECK, Some(header), Bytes::new())
+            .await?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(LoginError::InvalidCredentials(status.as_u16()));
+        }
+        if !status.is_success() {
+            return Err(LoginError::Status(status.as_u16()));
+        }
+        Ok(Credential {
+            value: (*key).clone(),
+            flavor,
+            how: Obtained::KeyCheck,
+        })
+    }
+
+    async fn post_login(&self, path: &str) -> Result<(StatusCode, Bytes), LoginError> {
+        let password = self.secret.load_full();
         let body = serde_json::to_vec(&serde_json::json!({
             "email": self.email,
             "password": password.expose(),
         }))
         .map_err(|_| LoginError::BadResponse("cannot encode login request"))?;
         let body = zeroize::Zeroizing::new(body);
-        let mut req = Request::new(Either::Left(Full::new(Bytes::copy_from_slice(&body))));
-        *req.method_mut() = Method::POST;
+        self.send(Method::POST, path, None, Bytes::copy_from_slice(&body))
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), LoginError> {
+        let has_body = !body.is_empty();
+        let mut req = Request::new(Either::Left(Full::new(body)));
+        *req.method_mut() = method;
         *req.uri_mut() = self.upstream.uri_for(path)?;
-        req.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        if has_body {
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         req.headers_mut()
             .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some((name, value)) = auth {
+            req.headers_mut().insert(name, value);
+        }
         let resp = self.upstream.send(req).await?;
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST {
-            return Err(LoginError::InvalidCredentials(status.as_u16()));
-        }
-        if !status.is_success() {
-            return Err(LoginError::Status(status.as_u16()));
-        }
         let body = Limited::new(resp.into_body(), MAX_LOGIN_RESPONSE)
             .collect()
             .await
             .map_err(|_| LoginError::BadResponse("body unreadable or larger than 64 KiB"))?
             .to_bytes();
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| LoginError::BadResponse("not JSON"))?;
-        match value.get(field).and_then(|t| t.as_str()) {
-            Some(t) if !t.is_empty() && HeaderValue::from_str(t).is_ok() => {
-                Ok(Secret::new(t.to_owned()))
-            }
-            Some(_) => Err(LoginError::BadResponse(
-                "token is empty or not a header value",
-            )),
-            None => Err(LoginError::BadResponse("no token field in the answer")),
+        Ok((status, body))
+    }
+}
+
+fn classify_status(status: StatusCode) -> Result<(), LoginError> {
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST {
+        return Err(LoginError::InvalidCredentials(status.as_u16()));
+    }
+    if !status.is_success() {
+        return Err(LoginError::Status(status.as_u16()));
+    }
+    Ok(())
+}
+
+/// A v2 login or refresh answer. Only a plain `{token}` is a usable admin token: `location`
+/// (a third-party provider redirect), `mfa_required` and `verification_required` mean the
+/// account cannot be used by a proxy at all.
+fn v2_answer(status: StatusCode, body: &[u8], how: Obtained) -> Result<Credential, LoginError> {
+    classify_status(status)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| LoginError::BadResponse("not JSON"))?;
+    for (field, why) in [
+        (
+            "mfa_required",
+            "this account needs MFA; use a secret API key (flavor \"v2-secret-key\")",
+        ),
+        (
+            "verification_required",
+            "this account needs verification; use a secret API key (flavor \"v2-secret-key\")",
+        ),
+        (
+            "location",
+            "Medusa answered with a redirect (a third-party auth provider); use a secret API key (flavor \"v2-secret-key\")",
+        ),
+    ] {
+        if value
+            .get(field)
+            .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
+        {
+            return Err(LoginError::NeedsInteraction(why));
         }
+    }
+    let token = token_field(body, "token")?;
+    Ok(Credential {
+        value: token,
+        flavor: Flavor::V2,
+        how,
+    })
+}
+
+fn token_field(body: &[u8], field: &str) -> Result<Secret, LoginError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| LoginError::BadResponse("not JSON"))?;
+    match value.get(field).and_then(|t| t.as_str()) {
+        Some(t) if !t.is_empty() && HeaderValue::from_str(t).is_ok() => {
+            Ok(Secret::new(t.to_owned()))
+        }
+        Some(_) => Err(LoginError::BadResponse(
+            "token is empty or not a header value",
+        )),
+        None => Err(LoginError::BadResponse("no token field in the answer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_answers_are_classified() {
+        let ok = v2_answer(StatusCode::OK, br#"{"token":"a.b.c"}"#, Obtained::Login).unwrap();
+        assert_eq!(ok.value.expose(), "a.b.c");
+        for body in [
+            r#"{"location":"https://accounts.example/auth"}"#,
+            r#"{"mfa_required":true,"token":"x"}"#,
+            r#"{"verification_required":{"x":1}}"#,
+        ] {
+            let e = v2_answer(StatusCode::OK, body.as_bytes(), Obtained::Login)
+                .err()
+                .unwrap();
+            assert!(matches!(e, LoginError::NeedsInteraction(_)), "{body}");
+            assert!(e.is_bad_credentials(), "must back off long, not loop");
+        }
+        assert!(matches!(
+            v2_answer(StatusCode::UNAUTHORIZED, b"{}", Obtained::Login)
+                .err()
+                .unwrap(),
+            LoginError::InvalidCredentials(401)
+        ));
+        assert!(matches!(
+            v2_answer(StatusCode::OK, b"<html>", Obtained::Login)
+                .err()
+                .unwrap(),
+            LoginError::BadResponse(_)
+        ));
+    }
+
+    #[test]
+    fn headers_per_flavor() {
+        let (n, v) = credential_header(Flavor::V2SecretKey, "sk_123").unwrap();
+        assert_eq!(n, header::AUTHORIZATION);
+        assert_eq!(v, "Basic c2tfMTIzOg==");
+        assert!(v.is_sensitive());
+        let (n, v) = credential_header(Flavor::V1ApiToken, "tok").unwrap();
+        assert_eq!(n.as_str(), "x-medusa-access-token");
+        assert_eq!(v, "tok");
+        let (_, v) = credential_header(Flavor::V1, "a.b.c").unwrap();
+        assert_eq!(v, "Bearer a.b.c");
+        assert!(credential_header(Flavor::V1, "bad\nvalue").is_none());
     }
 }

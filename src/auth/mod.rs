@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use tokio::sync::{Notify, watch};
@@ -31,15 +31,22 @@ use tokio::time::Instant;
 
 use crate::config::AuthSettings;
 use crate::error::ProxyError;
+use crate::secret::Secret;
 use backoff::Backoff;
-use login::{Login, LoginError};
+use login::{Login, LoginError, Obtained};
 
 /// A token as cached: the ready-made header value plus what the lifecycle needs.
 pub struct Token {
     /// Identity of this token within the process, for "invalidate only if still cached".
     pub id: u64,
-    /// `Bearer <jwt>`, marked sensitive, built once per token and shared by every request.
+    /// The header that carries the credential (`Authorization`, or `x-medusa-access-token`).
+    pub header_name: HeaderName,
+    /// E.g. `Bearer <jwt>`, marked sensitive, built once per token and shared by every request.
     pub header: HeaderValue,
+    /// The raw credential (a v2 refresh presents it again).
+    secret: Secret,
+    /// How it was obtained.
+    pub how: Obtained,
     pub user_id: Option<String>,
     pub received: Instant,
     pub lifetime: Duration,
@@ -55,7 +62,9 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("id", &self.id)
-            .field("header", &"Bearer ***")
+            .field("header_name", &self.header_name)
+            .field("header", &"***")
+            .field("how", &self.how)
             .field("user_id", &self.user_id)
             .field("lifetime", &self.lifetime)
             .finish_non_exhaustive()
@@ -303,16 +312,16 @@ impl TokenManager {
                 }
                 continue;
             }
-            let renewing = self.inner.cache.contains_key(&());
-            if !renewing {
+            let current = self.inner.cache.get(&()).await;
+            if current.is_none() {
                 self.inner.status.send_replace(Phase::LoggingIn);
             }
-            match self.login_once().await {
+            match self.login_once(current.as_deref()).await {
                 Ok(token) => {
                     failures = 0;
                     tracing::info!(
                         flavor = self.inner.login.flavor().as_str(),
-                        kind = if renewing { "refresh" } else { "login" },
+                        kind = token.how.as_str(),
                         lifetime_s = token.lifetime.as_secs(),
                         refresh_in_s = token
                             .refresh_at
@@ -330,6 +339,11 @@ impl TokenManager {
                 }
                 Err(error) => {
                     failures += 1;
+                    if error.is_bad_credentials() && self.inner.login.flavor().is_static() {
+                        // The key itself was refused: stop using it (not ready) until a
+                        // check succeeds again.
+                        self.inner.cache.invalidate(&()).await;
+                    }
                     if self.back_off(&mut failures, error, &mut shutdown).await {
                         return;
                     }
@@ -366,36 +380,56 @@ impl TokenManager {
         }
     }
 
-    async fn login_once(&self) -> Result<Arc<Token>, LoginError> {
+    async fn login_once(&self, current: Option<&Token>) -> Result<Arc<Token>, LoginError> {
         let timeout = self.inner.settings.login_timeout;
-        let secret = tokio::time::timeout(timeout, self.inner.login.login())
-            .await
-            .map_err(|_| LoginError::Timeout(timeout))??;
+        let renewable = current.filter(|t| !t.header_name.as_str().eq("x-medusa-access-token"));
+        let cred = tokio::time::timeout(
+            timeout,
+            self.inner.login.obtain(renewable.map(|t| &t.secret)),
+        )
+        .await
+        .map_err(|_| LoginError::Timeout(timeout))??;
         let received = Instant::now();
-        let info = jwt::inspect(secret.expose(), self.inner.settings.default_token_lifetime)
+        let (header_name, header) = login::credential_header(cred.flavor, cred.value.expose())
+            .ok_or(LoginError::BadResponse("token is not a header value"))?;
+        let (lifetime, user_id, usable_for, refresh_after) = if cred.flavor.is_static() {
+            // A static key does not expire; it is re-checked every key_check_interval, and a
+            // failed check (or an upstream 401) takes it out of use.
+            let every = self.inner.settings.key_check_interval;
+            (every, None, STATIC_USABLE_FOR, every)
+        } else {
+            let info = jwt::inspect(
+                cred.value.expose(),
+                self.inner.settings.default_token_lifetime,
+            )
             .map_err(|e| match e {
                 jwt::JwtError::NotJwt => LoginError::BadResponse("the token is not a JWT"),
                 jwt::JwtError::NoLifetime => {
                     LoginError::BadResponse("the token is already expired")
                 }
             })?;
-        let mut header = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| LoginError::BadResponse("token is not a header value"))?;
-        header.set_sensitive(true);
-        let (usable_for, refresh_after) =
-            schedule(info.lifetime, self.inner.settings.refresh_before_expiry);
+            let (usable_for, refresh_after) =
+                schedule(info.lifetime, self.inner.settings.refresh_before_expiry);
+            (info.lifetime, info.user_id, usable_for, refresh_after)
+        };
         Ok(Arc::new(Token {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            header_name,
             header,
-            user_id: info.user_id,
+            secret: cred.value,
+            how: cred.how,
+            user_id,
             received,
-            lifetime: info.lifetime,
+            lifetime,
             usable_until: received + usable_for,
             refresh_at: received + refresh_after,
             verified: AtomicBool::new(false),
         }))
     }
 }
+
+/// How long a static key stays in the cache without a failed check (effectively forever).
+const STATIC_USABLE_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {

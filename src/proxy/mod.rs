@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
@@ -311,7 +311,7 @@ impl Proxy {
         body: UpstreamBody,
         token: &Token,
     ) -> Result<Response<Incoming>, ProxyError> {
-        headers.insert(header::AUTHORIZATION, token.header.clone());
+        headers.insert(token.header_name.clone(), token.header.clone());
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;

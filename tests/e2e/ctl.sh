@@ -107,9 +107,9 @@ status() {
 }
 
 main() {
-    local cmd=${1:-}
+    local sub=${1:-}
     shift || true
-    case $cmd in
+    case $sub in
         start-medusa) start_medusa "$@" ;;
         stop) [ $# -eq 1 ] || e2e_die "usage: ctl.sh stop NAME"; e2e_stop "$1" 20 ;;
         stop-all) e2e_stop_all ;;
