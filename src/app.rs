@@ -1,6 +1,7 @@
-//! Wiring: upstream client, token manager, proxy and ops listeners, shutdown order.
+//! Wiring: upstream client, token manager, proxy and ops listeners, reload, shutdown order.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -10,8 +11,10 @@ use tokio::task::JoinHandle;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::{Proxy, Rules, RulesError};
+use crate::reload::{Applied, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
 use crate::upstream::Upstream;
@@ -39,6 +42,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub ops_addr: SocketAddr,
     pub tokens: TokenManager,
+    pub metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<Drained>,
     ops_task: JoinHandle<Drained>,
@@ -65,11 +70,25 @@ impl Running {
         self.driver.abort();
         drained
     }
+
+    /// Re-read the config file (if started with one) and the secrets; see [`Reloader`].
+    pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
+        self.reloader.reload(trigger)
+    }
 }
 
-/// Load secrets, bind both listeners, start the login driver and serve.
+/// Start without a config file to reload from (tests, embedding).
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    let password = settings
+    start_with(settings, None).await
+}
+
+/// Load secrets, bind both listeners, start the login driver and serve. With `config_path`,
+/// changes to that file (and to the secret files it names) are reloaded live.
+pub async fn start_with(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+) -> Result<Running, StartError> {
+    let secret = settings
         .auth
         .secret
         .load()
@@ -81,43 +100,24 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies; callers can reach a route that mints or ends credentials"
         );
     }
-    let proxy_listener = TcpListener::bind(settings.proxy.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "proxy.listen",
-            addr: settings.proxy.listen,
-            source,
-        })?;
-    let ops_listener = TcpListener::bind(settings.ops.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "ops.listen",
-            addr: settings.ops.listen,
-            source,
-        })?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            key: "proxy.listen",
-            addr: settings.proxy.listen,
-            source,
-        })?;
-    let ops_addr = ops_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            key: "ops.listen",
-            addr: settings.ops.listen,
-            source,
-        })?;
+    let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;
+    let ops_listener = bind("ops.listen", settings.ops.listen).await?;
+    let local = |l: &TcpListener, key, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let proxy_addr = local(&proxy_listener, "proxy.listen", settings.proxy.listen)?;
+    let ops_addr = local(&ops_listener, "ops.listen", settings.ops.listen)?;
 
+    let metrics = Metrics::new();
     let upstream = Upstream::new(&settings.upstream)?;
     let login = Login::new(
         upstream.clone(),
         settings.auth.flavor,
         settings.auth.email.clone(),
-        password,
+        secret,
     );
-    let tokens = TokenManager::new(login, settings.auth.clone());
+    let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
 
@@ -126,8 +126,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         tokens.clone(),
         rules,
         settings.proxy.max_concurrent_requests,
+        metrics.clone(),
+        settings.log.access,
     ));
-    let proxy_for_watch = proxy.clone();
+    let reloader = Arc::new(Reloader::new(
+        config_path,
+        settings.clone(),
+        proxy.clone(),
+        tokens.clone(),
+        metrics.clone(),
+    ));
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
         move |req, peer| {
@@ -141,7 +149,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             ..server::Limits::default()
         },
     ));
-    let ops = Arc::new(Ops::new(tokens.clone()));
+    let ops = Arc::new(Ops::new(tokens.clone(), metrics.clone()));
     let ops_task = tokio::spawn(server::serve(
         ops_listener,
         move |req, peer| {
@@ -152,7 +160,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings.proxy.shutdown_grace,
         server::Limits::default(),
     ));
-    let watch = watch_secrets(&settings, &tokens, &proxy_for_watch);
+    let watch = watch_files(&reloader);
     tracing::info!(
         listen = %proxy_addr,
         ops = %ops_addr,
@@ -164,6 +172,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         proxy_addr,
         ops_addr,
         tokens,
+        metrics,
+        reloader,
         shutdown,
         proxy_task,
         ops_task,
@@ -172,59 +182,26 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     })
 }
 
-/// Re-read `auth.password_file` and `access.client_keys_file` when they change. A new
-/// password invalidates the cached token (the old one may belong to a rotated credential);
-/// a bad keys file is rejected with an error log and the old keys stay in force.
-fn watch_secrets(
-    settings: &Settings,
-    tokens: &TokenManager,
-    proxy: &Arc<Proxy>,
-) -> Option<FileWatch> {
-    let mut files = Vec::new();
-    files.extend(settings.auth.secret.file().map(|p| p.to_path_buf()));
-    files.extend(settings.access.client_keys_file.clone());
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+/// Reload when the config file or a secret file it names changes (directory watches, so
+/// Kubernetes' `..data` symlink swaps are seen).
+fn watch_files(reloader: &Arc<Reloader>) -> Option<FileWatch> {
+    let files = reloader.watched_files();
     if files.is_empty() {
         return None;
     }
-    let settings = settings.clone();
-    let tokens = tokens.clone();
-    let proxy = proxy.clone();
-    let on_change = move || {
-        if settings.auth.secret.file().is_some() {
-            match settings.auth.secret.load() {
-                Ok(pw) => {
-                    if tokens.login().set_password(pw) {
-                        tracing::info!(
-                            "the secret file changed; dropping the token and logging in again"
-                        );
-                        let tokens = tokens.clone();
-                        tokio::spawn(async move { tokens.invalidate().await });
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the secret file changed but cannot be used; keeping the old secret")
-                }
-            }
-        }
-        if settings.access.client_keys_file.is_some() {
-            match Rules::from_settings(&settings) {
-                Ok(rules) => {
-                    tracing::info!(
-                        keys = rules.access.client_keys.as_ref().map_or(0, |k| k.len()),
-                        "access.client_keys_file re-read"
-                    );
-                    proxy.set_rules(rules);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "access.client_keys_file changed but is invalid; keeping the old keys")
-                }
-            }
-        }
-    };
-    match crate::watch::watch_files(&files, on_change) {
+    let r = reloader.clone();
+    match crate::watch::watch_files(&files, move || {
+        let _ = r.reload("file change");
+    }) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch secret files; changes need a restart");
+            tracing::warn!(error = %e, "cannot watch the config and secret files; use SIGHUP to reload");
             None
         }
     }

@@ -47,6 +47,16 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+    access: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,7 +121,7 @@ struct RawOps {
 
 // ---- typed layer -----------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub proxy: ProxySettings,
     pub upstream: UpstreamSettings,
@@ -119,9 +129,26 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub access: AccessSettings,
     pub policy: PolicySettings,
+    pub log: LogSettings,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`. `RUST_LOG`, when set, wins over `level`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter directive: "info", "debug", "medusa_auth_proxy=debug,info", ...
+    pub level: String,
+    /// One line per request (target `access`).
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxySettings {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
@@ -132,7 +159,7 @@ pub struct ProxySettings {
 }
 
 /// `[access]`: who may use the proxy. Validated further by `proxy::access`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessSettings {
     pub allow_cidrs: Vec<String>,
     pub client_keys_file: Option<PathBuf>,
@@ -143,7 +170,7 @@ pub struct AccessSettings {
 }
 
 /// `[policy]`: what callers may reach. Validated further by `proxy::policy`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicySettings {
     pub allow_paths: Vec<String>,
     pub deny_paths: Vec<String>,
@@ -152,7 +179,7 @@ pub struct PolicySettings {
     pub unsafe_lift_builtin_denies: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
     /// The URL as configured, for messages.
     pub url: String,
@@ -213,7 +240,7 @@ impl Flavor {
     ];
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthSettings {
     pub flavor: Flavor,
     /// The account's email (login flavors); `None` for static flavors.
@@ -229,7 +256,7 @@ pub struct AuthSettings {
     pub key_check_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpsSettings {
     pub listen: SocketAddr,
 }
@@ -457,6 +484,37 @@ impl Settings {
             unsafe_lift_builtin_denies: raw.policy.unsafe_lift_builtin_denies.unwrap_or_default(),
         };
 
+        let log = LogSettings {
+            format: match raw.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("{other:?} is not \"text\" or \"json\""),
+                    ));
+                }
+            },
+            level: match raw.log.level {
+                None => "info".to_owned(),
+                Some(l)
+                    if tracing_subscriber::EnvFilter::try_new(&l).is_ok()
+                        && !l.trim().is_empty() =>
+                {
+                    l
+                }
+                Some(l) => {
+                    return Err(invalid(
+                        "log.level",
+                        format!(
+                            "{l:?} is not a level (error, warn, info, debug, trace) or a RUST_LOG-style filter"
+                        ),
+                    ));
+                }
+            },
+            access: raw.log.access.unwrap_or(true),
+        };
+
         Ok(Settings {
             proxy,
             upstream,
@@ -464,6 +522,7 @@ impl Settings {
             ops,
             access,
             policy,
+            log,
         })
     }
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use medusa_auth_proxy::app;
 use medusa_auth_proxy::auth::jwt;
 use medusa_auth_proxy::auth::login::Login;
-use medusa_auth_proxy::config::Settings;
+use medusa_auth_proxy::config::{LogFormat, LogSettings, Settings};
 use medusa_auth_proxy::proxy::Rules;
 use medusa_auth_proxy::server::Drained;
 use medusa_auth_proxy::upstream::Upstream;
@@ -40,11 +40,33 @@ enum Command {
         #[arg(long)]
         login: bool,
     },
+    /// Wait until a running proxy is ready (GET /readyz answers 200); for scripts and for
+    /// clusters without native sidecars.
+    Wait {
+        /// The proxy's ops listener.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7001")]
+        ops: String,
+        /// Give up (exit 1) after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Command::Wait { ops, timeout }) = &cli.command {
+        return runtime.block_on(wait(ops, *timeout));
+    }
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required (or set MEDUSA_AUTH_PROXY_CONFIG)");
         return ExitCode::from(2);
@@ -56,36 +78,38 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    init_tracing(&settings.log);
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => runtime.block_on(run(settings)),
+        Command::Run => runtime.block_on(run(settings, path)),
         Command::Check { login } => runtime.block_on(check(settings, login)),
+        Command::Wait { .. } => ExitCode::FAILURE,
     }
 }
 
-fn init_tracing() {
+/// `RUST_LOG`, when set, wins over `[log] level`.
+fn init_tracing(log: &LogSettings) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a human at a terminal, never into log files or collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
-async fn run(settings: Settings) -> ExitCode {
+async fn run(settings: Settings, path: PathBuf) -> ExitCode {
     let grace = settings.proxy.shutdown_grace;
-    let running = match app::start(settings).await {
+    let running = match app::start_with(settings, Some(path)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
@@ -93,7 +117,14 @@ async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signal = wait_for_signal().await;
+    let signal = loop {
+        match next_signal().await {
+            Signal::Reload => {
+                let _ = running.reload("SIGHUP");
+            }
+            Signal::Stop(name) => break name,
+        }
+    };
     tracing::info!(
         signal,
         grace_s = grace.as_secs_f64(),
@@ -111,19 +142,73 @@ async fn run(settings: Settings) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
+enum Signal {
+    Reload,
+    Stop(&'static str),
+}
+
+async fn next_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers we can still be stopped by SIGKILL; wait forever.
         std::future::pending::<()>().await;
-        return "none";
+        return Signal::Stop("none");
     };
     tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+        _ = term.recv() => Signal::Stop("SIGTERM"),
+        _ = int.recv() => Signal::Stop("SIGINT"),
+        _ = hup.recv() => Signal::Reload,
+    }
+}
+
+/// Poll `{ops}/readyz` until it answers 200.
+async fn wait(ops: &str, timeout: std::time::Duration) -> ExitCode {
+    use http_body_util::BodyExt;
+    let url = format!("{}/readyz", ops.trim_end_matches('/'));
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: --ops {ops:?} is not a URL: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        let attempt =
+            tokio::time::timeout(std::time::Duration::from_secs(2), client.get(uri.clone())).await;
+        match attempt {
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => {
+                println!("ready");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                last = format!("{status}: {}", String::from_utf8_lossy(&body));
+            }
+            Ok(Err(e)) => last = format!("cannot reach {url}: {e}"),
+            Err(_) => last = format!("{url} did not answer within 2s"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "error: not ready after {}: {last}",
+                humantime::format_duration(timeout)
+            );
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -1,4 +1,4 @@
-//! The ops listener: liveness and readiness (metrics come later).
+//! The ops listener: liveness, readiness, metrics.
 
 use std::net::SocketAddr;
 
@@ -7,16 +7,20 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
 use crate::auth::TokenManager;
 use crate::error::json_response;
+use crate::metrics::Metrics;
 
 pub struct Ops {
     tokens: TokenManager,
+    metrics: Arc<Metrics>,
 }
 
 impl Ops {
-    pub fn new(tokens: TokenManager) -> Ops {
-        Ops { tokens }
+    pub fn new(tokens: TokenManager, metrics: Arc<Metrics>) -> Ops {
+        Ops { tokens, metrics }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -41,10 +45,20 @@ impl Ops {
                     serde_json::json!({"status": "not_ready", "reason": reason}),
                 ),
             },
+            "/metrics" => {
+                let mut resp = Response::new(Full::new(Bytes::from(self.metrics.encode())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "ops endpoints: /healthz, /readyz",
+                "ops endpoints: /healthz, /readyz, /metrics",
             ),
         }
     }

@@ -140,7 +140,7 @@ pub struct Login {
     configured: Flavor,
     /// For `auto`: the flavor the probe found (0 = not yet known).
     resolved: AtomicU8,
-    email: String,
+    email: ArcSwap<String>,
     secret: ArcSwap<Secret>,
 }
 
@@ -148,7 +148,7 @@ impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")
             .field("flavor", &self.flavor())
-            .field("email", &self.email)
+            .field("email", &self.email.load())
             .field("secret", &"***")
             .finish()
     }
@@ -185,7 +185,7 @@ impl Login {
             upstream,
             configured: flavor,
             resolved: AtomicU8::new(flavor_code(flavor)),
-            email: email.unwrap_or_default(),
+            email: ArcSwap::from_pointee(email.unwrap_or_default()),
             secret: ArcSwap::from_pointee(secret),
         }
     }
@@ -200,11 +200,17 @@ impl Login {
         self.configured
     }
 
-    /// Replace the password or key; returns whether it changed.
-    pub fn set_password(&self, secret: Secret) -> bool {
-        let changed = **self.secret.load() != secret;
-        if changed {
+    /// Replace the email and password (or key); returns whether either changed.
+    pub fn set_credentials(&self, email: Option<String>, secret: Secret) -> bool {
+        let email = email.unwrap_or_default();
+        let mut changed = false;
+        if **self.email.load() != email {
+            self.email.store(Arc::new(email));
+            changed = true;
+        }
+        if **self.secret.load() != secret {
             self.secret.store(Arc::new(secret));
+            changed = true;
         }
         changed
     }
@@ -306,7 +312,7 @@ impl Login {
     async fn post_login(&self, path: &str) -> Result<(StatusCode, Bytes), LoginError> {
         let password = self.secret.load_full();
         let body = serde_json::to_vec(&serde_json::json!({
-            "email": self.email,
+            "email": self.email.load().as_str(),
             "password": password.expose(),
         }))
         .map_err(|_| LoginError::BadResponse("cannot encode login request"))?;

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::config::AuthSettings;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 use backoff::Backoff;
 use login::{Login, LoginError, Obtained};
@@ -121,6 +122,7 @@ struct Inner {
     /// A token was rejected before Medusa ever accepted it: the next login waits for backoff.
     rejected_unverified: AtomicBool,
     logins: AtomicU64,
+    metrics: Arc<Metrics>,
     /// The user id of the last token obtained (for the "own user" route rule).
     user_id: arc_swap::ArcSwapOption<String>,
 }
@@ -146,11 +148,16 @@ impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
 
 impl TokenManager {
     /// Create the manager; call [`TokenManager::spawn_driver`] to start logging in.
-    pub fn new(login: Login, settings: AuthSettings) -> TokenManager {
-        TokenManager::with_backoff(login, settings, Backoff::default())
+    pub fn new(login: Login, settings: AuthSettings, metrics: Arc<Metrics>) -> TokenManager {
+        TokenManager::with_backoff(login, settings, Backoff::default(), metrics)
     }
 
-    pub fn with_backoff(login: Login, settings: AuthSettings, backoff: Backoff) -> TokenManager {
+    pub fn with_backoff(
+        login: Login,
+        settings: AuthSettings,
+        backoff: Backoff,
+        metrics: Arc<Metrics>,
+    ) -> TokenManager {
         let cache = Cache::builder()
             .max_capacity(4)
             .expire_after(TokenExpiry)
@@ -168,6 +175,7 @@ impl TokenManager {
                 rejected_unverified: AtomicBool::new(false),
                 logins: AtomicU64::new(0),
                 user_id: arc_swap::ArcSwapOption::empty(),
+                metrics,
             }),
         }
     }
@@ -236,6 +244,7 @@ impl TokenManager {
             })
             .await;
         if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
+            self.inner.metrics.token_expiry(0.0);
             if !token.is_verified() {
                 self.inner
                     .rejected_unverified
@@ -251,6 +260,7 @@ impl TokenManager {
 
     /// Drop the cached token (e.g. the credential changed) and log in again.
     pub async fn invalidate(&self) {
+        self.inner.metrics.token_expiry(0.0);
         self.inner.cache.invalidate(&()).await;
         self.inner.demand.notify_one();
     }
@@ -333,12 +343,20 @@ impl TokenManager {
                     if let Some(id) = &token.user_id {
                         self.inner.user_id.store(Some(Arc::new(id.clone())));
                     }
+                    self.inner.metrics.login(token.how.as_str(), true);
+                    self.inner.metrics.token_expiry(unix_at(token.usable_until));
                     self.inner.cache.insert((), token).await;
                     self.inner.logins.fetch_add(1, Ordering::Relaxed);
                     self.inner.status.send_replace(Phase::Ready);
                 }
                 Err(error) => {
                     failures += 1;
+                    let attempted = if self.inner.login.flavor().is_static() {
+                        "key_check"
+                    } else {
+                        "login"
+                    };
+                    self.inner.metrics.login(attempted, false);
                     if error.is_bad_credentials() && self.inner.login.flavor().is_static() {
                         // The key itself was refused: stop using it (not ready) until a
                         // check succeeds again.
@@ -426,6 +444,15 @@ impl TokenManager {
             verified: AtomicBool::new(false),
         }))
     }
+}
+
+/// An `Instant` as Unix time (for the expiry metric).
+fn unix_at(at: Instant) -> f64 {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    now_unix + at.saturating_duration_since(Instant::now()).as_secs_f64()
 }
 
 /// How long a static key stays in the cache without a failed check (effectively forever).

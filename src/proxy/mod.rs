@@ -9,7 +9,8 @@ pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -20,16 +21,17 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::auth::{Token, TokenManager};
-use crate::body::{Guarded, LimitedBody};
+use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
 use crate::config::Settings;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
 use policy::{Decision, Policy, PolicyConfig};
 use replay::PreparedBody;
 
 /// Body of every response the proxy sends: Medusa's, streamed, or one of our own; it holds
 /// the request's concurrency slot until it ends.
-pub type ProxyBody = Guarded<Either<Incoming, Full<Bytes>>>;
+pub type ProxyBody = Tracked<Either<Incoming, Full<Bytes>>>;
 
 /// Everything a reload may change about who may call and what they may reach.
 #[derive(Debug)]
@@ -101,6 +103,8 @@ pub struct Proxy {
     rules: ArcSwap<Rules>,
     slots: Arc<Semaphore>,
     max_concurrent: usize,
+    metrics: Arc<Metrics>,
+    access_log: AtomicBool,
 }
 
 /// What is needed to send the same request again.
@@ -117,6 +121,8 @@ impl Proxy {
         tokens: TokenManager,
         rules: Rules,
         max_concurrent: usize,
+        metrics: Arc<Metrics>,
+        access_log: bool,
     ) -> Proxy {
         Proxy {
             upstream,
@@ -124,7 +130,14 @@ impl Proxy {
             rules: ArcSwap::from_pointee(rules),
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
+            metrics,
+            access_log: AtomicBool::new(access_log),
         }
+    }
+
+    /// Turn the access log on or off (config reload).
+    pub fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
     }
 
     /// Swap in new access and policy rules (client keys file changed, config reloaded).
@@ -133,30 +146,67 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let access_log = self.access_log.load(Ordering::Relaxed);
+        let mut record = RequestRecord {
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: access_log.then(|| {
+                crate::body::redact_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+            }),
+            peer,
+            status: 0,
+            key_fingerprint: None,
+            replayed: false,
+            bytes_in: 0,
+            streamed_in: None,
+        };
+        self.metrics.in_flight().inc();
         // Beyond the cap: answer at once rather than queue (a queue hides overload and grows
         // memory); the slot is held until the response body ends.
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            let e = ProxyError::Overloaded(self.max_concurrent);
-            tracing::warn!(error = %e, "request refused");
-            return e
-                .into_response()
-                .map(|b| Guarded::new(Either::Right(b), None));
+        let (permit, result) = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => (Some(permit), self.forward(req, peer, &mut record).await),
+            Err(_) => (None, Err(ProxyError::Overloaded(self.max_concurrent))),
         };
-        let method = req.method().clone();
-        let resp = match self.forward(req, peer).await {
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::warn!(method = %method, status = e.status().as_u16(), error = %e, "request failed");
+                self.count_error(&e);
+                tracing::warn!(method = %record.method, status = e.status().as_u16(), error = %e, "request failed");
                 e.into_response().map(Either::Right)
             }
         };
-        resp.map(|b| Guarded::new(b, Some(permit)))
+        record.status = resp.status().as_u16();
+        resp.map(|b| {
+            Tracked::new(
+                b,
+                Some(record),
+                Some(self.metrics.clone()),
+                access_log,
+                permit,
+            )
+        })
+    }
+
+    fn count_error(&self, e: &ProxyError) {
+        match e {
+            ProxyError::UpstreamUnreachable(_) => self.metrics.upstream_error("unreachable"),
+            ProxyError::UpstreamTimeout(_) => self.metrics.upstream_error("timeout"),
+            ProxyError::UpstreamCertificate(_) => self.metrics.upstream_error("certificate"),
+            ProxyError::PayloadTooLarge(_) => self.metrics.denied("payload_too_large"),
+            ProxyError::Forbidden { code, .. } | ProxyError::ProxyAuth { code, .. } => {
+                self.metrics.denied(code)
+            }
+            ProxyError::Overloaded(_) => self.metrics.denied("overloaded"),
+            ProxyError::BadRequest(_) => self.metrics.denied("bad_request"),
+            ProxyError::NoToken { .. } => self.metrics.denied("no_token"),
+        }
     }
 
     async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        record: &mut RequestRecord,
     ) -> Result<Response<Either<Incoming, Full<Bytes>>>, ProxyError> {
         let rules = self.rules.load();
         let (mut parts, body) = req.into_parts();
@@ -209,25 +259,30 @@ impl Proxy {
                 token.user_id.as_deref(),
             )?;
         }
-        if let Some(fp) = &caller.key_fingerprint {
-            tracing::debug!(client_key = %fp, "caller identified");
-        }
+        record.key_fingerprint = caller.key_fingerprint;
 
         let mut too_large = None;
         let (first_body, replay) = match replay::prepare(&parts.headers, body).await? {
-            PreparedBody::Replayable(bytes) => (
-                Either::Left(Full::new(bytes.clone())),
-                Some(ReplayParts {
-                    method: parts.method.clone(),
-                    uri: uri.clone(),
-                    headers: parts.headers.clone(),
-                    body: bytes,
-                }),
-            ),
+            PreparedBody::Replayable(bytes) => {
+                record.bytes_in = bytes.len() as u64;
+                (
+                    Either::Left(Full::new(bytes.clone())),
+                    Some(ReplayParts {
+                        method: parts.method.clone(),
+                        uri: uri.clone(),
+                        headers: parts.headers.clone(),
+                        body: bytes,
+                    }),
+                )
+            }
             PreparedBody::Streamed(incoming) => {
-                let (limited, flag) = LimitedBody::new(incoming, rules.max_body);
-                too_large = Some(flag);
-                (Either::Right(limited), None)
+                let stats = Arc::new(BodyStats::default());
+                record.streamed_in = Some(stats.clone());
+                too_large = Some(stats.clone());
+                (
+                    Either::Right(LimitedBody::new(incoming, rules.max_body, stats)),
+                    None,
+                )
             }
         };
 
@@ -238,7 +293,7 @@ impl Proxy {
             Err(_)
                 if too_large
                     .as_ref()
-                    .is_some_and(|f| f.load(Ordering::Relaxed)) =>
+                    .is_some_and(|s| s.exceeded.load(Ordering::Relaxed)) =>
             {
                 // The body broke off at the cap; Medusa saw an incomplete message.
                 return Err(ProxyError::PayloadTooLarge(rules.max_body));
@@ -274,6 +329,8 @@ impl Proxy {
                 &fresh,
             )
             .await?;
+        record.replayed = true;
+        self.metrics.replay(resp.status().as_u16());
         if resp.status() == StatusCode::UNAUTHORIZED {
             self.tokens.reject(&fresh).await;
         } else {

@@ -1,0 +1,264 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text on `GET /metrics`).
+//!
+//! Label sets that the request path touches are resolved once at start-up into plain counters,
+//! so recording a request is a few atomic adds: no hashing, no locks, no allocation.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upstream error kinds.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
+    ["unreachable", "timeout", "certificate", "body_too_large"];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<[Counter; 5]>,
+    duration: Histogram,
+    in_flight: Gauge,
+    upstream_errors: Family<KindLabel, Counter>,
+    logins: Family<LoginLabels, Counter>,
+    replays: Family<ResultLabel, Counter>,
+    denied: Family<ReasonLabel, Counter>,
+    token_expiry: Gauge<f64, AtomicU64>,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("medusa_auth_proxy");
+        let family = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by method and status class",
+            family.clone(),
+        );
+        let requests = METHODS
+            .iter()
+            .map(|m| {
+                CLASSES.map(|c| {
+                    family
+                        .get_or_create(&RequestLabels {
+                            method: m,
+                            status_class: c,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        // 0.5 ms .. ~16 s: a proxy's own overhead and Medusa's slow exports both fit.
+        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.0005, 2.0, 16,
+        ));
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request head to the end of the response body",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests that failed towards Medusa, by kind",
+            upstream_errors.clone(),
+        );
+        for kind in UPSTREAM_ERROR_KINDS {
+            // Pre-create so each kind is exported (as 0) before its first error.
+            drop(upstream_errors.get_or_create(&KindLabel { kind }));
+        }
+        let logins = Family::<LoginLabels, Counter>::default();
+        registry.register(
+            "logins",
+            "Credential acquisitions (login, refresh, key_check) by result",
+            logins.clone(),
+        );
+        let replays = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "replays",
+            "Requests replayed after Medusa rejected the token, by the replay's result",
+            replays.clone(),
+        );
+        let denied = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "denied_requests",
+            "Requests refused by the proxy itself, by reason",
+            denied.clone(),
+        );
+        let token_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "token_expiry_timestamp",
+            "When the current credential stops being used (Unix time; 0 = none held)",
+            prometheus_client::registry::Unit::Seconds,
+            token_expiry.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            upstream_errors,
+            logins,
+            replays,
+            denied,
+            token_expiry,
+            reloads,
+        })
+    }
+
+    /// Record a finished request.
+    pub fn request(&self, method: &http::Method, status: u16, seconds: f64) {
+        let m = METHODS
+            .iter()
+            .position(|m| *m == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let c = usize::from((status / 100).clamp(1, 5) - 1);
+        self.requests[m][c].inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    pub fn login(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.logins
+            .get_or_create(&LoginLabels { kind, result })
+            .inc();
+    }
+
+    pub fn replay(&self, status: u16) {
+        let result = if status == 401 { "rejected" } else { "success" };
+        self.replays.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn denied(&self, reason: &'static str) {
+        self.denied.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn token_expiry(&self, unix_seconds: f64) {
+        self.token_expiry.set(unix_seconds);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.request(&http::Method::GET, 200, 0.001);
+        m.request(&http::Method::from_bytes(b"PROPFIND").unwrap(), 503, 0.2);
+        m.login("login", true);
+        m.replay(200);
+        m.denied("route_denied");
+        m.token_expiry(1.8e9);
+        m.reload(false);
+        m.upstream_error("timeout");
+        let text = m.encode();
+        for needle in [
+            "medusa_auth_proxy_requests_total{method=\"GET\",status_class=\"2xx\"} 1",
+            "medusa_auth_proxy_requests_total{method=\"other\",status_class=\"5xx\"} 1",
+            "medusa_auth_proxy_request_duration_seconds_bucket",
+            "medusa_auth_proxy_requests_in_flight 0",
+            "medusa_auth_proxy_upstream_errors_total{kind=\"timeout\"} 1",
+            "medusa_auth_proxy_upstream_errors_total{kind=\"unreachable\"} 0",
+            "medusa_auth_proxy_logins_total{kind=\"login\",result=\"success\"} 1",
+            "medusa_auth_proxy_replays_total{result=\"success\"} 1",
+            "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",
+            "medusa_auth_proxy_token_expiry_timestamp_seconds 1800000000",
+            "medusa_auth_proxy_config_reloads_total{result=\"failure\"} 1",
+            "medusa_auth_proxy_build_info{version=\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
