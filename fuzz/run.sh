@@ -21,8 +21,18 @@ mkdir -p corpus/canonicalize corpus/config
 printf '/admin/products' > corpus/canonicalize/seed-products
 printf '/admin/auth/token' > corpus/canonicalize/seed-token
 for f in ../config/*.toml; do cp "$f" "corpus/config/seed-$(basename "$f")"; done
+status=0
 for target in canonicalize config; do
   echo "== fuzzing $target for ${secs}s"
-  "${fuzz[@]}" run --sanitizer "$sanitizer" "$target" "corpus/$target" -- \
-    -max_total_time="$secs" -max_len=4096 -print_final_stats=1 2>&1 | tail -n 15
+  log="$(mktemp)"
+  if "${fuzz[@]}" run --sanitizer "$sanitizer" "$target" "corpus/$target" -- \
+      -max_total_time="$secs" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
+    grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" || true
+  else
+    echo "FAIL: $target (crash input under fuzz/artifacts/$target/)"
+    grep -vE '^\s*(Compiling|Downloaded)' "$log" | tail -n 60
+    status=1
+  fi
+  rm -f "$log"
 done
+exit "$status"

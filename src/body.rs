@@ -168,10 +168,10 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &poll {
-            if let Some(d) = frame.data_ref() {
-                self.bytes_out += d.remaining() as u64;
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(d) = frame.data_ref()
+        {
+            self.bytes_out += d.remaining() as u64;
         }
         poll
     }

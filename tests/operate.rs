@@ -1,0 +1,408 @@
+//! Issue "operable": metrics, logs (JSON, access log), live reload, the wait command. Run
+//! against the binary where the behaviour is the process's (signals, log output).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::fake_medusa::{self, FakeMedusa};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
+
+fn write_config(path: &Path, upstream: &str, pw_file: &Path, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+[auth]
+email = "{email}"
+password_file = "{pw}"
+login_timeout = "2s"
+[ops]
+listen = "127.0.0.1:0"
+{extra}
+"#,
+            email = fake_medusa::DEFAULT_EMAIL,
+            pw = pw_file.display()
+        ),
+    )
+    .unwrap();
+}
+
+struct Setup {
+    fake: FakeMedusa,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    pw: PathBuf,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, fake_medusa::DEFAULT_PASSWORD).unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    write_config(&cfg, &fake.url(), &pw, extra);
+    Setup { fake, dir, cfg, pw }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(c: &HttpClient, url: &str) -> (u16, String) {
+    let resp = c
+        .request(Request::get(url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn post(c: &HttpClient, url: &str) -> u16 {
+    c.request(
+        Request::post(url)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
+}
+
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait for a log line containing `needle`; return it.
+    async fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn start(cfg: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(cfg)
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// (proxy, ops) base URLs from the start-up line (text or JSON).
+    async fn urls(&self) -> (String, String) {
+        let line = self.wait_line("medusa-auth-proxy started").await;
+        let field = |name: &str| {
+            let start = line
+                .find(&format!("{name}="))
+                .map(|i| i + name.len() + 1)
+                .or_else(|| {
+                    line.find(&format!("\"{name}\":\""))
+                        .map(|i| i + name.len() + 4)
+                });
+            let rest = &line[start.unwrap()..];
+            rest.split(|c: char| c.is_whitespace() || c == '"')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        (
+            format!("http://{}", field("listen")),
+            format!("http://{}", field("ops")),
+        )
+    }
+
+    fn count_lines(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_logins_denials_and_replays() {
+    let s = setup("").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let c = client();
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    assert_eq!(post(&c, &format!("{proxy}/admin/auth/token")).await, 403);
+    s.fake.rotate_secret();
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    let (status, text) = get(&c, &format!("{ops}/metrics")).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "medusa_auth_proxy_requests_total{method=\"GET\",status_class=\"2xx\"} 2",
+        "medusa_auth_proxy_requests_total{method=\"POST\",status_class=\"4xx\"} 1",
+        "medusa_auth_proxy_request_duration_seconds_count 3",
+        "medusa_auth_proxy_requests_in_flight 0",
+        "medusa_auth_proxy_logins_total{kind=\"login\",result=\"success\"} 2",
+        "medusa_auth_proxy_replays_total{result=\"success\"} 1",
+        "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",
+        "medusa_auth_proxy_upstream_errors_total{kind=\"unreachable\"} 0",
+        "medusa_auth_proxy_build_info{version=",
+        "# EOF",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let expiry = text
+        .lines()
+        .find(|l| l.starts_with("medusa_auth_proxy_token_expiry_timestamp_seconds "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now + 3600.0 && expiry < now + 86400.0,
+        "expiry {expiry} vs now {now}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_and_access_log_without_secrets() {
+    let s = setup("[log]\nformat = \"json\"\nlevel = \"debug\"").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    let req = Request::get(format!(
+        "{proxy}/admin/customers?q=alice@example.com&limit=5"
+    ))
+    .header("authorization", "Bearer client-secret-value")
+    .body(Full::default())
+    .unwrap();
+    assert_eq!(c.request(req).await.unwrap().status(), 200);
+    let line = p.wait_line("\"target\":\"access\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/admin/customers?q=***&limit=***");
+    assert_eq!(v["status"], 200);
+    assert!(v["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(v["replayed"], false);
+    assert!(v["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(v["duration_ms"].is_number());
+    let log = p.log();
+    for l in log.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l}"
+        );
+    }
+    let token = s.fake.last_token().unwrap();
+    for secret in [
+        token.as_str(),
+        fake_medusa::DEFAULT_PASSWORD,
+        "client-secret-value",
+        "alice@example.com",
+    ] {
+        assert!(!log.contains(secret), "{secret:.10}... in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_can_be_switched_off() {
+    let s = setup("[log]\naccess = false").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    p.wait_line("obtained a Medusa token").await;
+    assert_eq!(p.count_lines("access"), 0, "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_good_config_rejects_bad_and_reports_restarts() {
+    let s = setup("").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let c = client();
+    assert_eq!(post(&c, &format!("{proxy}/admin/products")).await, 200);
+
+    // A good change, by SIGHUP: read_only now applies, on the same process and listener.
+    write_config(&s.cfg, &s.fake.url(), &s.pw, "[policy]\nread_only = true");
+    p.signal("HUP");
+    let mut applied = false;
+    for _ in 0..300 {
+        if post(&c, &format!("{proxy}/admin/products")).await == 403 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(applied, "reload not applied; log:\n{}", p.log());
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+
+    // A bad change (noticed by the file watch, no signal): rejected, the old config serves.
+    let before = p.count_lines("configuration reload rejected");
+    std::fs::write(&s.cfg, "[proxy]\nlisten = 7\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.count_lines("configuration reload rejected") == before {
+        assert!(
+            Instant::now() < deadline,
+            "bad config not noticed; log:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        post(&c, &format!("{proxy}/admin/products")).await,
+        403,
+        "old config still in force"
+    );
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    let (_, metrics) = get(&c, &format!("{ops}/metrics")).await;
+    assert!(
+        metrics.contains("medusa_auth_proxy_config_reloads_total{result=\"failure\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("medusa_auth_proxy_config_reloads_total{result=\"success\"}"),
+        "{metrics}"
+    );
+
+    // A change that cannot apply live is reported.
+    write_config(&s.cfg, &s.fake.url(), &s.pw, "[policy]\nread_only = true");
+    let text = std::fs::read_to_string(&s.cfg)
+        .unwrap()
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"2s\"");
+    std::fs::write(&s.cfg, text).unwrap();
+    p.signal("HUP");
+    let line = p.wait_line("need a restart").await;
+    assert!(line.contains("upstream"), "{line}");
+    assert_eq!(s.fake.logins(), 1, "no credential change, no new login");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_with_new_password_logs_in_again() {
+    let s = setup("").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    s.fake
+        .set_credentials(fake_medusa::DEFAULT_EMAIL, "new-password-789");
+    std::fs::write(&s.pw, "new-password-789\n").unwrap();
+    s.fake.wait_until(|f| f.logins() == 2).await;
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    let _ = &s.dir;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_command_waits_for_readiness() {
+    let s = setup("").await;
+    s.fake.set_login_delay(Duration::from_millis(700));
+    let p = Proc::start(&s.cfg, &[]);
+    let (_, ops) = p.urls().await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["wait", "--ops", &ops, "--timeout", "10s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.fake.logins(), 1, "wait returned only after the login");
+
+    // Never ready: wrong password.
+    let bad = setup("").await;
+    bad.fake
+        .set_credentials(fake_medusa::DEFAULT_EMAIL, "other");
+    let p2 = Proc::start(&bad.cfg, &[]);
+    let (_, ops) = p2.urls().await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["wait", "--ops", &ops, "--timeout", "1s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid credentials"), "{err}");
+    drop(p);
+}
