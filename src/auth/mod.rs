@@ -144,6 +144,18 @@ impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
     ) -> Option<Duration> {
         Some(token.usable_until.saturating_duration_since(Instant::now()))
     }
+
+    /// A renewal replaces the entry: the new token's own lifetime applies, not the old one's
+    /// (moka's default keeps the old expiry on update, which would drop a fresh token early).
+    fn expire_after_update(
+        &self,
+        _key: &(),
+        token: &Arc<Token>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(token.usable_until.saturating_duration_since(Instant::now()))
+    }
 }
 
 impl TokenManager {

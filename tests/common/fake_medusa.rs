@@ -1,7 +1,20 @@
-//! A fake Medusa v1 admin API for the integration tests, modelled on what real 1.20.11 does on
-//! the wire (`../shared/medusa/README.md`): real HS256 JWTs, a bare-text 401, a fresh
-//! `connect.sid` session on every cookie-less response. Every knob takes `&self`, so a test can
-//! change behaviour mid-flight, and every counter is there so tests count instead of sleeping.
+//! A fake Medusa admin API for the integration tests, modelled on what real servers do on the
+//! wire (`../shared/medusa/README.md`). Every knob takes `&self`, so a test can change behaviour
+//! mid-flight, and every counter is there so tests count instead of sleeping.
+//!
+//! - [`FakeMedusa::start`]: v1 (1.20.11). Login `POST /admin/auth/token` -> `{access_token}`;
+//!   JWT claims `{user_id, domain, iat, exp}`; a bare-text 401; a fresh `connect.sid` session on
+//!   every cookie-less response; a static key (`set_api_key`) is accepted as
+//!   `x-medusa-access-token`; `/auth/*` does not exist (404), so an `auto` probe sees v1.
+//! - [`FakeMedusa::start_v2`]: v2 (2.21.2). Login `POST /auth/user/emailpass` -> `{token}`;
+//!   `POST /auth/token/refresh` with a valid Bearer -> `{token}` (expired or missing: 401);
+//!   JWT claims `{actor_id, actor_type: "user", auth_identity_id, app_metadata: {user_id}, ..}`;
+//!   401s are JSON `{"message":"Unauthorized"}`; no session cookie is ever set; a static key is
+//!   accepted as `Authorization: Basic base64(key + ":")` (`Bearer sk_...` is rejected);
+//!   `POST /admin/auth/token` is an ordinary (authenticated) admin route, so 401 without
+//!   credentials.
+//!
+//! Both: `GET /admin/store` -> 200 `{"store": {..}}` when authenticated (the proxy's key check).
 //!
 //! Per-request knob: a request header `x-fake-delay-ms: N` delays that one response by N ms
 //! (on top of `set_response_delay`); the auth decision is still taken on arrival, as Medusa does.
@@ -34,11 +47,21 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub const DEFAULT_EMAIL: &str = "admin@example.com";
 pub const DEFAULT_PASSWORD: &str = "supersecret-password-123";
 pub const USER_ID: &str = "usr_01TEST";
+/// v2: the `auth_identity_id` claim of the admin's tokens.
+pub const AUTH_IDENTITY_ID: &str = "authid_01TEST";
 /// Request header that delays the response to that one request, in milliseconds.
 pub const DELAY_HEADER: &str = "x-fake-delay-ms";
 const CHUNK: usize = 64 * 1024;
 
-/// How `POST /admin/auth/token` misbehaves while set.
+/// Which Medusa the fake plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    V1,
+    V2,
+}
+
+/// How the login route (`POST /admin/auth/token` in v1, `POST /auth/user/emailpass` in v2)
+/// misbehaves while set.
 #[derive(Clone, Debug)]
 pub enum LoginFailure {
     /// 401: `text/plain` "Unauthorized"; 400: `invalid_data` JSON; anything else: JSON error.
@@ -49,9 +72,15 @@ pub enum LoginFailure {
     NoToken,
     /// Never answers (until the connection is closed).
     Hang,
+    /// v2 with MFA on the account: 200 `{"mfa_required": true, ...}` and no token.
+    Mfa,
+    /// v2 account that must be verified first: 200 `{"verification_required": true, ...}`.
+    Verification,
+    /// v2 third-party provider: 200 `{"location": "https://idp.example/..."}`.
+    Location,
 }
 
-/// One request that reached the fake (logins excluded).
+/// One request that reached the fake (logins and v2 refreshes excluded).
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub method: Method,
@@ -72,12 +101,17 @@ struct Knobs {
     login_failure: Option<LoginFailure>,
     secret: Vec<u8>,
     response_delay: Duration,
+    api_key: Option<String>,
+    refresh_failure: Option<u16>,
 }
 
-/// Counters, each with a getter of the same name: `login_attempts` (every POST
-/// /admin/auth/token), `logins` (tokens issued), `logins_in_flight`, `max_concurrent_logins`
-/// (high-water mark), `connections` (TCP accepted), `expired_token_requests`,
-/// `rejected_requests` (every auth 401 off the login route), `sessions_created`.
+/// Counters, each with a getter of the same name: `login_attempts` (every request to the
+/// mode's login route), `logins` (tokens issued by a login), `logins_in_flight`,
+/// `max_concurrent_logins` (high-water mark), `refresh_attempts` (every v2 `POST
+/// /auth/token/refresh`), `refreshes` (tokens issued by a refresh), `connections` (TCP
+/// accepted), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
+/// refresh routes), `key_requests` (requests authenticated by the static key),
+/// `sessions_created` (v1 only).
 macro_rules! counters {
     ($($name:ident),*) => {
         #[derive(Default)]
@@ -90,13 +124,17 @@ counters!(
     logins,
     logins_in_flight,
     max_concurrent_logins,
+    refresh_attempts,
+    refreshes,
     connections,
     expired_token_requests,
     rejected_requests,
+    key_requests,
     sessions_created
 );
 
 struct State {
+    mode: Mode,
     knobs: Mutex<Knobs>,
     n: Counters,
     seq: AtomicU64,
@@ -113,12 +151,23 @@ pub struct FakeMedusa {
 }
 
 impl FakeMedusa {
+    /// A Medusa v1 (1.20.11).
     pub async fn start() -> FakeMedusa {
+        FakeMedusa::start_mode(Mode::V1).await
+    }
+
+    /// A Medusa v2 (2.21.2).
+    pub async fn start_v2() -> FakeMedusa {
+        FakeMedusa::start_mode(Mode::V2).await
+    }
+
+    pub async fn start_mode(mode: Mode) -> FakeMedusa {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("fake medusa: bind");
         let addr = listener.local_addr().expect("fake medusa: local_addr");
         let state = Arc::new(State {
+            mode,
             knobs: Mutex::new(Knobs {
                 email: DEFAULT_EMAIL.into(),
                 password: DEFAULT_PASSWORD.into(),
@@ -127,6 +176,8 @@ impl FakeMedusa {
                 login_failure: None,
                 secret: random_hex(64).into_bytes(),
                 response_delay: Duration::ZERO,
+                api_key: None,
+                refresh_failure: None,
             }),
             n: Counters::default(),
             seq: AtomicU64::new(0),
@@ -145,6 +196,10 @@ impl FakeMedusa {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.state.mode
     }
 
     fn knobs(&self) -> MutexGuard<'_, Knobs> {
@@ -171,9 +226,20 @@ impl FakeMedusa {
     pub fn set_response_delay(&self, d: Duration) {
         self.knobs().response_delay = d;
     }
+    /// The static key the fake accepts (`None`: no key works): v1 reads it from
+    /// `x-medusa-access-token` (a user's `api_token`), v2 from `Authorization: Basic
+    /// base64(key + ":")` (a secret API key).
+    pub fn set_api_key(&self, key: Option<&str>) {
+        self.knobs().api_key = key.map(str::to_owned);
+    }
+    /// v2: `POST /auth/token/refresh` answers this status (401: `{"message":"Unauthorized"}`,
+    /// anything else: a JSON error) instead of a token; `None`: refresh works.
+    pub fn set_refresh_failure(&self, status: Option<u16>) {
+        self.knobs().refresh_failure = status;
+    }
 
-    /// Every non-login request, in arrival order. An `/admin/echo` request appears once its
-    /// body has been streamed back completely.
+    /// Every request except logins and v2 refreshes, in arrival order. An `/admin/echo`
+    /// request appears once its body has been streamed back completely.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests)
             .iter()
@@ -195,9 +261,11 @@ impl FakeMedusa {
             if Instant::now() > deadline {
                 panic!(
                     "fake medusa: condition not met within 10s (login_attempts={}, logins={}, \
-                     requests={}, rejected={}, connections={})",
+                     refresh_attempts={}, refreshes={}, requests={}, rejected={}, connections={})",
                     self.login_attempts(),
                     self.logins(),
+                    self.refresh_attempts(),
+                    self.refreshes(),
                     self.requests().len(),
                     self.rejected_requests(),
                     self.connections()
@@ -221,8 +289,8 @@ impl FakeMedusa {
             let _ = h.await;
         }
     }
-    /// Medusa comes back on the same address. Like a restart of real v1 with its in-memory
-    /// session store: JWTs stay valid (same secret), earlier sessions are forgotten.
+    /// Medusa comes back on the same address. Like a restart of a real server with an
+    /// in-memory session store: JWTs stay valid (same secret), earlier sessions are forgotten.
     pub async fn restart(&self) {
         self.stop().await;
         lock(&self.state.sessions).clear();
@@ -314,8 +382,26 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
 }
 
 async fn handle(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let post = req.method() == Method::POST;
+    let path = req.uri().path();
+    let login_route = match st.mode {
+        Mode::V1 => "/admin/auth/token",
+        Mode::V2 => "/auth/user/emailpass",
+    };
+    let is_login = post && path == login_route;
+    let is_refresh = st.mode == Mode::V2 && post && path == "/auth/token/refresh";
+    if st.mode == Mode::V2 {
+        // v2 sets no cookie on ordinary (Bearer, key) requests nor on logins.
+        return if is_login {
+            login(st, req).await
+        } else if is_refresh {
+            refresh(st, req).await
+        } else {
+            admin(st, req).await
+        };
+    }
     let known = known_session(st, req.headers());
-    let mut resp = if req.method() == Method::POST && req.uri().path() == "/admin/auth/token" {
+    let mut resp = if is_login {
         login(st, req).await
     } else {
         admin(st, req).await
@@ -378,7 +464,7 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
     tokio::time::sleep(delay).await;
     match failure {
         None => {}
-        Some(LoginFailure::Status(401)) => return login_unauthorized(),
+        Some(LoginFailure::Status(401)) => return login_unauthorized(st.mode),
         Some(LoginFailure::Status(400)) => return invalid_data("email must be an email"),
         Some(LoginFailure::Status(code)) => {
             let code = Some(code)
@@ -392,6 +478,22 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
         }
         Some(LoginFailure::NoToken) => return json_resp(200, &json!({"foo": 1})),
         Some(LoginFailure::Hang) => return std::future::pending().await,
+        Some(LoginFailure::Mfa) => {
+            let body = json!({
+                "mfa_required": true,
+                "mfa_token": format!("mfa_{}", random_hex(24)),
+                "available_methods": ["totp"],
+            });
+            return json_resp(200, &body);
+        }
+        Some(LoginFailure::Verification) => {
+            let body = json!({"verification_required": true, "message": "Verify your email"});
+            return json_resp(200, &body);
+        }
+        Some(LoginFailure::Location) => {
+            let body = json!({"location": "https://idp.example/oauth/authorize?client_id=medusa"});
+            return json_resp(200, &body);
+        }
     }
     let v: Value = match body {
         Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),
@@ -399,6 +501,11 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
     };
     let field = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     let (Some(email), Some(password)) = (field("email"), field("password")) else {
+        if st.mode == Mode::V2 {
+            // v2's emailpass provider refuses a malformed login as unauthorized.
+            let body = json!({"type": "unauthorized", "message": "Email should be a string"});
+            return json_resp(401, &body);
+        }
         let missing = ["email", "password"]
             .into_iter()
             .filter(|k| field(k).is_none());
@@ -410,19 +517,75 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
     let token = {
         let k = lock(&st.knobs);
         if email != k.email || password != k.password {
-            return login_unauthorized();
+            return login_unauthorized(st.mode);
         }
-        let iat = now_secs();
-        let exp = iat + k.lifetime.as_secs();
-        let claims = json!({"user_id": USER_ID, "domain": "admin", "iat": iat, "exp": exp});
-        let key = EncodingKey::from_secret(&k.secret);
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+        issue(st.mode, &k)
     };
     match token {
         Ok(t) => {
             st.n.logins.fetch_add(1, SeqCst);
             *lock(&st.last_token) = Some(t.clone());
-            json_resp(200, &json!({"access_token": t}))
+            match st.mode {
+                Mode::V1 => json_resp(200, &json!({"access_token": t})),
+                Mode::V2 => json_resp(200, &json!({"token": t})),
+            }
+        }
+        Err(e) => json_resp(
+            500,
+            &json!({"type": "unknown_error", "message": e.to_string()}),
+        ),
+    }
+}
+
+/// A JWT for the mode, signed with the current secret, `exp = iat + lifetime`.
+fn issue(mode: Mode, k: &Knobs) -> jsonwebtoken::errors::Result<String> {
+    let iat = now_secs();
+    let exp = iat + k.lifetime.as_secs();
+    let claims = match mode {
+        Mode::V1 => json!({"user_id": USER_ID, "domain": "admin", "iat": iat, "exp": exp}),
+        Mode::V2 => json!({
+            "actor_id": USER_ID,
+            "actor_type": "user",
+            "auth_identity_id": AUTH_IDENTITY_ID,
+            "auth_provider": "emailpass",
+            "app_metadata": {"user_id": USER_ID},
+            "user_metadata": {},
+            "mfa_enabled": false,
+            "iat": iat,
+            "exp": exp,
+        }),
+    };
+    let key = EncodingKey::from_secret(&k.secret);
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+}
+
+/// v2 `POST /auth/token/refresh`: a still-valid Bearer JWT buys a new one; the old one stays
+/// valid until its `exp`.
+async fn refresh(st: &State, req: Request<Incoming>) -> Response<Body> {
+    st.n.refresh_attempts.fetch_add(1, SeqCst);
+    let (parts, mut body) = req.into_parts();
+    let _ = drain(&mut body).await;
+    let failure = lock(&st.knobs).refresh_failure;
+    match failure {
+        None => {}
+        Some(401) => return unauthorized(st.mode),
+        Some(code) => {
+            let code = Some(code)
+                .filter(|c| (200..=599).contains(c))
+                .unwrap_or(500);
+            let body = json!({"type": "unknown_error", "message": "An unknown error occurred."});
+            return json_resp(code, &body);
+        }
+    }
+    if bearer(st, &parts.headers).is_err() {
+        return unauthorized(st.mode);
+    }
+    let token = issue(st.mode, &lock(&st.knobs));
+    match token {
+        Ok(t) => {
+            st.n.refreshes.fetch_add(1, SeqCst);
+            *lock(&st.last_token) = Some(t.clone());
+            json_resp(200, &json!({"token": t}))
         }
         Err(e) => json_resp(
             500,
@@ -436,15 +599,32 @@ enum AuthFailure {
     Other,
 }
 
-fn authenticate(st: &State, headers: &HeaderMap) -> Result<(), AuthFailure> {
+/// How a request was authenticated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Authed {
+    /// A Bearer JWT.
+    Token,
+    /// The static key (`set_api_key`).
+    Key,
+    /// A route that needs no credentials (`/auth/*` that is neither login nor refresh).
+    Open,
+}
+
+/// `Authorization: <scheme> <credentials>` with a case-insensitive scheme.
+fn authorization<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
     let value = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = value
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .ok_or(AuthFailure::Other)?;
+        .and_then(|v| v.to_str().ok())?;
+    value
+        .trim()
+        .split_once(' ')
+        .filter(|(s, _)| s.eq_ignore_ascii_case(scheme))
+        .map(|(_, c)| c.trim())
+}
+
+/// A Bearer JWT signed with the current secret, of this mode's shape, not expired.
+fn bearer(st: &State, headers: &HeaderMap) -> Result<(), AuthFailure> {
+    let token = authorization(headers, "bearer").ok_or(AuthFailure::Other)?;
     let secret = lock(&st.knobs).secret.clone();
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_exp = false; // checked below the way node's jsonwebtoken does: now >= exp
@@ -452,9 +632,54 @@ fn authenticate(st: &State, headers: &HeaderMap) -> Result<(), AuthFailure> {
     let key = DecodingKey::from_secret(&secret);
     let data = jsonwebtoken::decode::<Value>(token, &key, &validation);
     let claims = data.map_err(|_| AuthFailure::Other)?.claims;
+    let shape_ok = match st.mode {
+        Mode::V1 => claims.get("domain").and_then(Value::as_str) == Some("admin"),
+        Mode::V2 => claims.get("actor_type").and_then(Value::as_str) == Some("user"),
+    };
+    if !shape_ok {
+        return Err(AuthFailure::Other);
+    }
     match claims.get("exp").and_then(Value::as_f64) {
         Some(exp) if now_secs() as f64 >= exp => Err(AuthFailure::Expired),
         _ => Ok(()),
+    }
+}
+
+fn authenticate(st: &State, headers: &HeaderMap) -> Result<Authed, AuthFailure> {
+    let key = lock(&st.knobs).api_key.clone();
+    match st.mode {
+        // v2: a secret API key in Basic auth first, then the Bearer JWT. `Bearer sk_...` is
+        // not a JWT and fails like any garbage token.
+        Mode::V2 => {
+            if let Some(cred) = authorization(headers, "basic") {
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(cred)
+                    .ok()
+                    .and_then(|d| String::from_utf8(d).ok());
+                let presented = decoded.as_deref().and_then(|d| d.strip_suffix(':'));
+                return match (presented, key.as_deref()) {
+                    (Some(p), Some(k)) if p == k => Ok(Authed::Key),
+                    _ => Err(AuthFailure::Other),
+                };
+            }
+            bearer(st, headers).map(|()| Authed::Token)
+        }
+        // v1: the Bearer JWT, then `x-medusa-access-token` (which still authenticates next to
+        // a garbage Authorization header).
+        Mode::V1 => {
+            let jwt = bearer(st, headers);
+            if jwt.is_ok() {
+                return Ok(Authed::Token);
+            }
+            let presented = headers
+                .get("x-medusa-access-token")
+                .and_then(|v| v.to_str().ok());
+            match (presented, key.as_deref()) {
+                (Some(p), Some(k)) if p == k => Ok(Authed::Key),
+                _ => jwt.map(|()| Authed::Token),
+            }
+        }
     }
 }
 
@@ -482,7 +707,17 @@ fn push(st: &State, seq: u64, rec: Recorded) {
 
 async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let seq = st.seq.fetch_add(1, SeqCst);
-    let auth = authenticate(st, req.headers());
+    let path = req.uri().path();
+    // `/auth/*` is not an admin route: v1 has no such routes (404), v2's other than login and
+    // refresh are not modelled (404). Every `/admin*` path needs credentials in both.
+    let auth = if path == "/auth" || path.starts_with("/auth/") {
+        Ok(Authed::Open)
+    } else {
+        authenticate(st, req.headers())
+    };
+    if auth.as_ref().is_ok_and(|a| *a == Authed::Key) {
+        st.n.key_requests.fetch_add(1, SeqCst);
+    }
     let (parts, mut body) = req.into_parts();
     let header_delay = parts
         .headers
@@ -545,9 +780,9 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             if matches!(why, AuthFailure::Expired) {
                 st.n.expired_token_requests.fetch_add(1, SeqCst);
             }
-            unauthorized()
+            unauthorized(st.mode)
         }
-        Ok(()) => route(&parts.method, &parts.uri, len, &sha),
+        Ok(_) => route(st.mode, &parts.method, &parts.uri, len, &sha),
     };
     (rec.body_len, rec.body_sha256) = (len, sha);
     rec.status = if complete {
@@ -560,10 +795,23 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-fn route(method: &Method, uri: &http::Uri, len: u64, sha: &str) -> Response<Body> {
+fn route(mode: Mode, method: &Method, uri: &http::Uri, len: u64, sha: &str) -> Response<Body> {
     let path = uri.path();
     let segments: Vec<&str> = path.split('/').collect();
     match (method, segments.as_slice()) {
+        (&Method::GET, ["", "admin", "store"]) => json_resp(
+            200,
+            &json!({"store": {
+                "id": "store_01TEST",
+                "name": "Medusa Store",
+                "default_currency_code": "eur",
+            }}),
+        ),
+        // v1's token route is gone in v2: authenticated, it is an unknown admin route.
+        (_, ["", "admin", "auth", "token"]) if mode == Mode::V2 => json_resp(
+            404,
+            &json!({"type": "not_found", "message": "Not found", "path": path}),
+        ),
         (&Method::GET, ["", "admin", "products"]) => {
             json_resp(200, &json!({"products": [], "count": 0}))
         }
@@ -640,14 +888,24 @@ fn invalid_data(message: &str) -> Response<Body> {
     json_resp(400, &json!({"type": "invalid_data", "message": message}))
 }
 
-/// Medusa v1's 401 on the login route.
-fn login_unauthorized() -> Response<Body> {
-    resp(401, Some("text/plain; charset=utf-8"), "Unauthorized")
+/// The 401 for wrong credentials on the login route: v1 `text/plain`, v2 JSON.
+fn login_unauthorized(mode: Mode) -> Response<Body> {
+    match mode {
+        Mode::V1 => resp(401, Some("text/plain; charset=utf-8"), "Unauthorized"),
+        Mode::V2 => json_resp(
+            401,
+            &json!({"type": "unauthorized", "message": "Invalid email or password"}),
+        ),
+    }
 }
 
-/// Medusa v1's 401 on admin routes: bare text, no Content-Type, no WWW-Authenticate.
-fn unauthorized() -> Response<Body> {
-    resp(401, None, "Unauthorized")
+/// The 401 on admin routes (and v2's refresh): v1 bare text with no Content-Type, v2 JSON;
+/// neither sends WWW-Authenticate.
+fn unauthorized(mode: Mode) -> Response<Body> {
+    match mode {
+        Mode::V1 => resp(401, None, "Unauthorized"),
+        Mode::V2 => json_resp(401, &json!({"message": "Unauthorized"})),
+    }
 }
 
 /// IMF-fixdate (RFC 9110 §5.6.7) without a date crate: days-to-civil after H. Hinnant.

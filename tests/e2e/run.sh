@@ -73,6 +73,10 @@ summary() {
     banner "cleanup"
     e2e_stop_all
     t=$(($(date +%s) - T_START))
+    if [ $rc -ne 0 ]; then
+        FAILED+=("run.sh-aborted")
+        printf '\n!!! run.sh stopped early with exit status %d (see the output above)\n' "$rc"
+    fi
     banner "summary (Medusa $WHICH, via $VIA, ${t}s)"
     local n
     for n in "${RAN[@]}"; do
@@ -105,11 +109,13 @@ resolve_proxy() {
     e2e_log "proxy: $PROXY_BIN ($("$PROXY_BIN" --version 2>/dev/null || echo 'no --version'))"
 }
 
-# write_proxy_config NAME FLAVOR MEDUSA_PORT [AUTH_LINES...] -> path; picks fresh ports
+# write_proxy_config NAME FLAVOR MEDUSA_PORT [AUTH_LINES...]: writes $PROXY_CFG with fresh
+# $PROXY_PORT and $OPS_PORT (globals: call it directly, not in $(...))
 write_proxy_config() {
     local name=$1 flavor=$2 mport=$3 f line
     shift 3
     f=$E2E_STATE/$name.toml
+    PROXY_CFG=$f
     PROXY_PORT=$(e2e_free_port)
     OPS_PORT=$(e2e_free_port)
     while [ "$OPS_PORT" = "$PROXY_PORT" ]; do OPS_PORT=$(e2e_free_port); done
@@ -131,7 +137,6 @@ write_proxy_config() {
         echo "[ops]"
         echo "listen = \"127.0.0.1:$OPS_PORT\""
     } >"$f"
-    echo "$f"
 }
 
 password_auth_lines() {   # password_auth_lines REFRESH_BEFORE_EXPIRY
@@ -207,7 +212,8 @@ with_flavor() {
         return 0
     fi
     mport=$("$CTL" port "$ver")
-    cfg=$(write_proxy_config "$name" "$flavor" "$mport" "${auth_lines[@]}")
+    write_proxy_config "$name" "$flavor" "$mport" "${auth_lines[@]}"
+    cfg=$PROXY_CFG
     if ! flavor_supported "$flavor" "$cfg"; then
         if required "$flavor"; then
             fail "$flavor" "medusa-auth-proxy check rejected the config: $CHECK_ERROR"
