@@ -54,10 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -83,6 +80,19 @@ fn main() -> ExitCode {
         Command::Run => runtime.block_on(run(settings, path)),
         Command::Check { login } => runtime.block_on(check(settings, login)),
         Command::Wait { .. } => ExitCode::FAILURE,
+    }
+}
+
+/// One worker thread (`TOKIO_WORKER_THREADS=1`, the usual sidecar setting) gets the
+/// current-thread scheduler: same behaviour, none of the cross-thread wake-up machinery.
+fn runtime_builder() -> tokio::runtime::Builder {
+    match std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("1") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Reloader {
 /// What a successful reload changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
+    /// Anything differed from what was in force (false: a spurious event or an unchanged file).
+    pub changed: bool,
     pub credential_changed: bool,
     /// Keys whose new value only takes effect after a restart.
     pub needs_restart: Vec<&'static str>,
@@ -64,6 +66,9 @@ impl Reloader {
     pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
         let result = self.try_reload();
         match &result {
+            Ok(applied) if !applied.changed => {
+                tracing::debug!(trigger, "configuration unchanged");
+            }
             Ok(applied) => {
                 self.metrics.reload(true);
                 tracing::info!(
@@ -100,6 +105,7 @@ impl Reloader {
         let rules = Rules::from_settings(&new).map_err(|e| e.to_string())?;
 
         let mut current = self.lock();
+        let settings_changed = *current != new;
         let needs_restart = restart_keys(&current, &new);
         for name in rules.policy.lifted() {
             tracing::warn!(rule = %name, "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies");
@@ -131,6 +137,7 @@ impl Reloader {
         }
         *current = kept;
         Ok(Applied {
+            changed: settings_changed || credential_changed,
             credential_changed,
             needs_restart,
         })

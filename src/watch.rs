@@ -28,7 +28,11 @@ where
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Only changes count. Reading the files (which the reload itself does) produces
+        // access events; reacting to those would reload forever.
+        if let Ok(event) = res
+            && !matches!(event.kind, notify::EventKind::Access(_))
+        {
             let _ = tx.send(());
         }
     })?;
@@ -87,5 +91,35 @@ mod tests {
         }
         assert!(hits.load(Ordering::SeqCst) > 0, "swap not noticed");
         assert_eq!(std::fs::read_to_string(d.join("password")).unwrap(), "two");
+    }
+
+    #[tokio::test]
+    async fn reading_the_files_does_not_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.toml");
+        std::fs::write(&f, "x").unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let path = f.clone();
+        // The callback reads the file, as a reload does: that must not cause another call.
+        let _w = watch_files(std::slice::from_ref(&f), move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            let _ = std::fs::read_to_string(&path);
+        })
+        .unwrap();
+        std::fs::write(&f, "y").unwrap();
+        for _ in 0..200 {
+            if hits.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(hits.load(Ordering::SeqCst) > 0, "change not noticed");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let n = hits.load(Ordering::SeqCst);
+        assert!(
+            n <= 2,
+            "reading the file re-triggered the watch: {n} calls for one change"
+        );
     }
 }

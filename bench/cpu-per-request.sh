@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Quick A/B check while optimising: start the proxy (bench/proxy-cmd.sh) pinned to the server
+# CPU in front of an already-running upstream, drive it with wrk from the other CPU, and print
+# the proxy's CPU microseconds per request (user+system from /proc), which is far steadier on
+# a noisy machine than req/s. Usage: bench/cpu-per-request.sh [connections] [seconds] [path]
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+conns=${1:-16}; secs=${2:-5}; path=${3:-/admin/products}
+port=${BENCH_PROXY_PORT:-18090}
+export BENCH_LISTEN_ADDR=127.0.0.1:$port BENCH_PROXY_PORT=$port TOKIO_WORKER_THREADS=1
+export BENCH_UPSTREAM_URL=${BENCH_UPSTREAM_URL:-http://127.0.0.1:18080}
+taskset -c "${BENCH_SERVER_CPU:-1}" "$here/proxy-cmd.sh" 2>"${TMPDIR:-/tmp}/cpu-per-request.log" &
+pid=$!
+trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.1; done
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+taskset -c "${BENCH_LOADGEN_CPU:-0}" wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port$path" >/dev/null
+t0=$(ticks)
+out=$(taskset -c "${BENCH_LOADGEN_CPU:-0}" wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port$path")
+t1=$(ticks)
+reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+hz=$(getconf CLK_TCK)
+awk -v t=$((t1 - t0)) -v r="$reqs" -v hz="$hz" -v rps="$rps" -v rss="$(awk '/VmHWM/ {print $2}' /proc/$pid/status)" \
+  'BEGIN { printf "requests %d  req/s %s  proxy CPU %.1f us/req  peak RSS %.1f MiB\n", r, rps, t / hz * 1e6 / r, rss / 1024 }'
