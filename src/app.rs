@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
 use crate::config::Settings;
@@ -48,6 +49,8 @@ pub struct Running {
     proxy_task: JoinHandle<Drained>,
     ops_task: JoinHandle<Drained>,
     driver: JoinHandle<()>,
+    access_log: Arc<AccessLog>,
+    flusher: JoinHandle<()>,
     _watch: Option<FileWatch>,
 }
 
@@ -68,6 +71,8 @@ impl Running {
         let drained = self.proxy_task.await.unwrap_or(Drained::GraceExceeded);
         let _ = self.ops_task.await;
         self.driver.abort();
+        self.flusher.abort();
+        self.access_log.flush();
         drained
     }
 
@@ -121,12 +126,24 @@ pub async fn start_with(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
 
+    let access_log = Arc::new(AccessLog::stderr(settings.log.format));
+    let flusher = {
+        let log = access_log.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::access_log::FLUSH_EVERY);
+            loop {
+                every.tick().await;
+                log.flush();
+            }
+        })
+    };
     let proxy = Arc::new(Proxy::new(
         upstream,
         tokens.clone(),
         rules,
         settings.proxy.max_concurrent_requests,
         metrics.clone(),
+        access_log.clone(),
         settings.log.access,
     ));
     let reloader = Arc::new(Reloader::new(
@@ -178,6 +195,8 @@ pub async fn start_with(
         proxy_task,
         ops_task,
         driver,
+        access_log,
+        flusher,
         _watch: watch,
     })
 }

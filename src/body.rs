@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::metrics::Metrics;
 
 /// The client's body exceeded `policy.max_body` while streaming.
@@ -107,7 +108,7 @@ pub struct Tracked<B> {
     bytes_out: u64,
     record: Option<RequestRecord>,
     metrics: Option<Arc<Metrics>>,
-    access_log: bool,
+    access_log: Option<Arc<AccessLog>>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -116,7 +117,7 @@ impl<B> Tracked<B> {
         inner: B,
         record: Option<RequestRecord>,
         metrics: Option<Arc<Metrics>>,
-        access_log: bool,
+        access_log: Option<Arc<AccessLog>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Tracked {
@@ -138,23 +139,22 @@ impl<B> Drop for Tracked<B> {
             m.request(&r.method, r.status, elapsed.as_secs_f64());
             m.in_flight().dec();
         }
-        if self.access_log {
+        if let Some(log) = &self.access_log {
             let bytes_in = r.bytes_in
                 + r.streamed_in
                     .as_ref()
                     .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
-            tracing::info!(
-                target: "access",
-                method = %r.method,
-                path = r.path.as_deref().unwrap_or("-"),
-                status = r.status,
-                duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            log.record(&Entry {
+                method: r.method.as_str(),
+                path: r.path.as_deref().unwrap_or("-"),
+                status: r.status,
+                duration: elapsed,
                 bytes_in,
-                bytes_out = self.bytes_out,
-                client = %r.peer,
-                client_key = r.key_fingerprint.as_deref().unwrap_or("-"),
-                replayed = r.replayed,
-            );
+                bytes_out: self.bytes_out,
+                client: r.peer,
+                client_key: r.key_fingerprint.as_deref(),
+                replayed: r.replayed,
+            });
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Module map (dependencies point down):
 //! `app` -> `proxy`, `ops` -> `auth` -> `upstream` -> `config`, `error`, `secret`; `server`.
 
+pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod body;

@@ -113,6 +113,21 @@ impl Upstream {
             .map_err(|_| UpstreamError::InvalidUri)
     }
 
+    /// The upstream URI for a client's request target. Without a base path the client's
+    /// path-and-query is reused as is (no copy, no re-parse: the hot path).
+    pub fn uri_for_target(&self, target: &Uri) -> Result<Uri, UpstreamError> {
+        match target.path_and_query() {
+            Some(pq) if self.settings.base_path.is_empty() => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(self.settings.scheme.clone());
+                parts.authority = Some(self.settings.authority.clone());
+                parts.path_and_query = Some(pq.clone());
+                Uri::from_parts(parts).map_err(|_| UpstreamError::InvalidUri)
+            }
+            pq => self.uri_for(pq.map_or("/", |p| p.as_str())),
+        }
+    }
+
     /// Send a request whose URI came from [`Upstream::uri_for`]. Sets `Host` and our session
     /// cookie, applies the request timeout to the response head, and captures the session
     /// cookie from the response (removing every `Set-Cookie` from it).
@@ -301,6 +316,31 @@ mod tests {
         up.capture_session(&mut h);
         assert!(h.get(SET_COOKIE).is_none());
         assert_eq!(up.session_cookie().unwrap(), "connect.sid=s1");
+    }
+
+    #[tokio::test]
+    async fn uri_for_target_reuses_or_prefixes() {
+        let up = upstream();
+        let target: Uri = "/admin/x?a=%2F".parse().unwrap();
+        assert_eq!(
+            up.uri_for_target(&target).unwrap().to_string(),
+            "http://127.0.0.1:9/base/admin/x?a=%2F"
+        );
+        let s = Settings::from_toml(
+            "[upstream]\nurl=\"http://127.0.0.1:9\"\n[auth]\nemail=\"a\"\npassword_env=\"P\"",
+        )
+        .unwrap();
+        let plain = Upstream::new(&s.upstream).unwrap();
+        assert_eq!(
+            plain.uri_for_target(&target).unwrap().to_string(),
+            "http://127.0.0.1:9/admin/x?a=%2F"
+        );
+        // An absolute-form request target: only its path and query are used.
+        let abs: Uri = "http://evil.example/admin/y?b".parse().unwrap();
+        assert_eq!(
+            plain.uri_for_target(&abs).unwrap().to_string(),
+            "http://127.0.0.1:9/admin/y?b"
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
+use crate::access_log::AccessLog;
 use crate::auth::{Token, TokenManager};
 use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
 use crate::config::Settings;
@@ -104,7 +105,8 @@ pub struct Proxy {
     slots: Arc<Semaphore>,
     max_concurrent: usize,
     metrics: Arc<Metrics>,
-    access_log: AtomicBool,
+    access_on: AtomicBool,
+    access_log: Arc<AccessLog>,
 }
 
 /// What is needed to send the same request again.
@@ -122,7 +124,8 @@ impl Proxy {
         rules: Rules,
         max_concurrent: usize,
         metrics: Arc<Metrics>,
-        access_log: bool,
+        access_log: Arc<AccessLog>,
+        access_on: bool,
     ) -> Proxy {
         Proxy {
             upstream,
@@ -131,13 +134,14 @@ impl Proxy {
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
             metrics,
-            access_log: AtomicBool::new(access_log),
+            access_on: AtomicBool::new(access_on),
+            access_log,
         }
     }
 
     /// Turn the access log on or off (config reload).
     pub fn set_access_log(&self, on: bool) {
-        self.access_log.store(on, Ordering::Relaxed);
+        self.access_on.store(on, Ordering::Relaxed);
     }
 
     /// Swap in new access and policy rules (client keys file changed, config reloaded).
@@ -146,7 +150,7 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let access_log = self.access_log.load(Ordering::Relaxed);
+        let access_log = self.access_on.load(Ordering::Relaxed);
         let mut record = RequestRecord {
             start: Instant::now(),
             method: req.method().clone(),
@@ -181,7 +185,7 @@ impl Proxy {
                 b,
                 Some(record),
                 Some(self.metrics.clone()),
-                access_log,
+                access_log.then(|| self.access_log.clone()),
                 permit,
             )
         })
@@ -237,8 +241,10 @@ impl Proxy {
             return Err(ProxyError::PayloadTooLarge(rules.max_body));
         }
 
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = self.upstream.uri_for(pq).map_err(upstream_error)?;
+        let uri = self
+            .upstream
+            .uri_for_target(&parts.uri)
+            .map_err(upstream_error)?;
         let client_host = parts.headers.get(HOST).cloned().or_else(|| {
             // HTTP/2 clients send :authority instead of Host.
             parts
