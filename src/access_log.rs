@@ -31,10 +31,13 @@ pub struct Entry<'a> {
     pub replayed: bool,
 }
 
+/// Where flushed bytes go (stderr, or a test's buffer).
+pub type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 pub struct AccessLog {
     format: LogFormat,
     buf: Mutex<String>,
-    sink: Box<dyn Fn(&[u8]) + Send + Sync>,
+    sink: Sink,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -56,7 +59,7 @@ impl AccessLog {
         )
     }
 
-    pub fn with_sink(format: LogFormat, sink: Box<dyn Fn(&[u8]) + Send + Sync>) -> AccessLog {
+    pub fn with_sink(format: LogFormat, sink: Sink) -> AccessLog {
         AccessLog {
             format,
             buf: Mutex::new(String::with_capacity(FLUSH_AT * 2)),
