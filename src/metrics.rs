@@ -50,7 +50,7 @@ const METHODS: [&str; 10] = [
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Upstream error kinds.
+/// Upstream error kinds (`retried`: a broken keep-alive connection, an idempotent request sent again).
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
     ["unreachable", "timeout", "certificate", "body_too_large"];
 

@@ -47,6 +47,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol a client asks to switch to (RFC 9110 §7.8), if this is an HTTP/1.1 request
+/// with `Upgrade` and a `Connection` header naming `upgrade`.
+pub fn upgrade_requested(version: http::Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let proto = headers.get(header::UPGRADE)?;
+    let named = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    named.then(|| proto.clone())
+}
+
 /// Prepare a client's request headers for Medusa: no hop-by-hop headers, no client
 /// credentials, no client-supplied forwarding claims; then our `X-Forwarded-*`.
 pub fn sanitize_request(
@@ -121,6 +137,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-unrelated"], "3");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers_and_http11() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            upgrade_requested(http::Version::HTTP_11, &h).unwrap(),
+            "websocket"
+        );
+        assert!(upgrade_requested(http::Version::HTTP_10, &h).is_none());
+        let h = map(&[("upgrade", "websocket")]);
+        assert!(upgrade_requested(http::Version::HTTP_11, &h).is_none());
+        let h = map(&[("connection", "upgrade")]);
+        assert!(upgrade_requested(http::Version::HTTP_11, &h).is_none());
     }
 
     #[test]

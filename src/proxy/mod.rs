@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{self, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -110,6 +110,7 @@ pub struct Proxy {
 }
 
 /// What is needed to send the same request again.
+#[derive(Clone)]
 struct ReplayParts {
     method: Method,
     uri: Uri,
@@ -252,7 +253,19 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        // A protocol upgrade (WebSocket) passes through: the upgrade headers are hop-by-hop,
+        // so they are stripped below like all others and then set again on purpose.
+        let upgrade = headers::upgrade_requested(parts.version, &parts.headers);
+        let client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         headers::sanitize_request(&mut parts.headers, peer.ip(), client_host);
+        if let Some(proto) = &upgrade {
+            parts.headers.insert(header::UPGRADE, proto.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
 
         // Fail fast, before reading any body, when no token can be had.
         let token = self.tokens.token().await?;
@@ -292,6 +305,7 @@ impl Proxy {
             }
         };
 
+        let idempotent = is_idempotent(&parts.method);
         let sent = self
             .send(parts.method, uri, parts.headers, first_body, &token)
             .await;
@@ -304,8 +318,30 @@ impl Proxy {
                 // The body broke off at the cap; Medusa saw an incomplete message.
                 return Err(ProxyError::PayloadTooLarge(rules.max_body));
             }
-            other => other?,
+            // The connection broke before a response head arrived: typically a pooled
+            // keep-alive connection Medusa closed just as we wrote to it. Sending again is
+            // safe only for an idempotent method whose body we still hold, and only once.
+            Err(UpstreamError::Io(e)) => match replay.clone().filter(|_| idempotent) {
+                Some(again) => {
+                    tracing::debug!(error = %e, "upstream connection broke; retrying an idempotent request once");
+                    self.metrics.upstream_error("retried");
+                    self.send(
+                        again.method,
+                        again.uri,
+                        again.headers,
+                        Either::Left(Full::new(again.body)),
+                        &token,
+                    )
+                    .await
+                    .map_err(upstream_error)?
+                }
+                None => return Err(upstream_error(UpstreamError::Io(e))),
+            },
+            other => other.map_err(upstream_error)?,
         };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.tunnel(resp, client_upgrade, &token));
+        }
         if resp.status() != StatusCode::UNAUTHORIZED {
             token.mark_verified();
             return Ok(finish(resp));
@@ -334,7 +370,11 @@ impl Proxy {
                 Either::Left(Full::new(replay.body)),
                 &fresh,
             )
-            .await?;
+            .await
+            .map_err(upstream_error)?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.tunnel(resp, client_upgrade, &fresh));
+        }
         record.replayed = true;
         self.metrics.replay(resp.status().as_u16());
         if resp.status() == StatusCode::UNAUTHORIZED {
@@ -373,7 +413,7 @@ impl Proxy {
         mut headers: HeaderMap,
         body: UpstreamBody,
         token: &Token,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         headers.insert(token.header_name.clone(), token.header.clone());
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -381,8 +421,55 @@ impl Proxy {
         // Medusa speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        self.upstream.send(req).await.map_err(upstream_error)
+        self.upstream.send(req).await
     }
+
+    /// Medusa accepted a protocol upgrade: answer the client with the 101 and splice the two
+    /// upgraded connections together in the background.
+    fn tunnel(
+        &self,
+        mut resp: Response<Incoming>,
+        client: Option<hyper::upgrade::OnUpgrade>,
+        token: &Token,
+    ) -> Response<Either<Incoming, Full<Bytes>>> {
+        token.mark_verified();
+        let upstream = hyper::upgrade::on(&mut resp);
+        let (mut parts, body) = resp.into_parts();
+        let proto = parts.headers.get(header::UPGRADE).cloned();
+        headers::sanitize_response(&mut parts.headers);
+        if let Some(proto) = proto {
+            parts.headers.insert(header::UPGRADE, proto);
+        }
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        match client {
+            Some(client) => {
+                tokio::spawn(async move {
+                    match tokio::try_join!(client, upstream) {
+                        Ok((c, u)) => {
+                            let mut c = hyper_util::rt::TokioIo::new(c);
+                            let mut u = hyper_util::rt::TokioIo::new(u);
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+            None => tracing::warn!("Medusa switched protocols for a request that did not ask to"),
+        }
+        Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    // RFC 9110 §9.2.2.
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
