@@ -386,8 +386,10 @@ pub fn canonicalize(raw_path: &str) -> Result<String, &'static str> {
         return Err("path must start with '/'");
     }
     let mut out = String::with_capacity(bytes.len());
-    // The path with every escape decoded, only to check that it is UTF-8.
-    let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
+    // The path with every escape decoded, only to check that it is UTF-8. Without any escape
+    // the path is plain ASCII (anything else is refused below), so the common case skips it.
+    let has_escape = bytes.contains(&b'%');
+    let mut decoded: Vec<u8> = Vec::with_capacity(if has_escape { bytes.len() } else { 0 });
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -419,18 +421,24 @@ pub fn canonicalize(raw_path: &str) -> Result<String, &'static str> {
                 out.push('%');
                 out.push(char::from(hi.to_ascii_lowercase()));
                 out.push(char::from(lo.to_ascii_lowercase()));
-                decoded.push(v);
+                if has_escape {
+                    decoded.push(v);
+                }
                 i += 3;
             }
             b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':'
             | b'@' => {
                 out.push(char::from(b));
-                decoded.push(b);
+                if has_escape {
+                    decoded.push(b);
+                }
                 i += 1;
             }
             _ if is_unreserved(b) => {
                 out.push(char::from(b.to_ascii_lowercase()));
-                decoded.push(b);
+                if has_escape {
+                    decoded.push(b);
+                }
                 i += 1;
             }
             0x80..=0xff => return Err("non-ASCII character in path"),
@@ -441,7 +449,7 @@ pub fn canonicalize(raw_path: &str) -> Result<String, &'static str> {
             _ => return Err("character in path that must be percent-encoded"),
         }
     }
-    if std::str::from_utf8(&decoded).is_err() {
+    if has_escape && std::str::from_utf8(&decoded).is_err() {
         return Err("percent-escapes do not decode to UTF-8");
     }
     if out == "/" {
