@@ -155,7 +155,7 @@ impl Harness {
     }
 
     fn key_checks(&self) -> usize {
-        self.fake.requests_to("/admin/store").len()
+        self.fake.requests_to(key_path(self.fake.mode())).len()
     }
 }
 
@@ -260,7 +260,7 @@ async fn v2_logs_in_and_injects_the_bearer_token() {
 
     let ready = h.ops("/readyz").await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);
-    assert_eq!(h.get("/admin/store").await.status, 200);
+    assert_eq!(h.get("/admin/stores").await.status, 200);
 }
 
 #[tokio::test]
@@ -459,6 +459,14 @@ async fn v2_mfa_verification_or_redirect_is_a_configuration_error() {
 // ---- static keys ------------------------------------------------------------------------------
 
 /// `(fake mode, flavor, key, the header Medusa should see)` for both static flavors.
+/// The static-key check route: v1 `GET /admin/store`, v2 `GET /admin/stores`.
+fn key_path(mode: Mode) -> &'static str {
+    match mode {
+        Mode::V1 => "/admin/store",
+        Mode::V2 => "/admin/stores",
+    }
+}
+
 fn static_flavors() -> [(Mode, &'static str, &'static str, &'static str, String); 2] {
     [
         (
@@ -488,7 +496,7 @@ async fn static_keys_are_checked_and_injected() {
         let ready = h.wait_readyz(200).await;
         assert_eq!(ready.json()["status"], "ready", "{flavor}");
         assert_eq!(h.key_checks(), 1, "{flavor}");
-        let check = &h.fake.requests_to("/admin/store")[0];
+        let check = &h.fake.requests_to(key_path(mode))[0];
         assert_eq!(check.method, "GET");
         assert_eq!(check.status, 200, "{flavor}");
         assert_eq!(header(&check.headers, name), [value.as_str()], "{flavor}");
@@ -591,7 +599,7 @@ async fn static_key_is_rechecked_on_its_interval() {
         fake.set_api_key(Some(key));
         let h = harness(fake, flavor, Some(key), "key_check_interval = \"200ms\"").await;
         h.fake
-            .wait_until(|f| f.requests_to("/admin/store").len() >= 3)
+            .wait_until(|f| f.requests_to(key_path(f.mode())).len() >= 3)
             .await;
         assert_eq!(h.ops("/readyz").await.status, 200, "{flavor}");
         // Revoked while idle: the next check takes the key out of use.
@@ -613,7 +621,7 @@ async fn static_key_refused_at_start_is_not_ready() {
         let ready = h.wait_readyz(503).await;
         // Not ready while the check is in flight either; wait for the verdict.
         h.fake
-            .wait_until(|f| f.requests_to("/admin/store").len() == 1)
+            .wait_until(|f| f.requests_to(key_path(f.mode())).len() == 1)
             .await;
         for r in h.burst(20, "/admin/products").await {
             assert_eq!(r.status, 503, "{flavor}");
@@ -728,7 +736,7 @@ async fn fake_speaks_each_version() {
 
     let v2 = FakeMedusa::start_v2().await;
     v2.set_api_key(Some(V2_KEY));
-    let store = format!("{}/admin/store", v2.url());
+    let store = format!("{}/admin/stores", v2.url());
     assert_eq!(call("GET", store.clone(), None).await.0, 401);
     let (status, headers, body) =
         call("GET", store.clone(), Some(("authorization", basic(V2_KEY)))).await;

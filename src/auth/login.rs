@@ -26,6 +26,9 @@ pub enum LoginError {
     /// Medusa answered the login with another status (5xx, 404, ...).
     #[error("Medusa answered the login with status {0}")]
     Status(u16),
+    /// A static key's check request got an unexpected status.
+    #[error("Medusa answered the API key check with status {0}")]
+    KeyCheckStatus(u16),
     #[error("{0}")]
     Upstream(String),
     #[error("login timed out after {0:?}")]
@@ -54,7 +57,7 @@ impl LoginError {
         match self {
             LoginError::InvalidCredentials(_) => "invalid_credentials",
             LoginError::NeedsInteraction(_) => "needs_interaction",
-            LoginError::Status(_) => "bad_status",
+            LoginError::Status(_) | LoginError::KeyCheckStatus(_) => "bad_status",
             LoginError::Upstream(_) => "unreachable",
             LoginError::Timeout(_) => "timeout",
             LoginError::BadResponse(_) => "bad_response",
@@ -131,8 +134,10 @@ pub fn credential_header(flavor: Flavor, value: &str) -> Option<(HeaderName, Hea
 const V1_LOGIN: &str = "/admin/auth/token";
 const V2_LOGIN: &str = "/auth/user/emailpass";
 const V2_REFRESH: &str = "/auth/token/refresh";
-/// Exists in v1 and v2, cheap, and needs admin authentication in both.
-const KEY_CHECK: &str = "/admin/store";
+/// Cheap routes that need admin authentication: v1 has `GET /admin/store`, v2 only
+/// `GET /admin/stores` (verified against real servers: v2 answers the v1 route 404).
+const KEY_CHECK_V1: &str = "/admin/store";
+const KEY_CHECK_V2: &str = "/admin/stores?limit=1";
 
 /// Obtains credentials from Medusa for the configured flavor.
 pub struct Login {
@@ -294,13 +299,22 @@ impl Login {
             "the API key is not a valid header value",
         ))?;
         let (status, _) = self
-            .send(Method::GET, KEY_CHECK, Some(header), Bytes::new())
+            .send(
+                Method::GET,
+                if flavor == Flavor::V2SecretKey {
+                    KEY_CHECK_V2
+                } else {
+                    KEY_CHECK_V1
+                },
+                Some(header),
+                Bytes::new(),
+            )
             .await?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(LoginError::InvalidCredentials(status.as_u16()));
         }
         if !status.is_success() {
-            return Err(LoginError::Status(status.as_u16()));
+            return Err(LoginError::KeyCheckStatus(status.as_u16()));
         }
         Ok(Credential {
             value: (*key).clone(),

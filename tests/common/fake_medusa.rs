@@ -14,10 +14,24 @@
 //!   `POST /admin/auth/token` is an ordinary (authenticated) admin route, so 401 without
 //!   credentials.
 //!
-//! Both: `GET /admin/store` -> 200 `{"store": {..}}` when authenticated (the proxy's key check).
+//! `GET /admin/store` (v1) / `GET /admin/stores` (v2) -> 200 when authenticated (the proxy's key check).
 //!
-//! Per-request knob: a request header `x-fake-delay-ms: N` delays that one response by N ms
-//! (on top of `set_response_delay`); the auth decision is still taken on arrival, as Medusa does.
+//! Per-request knobs (request headers):
+//! - `x-fake-delay-ms: N` delays that one response by N ms (on top of `set_response_delay`);
+//!   the auth decision is still taken on arrival, as Medusa does.
+//! - `x-fake-cut-after: N[;rst][;chunked]` on `GET /admin/download?bytes=T`: the response
+//!   declares `Content-Length: T` (or is chunked with `;chunked`), sends only the first N
+//!   bytes of the body, then closes the connection (FIN; with `;rst` a TCP reset): a server
+//!   dying mid-response.
+//! - `x-fake-chunk-delay-ms: N` on `GET /admin/download`: sleep N ms before each 64 KiB chunk
+//!   (a very slow response body).
+//! - `x-fake-reset-after-body-bytes: N` on any authenticated admin request: read N bytes of
+//!   the request body (all of it if shorter), then reset the connection without answering.
+//!
+//! Connection-level knobs: `set_idle_timeout` closes a keep-alive connection idle that long
+//! between requests, like Node's `server.keepAliveTimeout` (5 s by default in Node; none by
+//! default here). `set_clock_skew` moves Medusa's clock (tokens' `iat`/`exp` and its own
+//! expiry check). `set_reject_all` answers 401 to every admin request while logins still work.
 
 use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
@@ -30,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
@@ -51,6 +65,12 @@ pub const USER_ID: &str = "usr_01TEST";
 pub const AUTH_IDENTITY_ID: &str = "authid_01TEST";
 /// Request header that delays the response to that one request, in milliseconds.
 pub const DELAY_HEADER: &str = "x-fake-delay-ms";
+/// Request header: `N[;rst][;chunked]`, see the module docs.
+pub const CUT_HEADER: &str = "x-fake-cut-after";
+/// Request header: milliseconds to sleep before each chunk of an `/admin/download` body.
+pub const CHUNK_DELAY_HEADER: &str = "x-fake-chunk-delay-ms";
+/// Request header: reset the connection after reading this many request body bytes.
+pub const RESET_BODY_HEADER: &str = "x-fake-reset-after-body-bytes";
 const CHUNK: usize = 64 * 1024;
 
 /// Which Medusa the fake plays.
@@ -78,6 +98,15 @@ pub enum LoginFailure {
     Verification,
     /// v2 third-party provider: 200 `{"location": "https://idp.example/..."}`.
     Location,
+    /// 200 `application/json` whose body is not JSON (`{"access_token": "eyJ` and no more).
+    Garbage,
+    /// 200 `application/json` with an empty body.
+    Empty,
+    /// 200 declaring a `Content-Length` larger than what is sent; the connection is then
+    /// closed (a server dying mid-answer).
+    Truncated,
+    /// 200 with the mode's token field holding an opaque string that is not a JWT.
+    NotJwt,
 }
 
 /// One request that reached the fake (logins and v2 refreshes excluded).
@@ -103,6 +132,9 @@ struct Knobs {
     response_delay: Duration,
     api_key: Option<String>,
     refresh_failure: Option<u16>,
+    idle_timeout: Option<Duration>,
+    clock_skew: i64,
+    reject_all: bool,
 }
 
 /// Counters, each with a getter of the same name: `login_attempts` (every request to the
@@ -111,7 +143,9 @@ struct Knobs {
 /// /auth/token/refresh`), `refreshes` (tokens issued by a refresh), `connections` (TCP
 /// accepted), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
 /// refresh routes), `key_requests` (requests authenticated by the static key),
-/// `sessions_created` (v1 only).
+/// `sessions_created` (v1 only), `download_bytes` (body bytes produced by `/admin/download`,
+/// counted as the client pulls them), `idle_closes` (connections closed by the idle timeout),
+/// `resets` (connections cut by the cut/reset knobs).
 macro_rules! counters {
     ($($name:ident),*) => {
         #[derive(Default)]
@@ -130,7 +164,10 @@ counters!(
     expired_token_requests,
     rejected_requests,
     key_requests,
-    sessions_created
+    sessions_created,
+    download_bytes,
+    idle_closes,
+    resets
 );
 
 struct State {
@@ -178,6 +215,9 @@ impl FakeMedusa {
                 response_delay: Duration::ZERO,
                 api_key: None,
                 refresh_failure: None,
+                idle_timeout: None,
+                clock_skew: 0,
+                reject_all: false,
             }),
             n: Counters::default(),
             seq: AtomicU64::new(0),
@@ -236,6 +276,23 @@ impl FakeMedusa {
     /// anything else: a JSON error) instead of a token; `None`: refresh works.
     pub fn set_refresh_failure(&self, status: Option<u16>) {
         self.knobs().refresh_failure = status;
+    }
+    /// Close a keep-alive connection once it has been idle (no request in flight) this long,
+    /// like Node's `server.keepAliveTimeout`; `None` (the default): never. Applies to
+    /// connections accepted after the call.
+    pub fn set_idle_timeout(&self, d: Option<Duration>) {
+        self.knobs().idle_timeout = d;
+    }
+    /// Medusa's clock runs this many seconds ahead of ours (negative: behind). Tokens get
+    /// `iat` = Medusa's now, `exp = iat + lifetime`, and Medusa checks `exp` by its own clock,
+    /// so a token is still good for its whole lifetime in real time.
+    pub fn set_clock_skew(&self, secs: i64) {
+        self.knobs().clock_skew = secs;
+    }
+    /// While set, every admin request is answered 401 whatever its credentials (counted in
+    /// `rejected_requests`); logins and v2 refreshes still issue tokens.
+    pub fn set_reject_all(&self, on: bool) {
+        self.knobs().reject_all = on;
     }
 
     /// Every request except logins and v2 refreshes, in arrival order. An `/admin/echo`
@@ -353,6 +410,133 @@ fn random_hex(len: usize) -> String {
     s
 }
 
+/// One accepted connection: what the idle timeout and the cut/reset knobs need.
+struct Conn {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    /// Woken when a request starts or ends.
+    wake: tokio::sync::Notify,
+    /// Drop the connection now (no graceful close).
+    kill: tokio::sync::Notify,
+    /// On close, send a TCP reset (SO_LINGER 0) instead of a FIN.
+    rst: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, SeqCst);
+        self.wake.notify_one();
+    }
+    fn end(&self) {
+        *lock(&self.idle_since) = Instant::now();
+        self.in_flight.fetch_sub(1, SeqCst);
+        self.wake.notify_one();
+    }
+    /// Abort the connection: with `rst`, a TCP reset.
+    fn cut(&self, st: &State, rst: bool) {
+        st.n.resets.fetch_add(1, SeqCst);
+        self.rst.store(rst, SeqCst);
+        self.kill.notify_one();
+    }
+    /// Returns once the connection has been idle for `timeout` (never without one).
+    async fn idle(&self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            if self.in_flight.load(SeqCst) > 0 {
+                self.wake.notified().await;
+                continue;
+            }
+            let deadline = *lock(&self.idle_since) + timeout;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let idle_for = lock(&self.idle_since).elapsed();
+                    if self.in_flight.load(SeqCst) == 0 && idle_for >= timeout {
+                        return;
+                    }
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// The socket, resetting instead of closing when its connection was cut with `rst`.
+struct ConnIo {
+    tcp: tokio::net::TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        if self.conn.rst.load(SeqCst) {
+            let _ = self.tcp.set_zero_linger();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A response body that marks the request finished on its connection when it is dropped.
+struct EndsRequest {
+    inner: Body,
+    conn: Arc<Conn>,
+}
+
+impl Drop for EndsRequest {
+    fn drop(&mut self) {
+        self.conn.end();
+    }
+}
+
+impl hyper::body::Body for EndsRequest {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn serve(listener: TcpListener, st: Arc<State>) {
     // Owning the connection tasks here means aborting this task closes every connection too.
     let mut conns = JoinSet::new();
@@ -363,15 +547,46 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
                     st.n.connections.fetch_add(1, SeqCst);
                     let _ = tcp.set_nodelay(true);
                     let st = st.clone();
+                    let idle_timeout = lock(&st.knobs).idle_timeout;
+                    let conn = Arc::new(Conn {
+                        in_flight: AtomicUsize::new(0),
+                        idle_since: Mutex::new(Instant::now()),
+                        wake: tokio::sync::Notify::new(),
+                        kill: tokio::sync::Notify::new(),
+                        rst: std::sync::atomic::AtomicBool::new(false),
+                    });
+                    let io = ConnIo { tcp, conn: conn.clone() };
                     conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| {
-                            let st = st.clone();
-                            async move { Ok::<_, Infallible>(handle(&st, req).await) }
+                        let counters = st.clone();
+                        let c = conn.clone();
+                        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                            let (st, c) = (st.clone(), c.clone());
+                            c.begin();
+                            req.extensions_mut().insert(c.clone());
+                            async move {
+                                let resp = handle(&st, req).await;
+                                let resp = resp.map(|inner| {
+                                    BodyExt::boxed_unsync(EndsRequest { inner, conn: c })
+                                });
+                                Ok::<_, Infallible>(resp)
+                            }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
+                        let served = hyper::server::conn::http1::Builder::new()
                             .header_read_timeout(None)
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
+                            .serve_connection(TokioIo::new(io), svc);
+                        let mut served = std::pin::pin!(served);
+                        tokio::select! {
+                            _ = served.as_mut() => {}
+                            _ = conn.kill.notified() => {}
+                            _ = conn.idle(idle_timeout) => {
+                                counters.n.idle_closes.fetch_add(1, SeqCst);
+                                served.as_mut().graceful_shutdown();
+                                tokio::select! {
+                                    _ = served.as_mut() => {}
+                                    _ = conn.kill.notified() => {}
+                                }
+                            }
+                        }
                     });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -494,6 +709,21 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
             let body = json!({"location": "https://idp.example/oauth/authorize?client_id=medusa"});
             return json_resp(200, &body);
         }
+        Some(LoginFailure::Garbage) => {
+            let body = format!("{{\"{}\": \"eyJ", token_field(st.mode));
+            return resp(200, Some("application/json; charset=utf-8"), body);
+        }
+        Some(LoginFailure::Empty) => {
+            return resp(200, Some("application/json; charset=utf-8"), Bytes::new());
+        }
+        Some(LoginFailure::Truncated) => {
+            let full = json!({token_field(st.mode): format!("eyJ{}", random_hex(200))});
+            return truncated(Bytes::from(full.to_string()), 24);
+        }
+        Some(LoginFailure::NotJwt) => {
+            let body = json!({token_field(st.mode): format!("opaque-{}", random_hex(32))});
+            return json_resp(200, &body);
+        }
     }
     let v: Value = match body {
         Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),
@@ -537,9 +767,50 @@ async fn login(st: &State, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// A JWT for the mode, signed with the current secret, `exp = iat + lifetime`.
+/// The field of the mode's login answer that holds the token.
+fn token_field(mode: Mode) -> &'static str {
+    match mode {
+        Mode::V1 => "access_token",
+        Mode::V2 => "token",
+    }
+}
+
+/// A 200 that declares all of `full` (`Content-Length`) but sends only its first `send`
+/// bytes, then breaks the connection.
+fn truncated(full: Bytes, send: usize) -> Response<Body> {
+    let total = full.len();
+    let part = full.slice(..send.min(total));
+    let frames = stream::unfold(Some(part), |part| async move {
+        match part {
+            Some(p) => Some((Ok(Frame::data(p)), None)),
+            None => {
+                // Let the part reach the peer before the connection breaks.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let err: BoxError = "fake medusa: connection cut mid-body".into();
+                Some((Err(err), None))
+            }
+        }
+    });
+    let frames = frames.take(2);
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    r
+}
+
+/// Medusa's "now", in Unix seconds: ours plus the skew.
+fn medusa_now(k: &Knobs) -> u64 {
+    (now_secs() as i64 + k.clock_skew).max(0) as u64
+}
+
+/// A JWT for the mode, signed with the current secret, `exp = iat + lifetime`, `iat` by
+/// Medusa's clock.
 fn issue(mode: Mode, k: &Knobs) -> jsonwebtoken::errors::Result<String> {
-    let iat = now_secs();
+    let iat = medusa_now(k);
     let exp = iat + k.lifetime.as_secs();
     let claims = match mode {
         Mode::V1 => json!({"user_id": USER_ID, "domain": "admin", "iat": iat, "exp": exp}),
@@ -625,7 +896,10 @@ fn authorization<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
 /// A Bearer JWT signed with the current secret, of this mode's shape, not expired.
 fn bearer(st: &State, headers: &HeaderMap) -> Result<(), AuthFailure> {
     let token = authorization(headers, "bearer").ok_or(AuthFailure::Other)?;
-    let secret = lock(&st.knobs).secret.clone();
+    let (secret, now) = {
+        let k = lock(&st.knobs);
+        (k.secret.clone(), medusa_now(&k))
+    };
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_exp = false; // checked below the way node's jsonwebtoken does: now >= exp
     validation.required_spec_claims.clear();
@@ -640,7 +914,7 @@ fn bearer(st: &State, headers: &HeaderMap) -> Result<(), AuthFailure> {
         return Err(AuthFailure::Other);
     }
     match claims.get("exp").and_then(Value::as_f64) {
-        Some(exp) if now_secs() as f64 >= exp => Err(AuthFailure::Expired),
+        Some(exp) if now as f64 >= exp => Err(AuthFailure::Expired),
         _ => Ok(()),
     }
 }
@@ -712,9 +986,12 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     // refresh are not modelled (404). Every `/admin*` path needs credentials in both.
     let auth = if path == "/auth" || path.starts_with("/auth/") {
         Ok(Authed::Open)
+    } else if lock(&st.knobs).reject_all {
+        Err(AuthFailure::Other)
     } else {
         authenticate(st, req.headers())
     };
+    let conn = req.extensions().get::<Arc<Conn>>().cloned();
     if auth.as_ref().is_ok_and(|a| *a == Authed::Key) {
         st.n.key_requests.fetch_add(1, SeqCst);
     }
@@ -739,6 +1016,23 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         status: 0,
     };
     let path = parts.uri.path();
+    if auth.is_ok()
+        && let Some(n) = header_u64(&parts.headers, RESET_BODY_HEADER)
+        && let Some(conn) = conn.clone()
+    {
+        // Read part of the body, then reset the connection without answering.
+        let mut got = 0u64;
+        while got < n {
+            match body.frame().await {
+                Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+        rec.body_len = got;
+        push(st, seq, rec);
+        conn.cut(st, true);
+        return std::future::pending().await;
+    }
     if auth.is_ok() && path == "/admin/echo" {
         tokio::time::sleep(delay).await;
         let fin = Some((st.clone(), seq, rec));
@@ -782,6 +1076,9 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
             unauthorized(st.mode)
         }
+        Ok(_) if parts.method == Method::GET && path == "/admin/download" => {
+            download(st, conn, &parts.uri, &parts.headers)
+        }
         Ok(_) => route(st.mode, &parts.method, &parts.uri, len, &sha),
     };
     (rec.body_len, rec.body_sha256) = (len, sha);
@@ -799,7 +1096,16 @@ fn route(mode: Mode, method: &Method, uri: &http::Uri, len: u64, sha: &str) -> R
     let path = uri.path();
     let segments: Vec<&str> = path.split('/').collect();
     match (method, segments.as_slice()) {
-        (&Method::GET, ["", "admin", "store"]) => json_resp(
+        // v1 has `GET /admin/store`; v2 only `GET /admin/stores` (v2 answers the v1 route 404).
+        (&Method::GET, ["", "admin", "store"]) if mode == Mode::V2 => json_resp(
+            404,
+            &json!({"type": "not_found", "message": "Not found", "path": path}),
+        ),
+        (&Method::GET, ["", "admin", "stores"]) if mode == Mode::V1 => json_resp(
+            404,
+            &json!({"type": "not_found", "message": "Not found", "path": path}),
+        ),
+        (&Method::GET, ["", "admin", "store" | "stores"]) => json_resp(
             200,
             &json!({"store": {
                 "id": "store_01TEST",
@@ -817,24 +1123,6 @@ fn route(mode: Mode, method: &Method, uri: &http::Uri, len: u64, sha: &str) -> R
         }
         (&Method::POST, ["", "admin", "upload"]) => {
             json_resp(200, &json!({"bytes": len, "sha256": sha}))
-        }
-        (&Method::GET, ["", "admin", "download"]) => {
-            let query = uri.query().unwrap_or("").split('&');
-            let n = query
-                .filter_map(|kv| kv.strip_prefix("bytes="))
-                .find_map(|v| v.parse::<u64>().ok());
-            let Some(total) = n else {
-                return invalid_data("bytes must be a non-negative integer");
-            };
-            let chunks = stream::unfold(0u64, move |off| async move {
-                let len = (total - off).min(CHUNK as u64);
-                let chunk = pattern_chunk(off, len as usize);
-                (len > 0).then(|| (Ok::<_, BoxError>(Frame::data(chunk)), off + len))
-            });
-            let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)));
-            let ct = HeaderValue::from_static("application/octet-stream");
-            r.headers_mut().insert(header::CONTENT_TYPE, ct);
-            r
         }
         (&Method::GET, ["", "admin", "hop"]) => {
             let mut r = json_resp(200, &json!({"hop": true}));
@@ -862,6 +1150,77 @@ fn route(mode: Mode, method: &Method, uri: &http::Uri, len: u64, sha: &str) -> R
             &json!({"type": "not_found", "message": "Not found", "path": path}),
         ),
     }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `GET /admin/download?bytes=N`: N bytes of the pattern, produced as the client pulls them
+/// (counted in `download_bytes`); the chunk-delay and cut knobs apply.
+fn download(
+    st: &Arc<State>,
+    conn: Option<Arc<Conn>>,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let query = uri.query().unwrap_or("").split('&');
+    let n = query
+        .filter_map(|kv| kv.strip_prefix("bytes="))
+        .find_map(|v| v.parse::<u64>().ok());
+    let Some(total) = n else {
+        return invalid_data("bytes must be a non-negative integer");
+    };
+    let chunk_delay = header_u64(headers, CHUNK_DELAY_HEADER).map(Duration::from_millis);
+    // `N[;rst][;chunked]`
+    let cut = headers
+        .get(CUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut parts = v.split(';').map(str::trim);
+            let after: u64 = parts.next()?.parse().ok()?;
+            let flags: Vec<&str> = parts.collect();
+            Some((after, flags.contains(&"rst"), flags.contains(&"chunked")))
+        });
+    let send = cut.map_or(total, |(after, _, _)| after.min(total));
+    let st = st.clone();
+    let chunks = stream::unfold(Some(0u64), move |off| {
+        let (st, conn) = (st.clone(), conn.clone());
+        async move {
+            let off = off?;
+            if off >= send {
+                let (_, rst, _) = cut?;
+                // Let what was sent reach the peer, then break the connection.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match conn {
+                    Some(c) if rst => {
+                        c.cut(&st, true);
+                        return std::future::pending().await;
+                    }
+                    _ => {
+                        st.n.resets.fetch_add(1, SeqCst);
+                        let err: BoxError = "fake medusa: connection cut mid-body".into();
+                        return Some((Err(err), None));
+                    }
+                }
+            }
+            if let Some(d) = chunk_delay {
+                tokio::time::sleep(d).await;
+            }
+            let len = (send - off).min(CHUNK as u64);
+            st.n.download_bytes.fetch_add(len as usize, SeqCst);
+            let chunk = pattern_chunk(off, len as usize);
+            Some((Ok::<_, BoxError>(Frame::data(chunk)), Some(off + len)))
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)));
+    let ct = HeaderValue::from_static("application/octet-stream");
+    r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    if let Some((_, _, false)) = cut {
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    }
+    r
 }
 
 fn resp(status: u16, content_type: Option<&'static str>, body: impl Into<Bytes>) -> Response<Body> {

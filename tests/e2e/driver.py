@@ -1034,6 +1034,25 @@ def sc_mkkey(args) -> int:
     return ck.finish("mkkey")
 
 
+def sc_smoke(args) -> int:
+    """A few proxied calls, and (with --expect-log) a line the proxy must have logged, e.g.
+    which flavor `auto` detected."""
+    ck = Checks()
+    c = make_client(args)
+    if not wait_ready(args, ck):
+        return ck.finish("smoke")
+    for path in ("/admin/products?limit=1", "/admin/products?limit=2&offset=1"):
+        r = c.call("GET", path)
+        ck.check(r.status == 200, f"GET {path} -> 200", r.brief() if r.status != 200 else "")
+    r = c.call("GET", f"/admin/products/prod_e2e_missing_{uuid.uuid4().hex[:6]}")
+    ck.check(r.status == 404, "unknown product -> 404", r.brief())
+    if args.expect_log:
+        rx = re.compile(args.expect_log)
+        lines = [ln for ln in ProxyLog(args.proxy_log).new_lines() if rx.search(ln)]
+        ck.check(bool(lines), f"the proxy logged /{args.expect_log}/", lines[0][:200] if lines else "no such line")
+    return ck.finish("smoke")
+
+
 def sc_nologin(args) -> int:
     """For the static-key flavors: Medusa's log shows no login at all since --since-mark."""
     ck = Checks()
@@ -1050,7 +1069,7 @@ def sc_nologin(args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["crud", "soak", "rotate", "outage", "rss", "mkkey", "nologin"])
+    ap.add_argument("scenario", choices=["crud", "soak", "rotate", "outage", "rss", "mkkey", "nologin", "smoke"])
     ap.add_argument("--ver", choices=["v1", "v2"], required=True)
     ap.add_argument("--via", default="proxy", choices=["proxy", "none", "direct", "direct-nocookie"])
     ap.add_argument("--proxy", help="proxy base URL, e.g. http://127.0.0.1:PORT")
@@ -1086,13 +1105,14 @@ def main() -> int:
     ap.add_argument("--min-baseline-bytes", type=float, default=200)
     ap.add_argument("--max-ratio", type=float, default=0.6)
     ap.add_argument("--out", help="mkkey: file to write the key to")
+    ap.add_argument("--expect-log", help="smoke: a regex the proxy's log must match")
     ap.add_argument("--since", type=int, default=0, help="nologin: byte offset into --medusa-log")
     args = ap.parse_args()
     if args.scenario == "outage" and args.max_logins is None:
         args.max_logins = 1
     fn = {
         "crud": sc_crud, "soak": sc_soak, "rotate": sc_rotate, "outage": sc_outage,
-        "rss": sc_rss, "mkkey": sc_mkkey, "nologin": sc_nologin,
+        "rss": sc_rss, "mkkey": sc_mkkey, "nologin": sc_nologin, "smoke": sc_smoke,
     }[args.scenario]
     say(f"scenario {args.scenario} (Medusa {args.ver}, via {args.via})")
     return fn(args)

@@ -27,7 +27,7 @@ WHICH=${1:-all}
 case $WHICH in v1 | v2 | all) ;; *) e2e_die "usage: run.sh [--self-check] [v1|v2|all]" ;; esac
 
 E2E_REQUIRE=${E2E_REQUIRE:-v1}
-E2E_FLAVORS=${E2E_FLAVORS:-v1 v1-api-token v2 v2-secret-key}
+E2E_FLAVORS=${E2E_FLAVORS:-v1 v1-api-token v2 v2-secret-key auto}
 SOAK_SECONDS=${E2E_SOAK_SECONDS:-120}
 DRIVER=(python3 "$E2E_SRC/driver.py")
 CTL=$E2E_SRC/ctl.sh
@@ -168,7 +168,7 @@ start_proxy() {
         tail -n 40 "$PROXY_LOG" >&2 || true
         return 1
     fi
-    if ! e2e_wait_http "http://127.0.0.1:$OPS_PORT/readyz" 60 "$name"; then
+    if ! e2e_wait_http "http://127.0.0.1:$OPS_PORT/readyz" 30 "$name"; then
         curl -s --noproxy '*' "http://127.0.0.1:$OPS_PORT/readyz" >&2 || true
         tail -n 40 "$PROXY_LOG" >&2 || true
         return 1
@@ -203,6 +203,7 @@ with_flavor() {
     shift
     local body=$1
     name=proxy-$flavor
+    if [ "$flavor" = auto ]; then name=proxy-auto-$ver; fi
     if ! wanted "$flavor"; then
         skip "$flavor" "not in E2E_FLAVORS ($E2E_FLAVORS)"
         return 0
@@ -231,6 +232,20 @@ with_flavor() {
     fi
     "$body" "$flavor" "$ver"
     e2e_stop "$name" 10
+    check_reload_loop "$name" "$E2E_LOGS/$name.log"
+}
+
+# Nothing changes the proxy's config while the suite runs, yet files next to it are read
+# (ports, keys): a proxy that reloads on its own reads (inotify open/access events) loops.
+check_reload_loop() {   # check_reload_loop NAME LOG
+    local n
+    n=$(awk '/^===== .* start: /{n=0} /configuration reloaded/{n++} END {print n+0}' "$2")
+    if [ "$n" -le 3 ]; then
+        PASSED+=("$1-no-reload-loop")
+        e2e_log "$1 reloaded its configuration $n times (nothing changed it)"
+    else
+        fail "$1-no-reload-loop" "the proxy logged 'configuration reloaded' $n times although nothing changed its config (log $2)"
+    fi
 }
 
 # ---- scenario groups -------------------------------------------------------------------------
@@ -276,9 +291,21 @@ body_v2_short() {
     min=$((SOAK_SECONDS / 8))
     scenario v2-soak "${DRIVER[@]}" soak "${TARGET[@]}" --seconds "$SOAK_SECONDS" \
         --min-refreshes "$min" --max-logins 0 --margin 2
-    # Down longer than a token lives: the proxy must log in once when Medusa is back.
+    # Down longer than a token lives: the proxy must log in once when Medusa is back. Its
+    # login backoff (1 s doubling, jittered) decides how soon: 7.7 s after /health measured.
     scenario v2-outage-short-tokens "${DRIVER[@]}" outage "${TARGET[@]}" --down-seconds 8 \
-        --allow-503-while-down --max-logins 1 --max-recovery 10 --margin 2
+        --allow-503-while-down --max-logins 1 --max-recovery 20 --max-failed-logins 15 --margin 2
+}
+
+body_auto() {   # flavor "auto": one probe at start-up, then it behaves as the detected flavor
+    local flavor=$1 ver=$2
+    mapfile_args "$ver"
+    if [ "$VIA" = direct ]; then
+        skip "auto-$ver" "the reference client has no auto flavor"
+        return 0
+    fi
+    scenario "auto-$ver" "${DRIVER[@]}" smoke "${TARGET[@]}" \
+        --expect-log "auto: Medusa $ver detected|flavor\W+$ver\b.*detect|detect.*\b$ver\b"
 }
 
 make_key() {   # make_key FLAVOR VER : create the static credential with a hand-fetched token
@@ -302,6 +329,7 @@ run_v1() {
     else
         skip v1-api-token "not in E2E_FLAVORS ($E2E_FLAVORS)"
     fi
+    with_flavor auto v1 "$(password_auth_lines 60s)" -- body_auto
     e2e_stop medusa-v1
 }
 
@@ -328,6 +356,7 @@ run_v2() {
     else
         skip v2-secret-key "not in E2E_FLAVORS ($E2E_FLAVORS)"
     fi
+    with_flavor auto v2 "$(password_auth_lines 60s)" -- body_auto
     e2e_stop medusa-v2
 }
 
