@@ -574,3 +574,61 @@ async fn errors_and_debug_output_never_contain_secrets() {
     let body = String::from_utf8_lossy(&r.body);
     assert!(!body.contains(&token) && !body.contains(fake_medusa::DEFAULT_PASSWORD));
 }
+
+#[tokio::test]
+async fn after_an_outage_the_login_follows_health_not_the_long_backoff() {
+    use medusa_auth_proxy::auth::TokenManager;
+    use medusa_auth_proxy::auth::backoff::Backoff;
+    use medusa_auth_proxy::auth::login::Login;
+    use medusa_auth_proxy::config::Flavor;
+    use medusa_auth_proxy::secret::Secret;
+    use medusa_auth_proxy::upstream::Upstream;
+
+    let fake = FakeMedusa::start().await;
+    fake.stop().await; // Medusa is down when the proxy starts.
+    let settings = Settings::from_toml(&format!(
+        "[upstream]\nurl = \"{}\"\nconnect_timeout = \"1s\"\n[auth]\nemail = \"{}\"\npassword_env = \"UNUSED\"\nlogin_timeout = \"2s\"",
+        fake.url(),
+        fake_medusa::DEFAULT_EMAIL
+    ))
+    .unwrap();
+    let upstream = Upstream::new(&settings.upstream).unwrap();
+    let login = Login::new(
+        upstream,
+        Flavor::V1,
+        settings.auth.email.clone(),
+        Secret::new(fake_medusa::DEFAULT_PASSWORD.into()),
+    );
+    // A backoff far longer than the test: only the /health probe can bring the login forward.
+    let backoff = Backoff {
+        initial: Duration::from_secs(120),
+        initial_bad_credentials: Duration::from_secs(120),
+        max: Duration::from_secs(300),
+    };
+    let tokens = TokenManager::with_backoff(
+        login,
+        settings.auth.clone(),
+        backoff,
+        medusa_auth_proxy::metrics::Metrics::new(),
+    );
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let _driver = tokens.spawn_driver(stop_rx);
+    loop {
+        match tokens.readiness().await {
+            Err(reason) if reason.contains("login failed") => break,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    fake.restart().await;
+    fake.wait_until(|f| f.logins() == 1).await;
+    assert!(
+        fake.health_checks() >= 1,
+        "recovered without probing /health?"
+    );
+    assert_eq!(
+        fake.login_attempts(),
+        1,
+        "one login once Medusa is back, no storm"
+    );
+    assert!(tokens.readiness().await.is_ok());
+}

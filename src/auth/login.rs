@@ -1,6 +1,7 @@
 //! Obtaining a token from Medusa, per flavor, and classifying why it failed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -45,6 +46,13 @@ pub enum LoginError {
 }
 
 impl LoginError {
+    /// Medusa could not be reached at all (connection refused or broken): worth retrying as
+    /// soon as its `/health` answers again. Not a 5xx or a timeout: there `/health` may well
+    /// answer while logins still fail, and the backoff must hold.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, LoginError::Upstream(_))
+    }
+
     pub fn is_bad_credentials(&self) -> bool {
         matches!(
             self,
@@ -239,6 +247,18 @@ impl Login {
             Flavor::Auto => self.probe().await,
             f @ (Flavor::V1ApiToken | Flavor::V2SecretKey) => self.key_check(f).await,
         }
+    }
+
+    /// Whether Medusa's unauthenticated `GET /health` answers 200 (v1 and v2 both have it).
+    pub async fn healthy(&self) -> bool {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                self.send(Method::GET, "/health", None, Bytes::new())
+            )
+            .await,
+            Ok(Ok((status, _))) if status.is_success()
+        )
     }
 
     /// `auto`: `POST /auth/user/emailpass` exists only in v2 (a v1 server answers 404). We do

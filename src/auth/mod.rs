@@ -417,12 +417,30 @@ impl TokenManager {
             retry_in_ms = delay.as_millis() as u64,
             "login to Medusa failed"
         );
+        let unreachable = error.is_unreachable();
         self.inner
             .status
             .send_replace(Phase::BackingOff { until, error });
         tokio::select! {
             _ = tokio::time::sleep_until(until) => false,
+            // Medusa was down: a long backoff must not keep the proxy unavailable after it
+            // is back. Medusa's unauthenticated `/health` costs it nothing; once it answers,
+            // one login is tried at once (logins stay bounded: one per recovery).
+            _ = self.medusa_back(), if unreachable => {
+                tracing::info!("Medusa answers /health again; logging in now");
+                false
+            }
             _ = shutdown.changed() => true,
+        }
+    }
+
+    /// Resolves once Medusa's `/health` answers 200 (polled every second).
+    async fn medusa_back(&self) {
+        loop {
+            tokio::time::sleep(HEALTH_POLL).await;
+            if self.inner.login.healthy().await {
+                return;
+            }
         }
     }
 
@@ -482,6 +500,9 @@ fn unix_at(at: Instant) -> f64 {
         .unwrap_or(0.0);
     now_unix + at.saturating_duration_since(Instant::now()).as_secs_f64()
 }
+
+/// How often `/health` is polled while logins back off because Medusa was unreachable.
+const HEALTH_POLL: Duration = Duration::from_secs(1);
 
 /// How long a static key stays in the cache without a failed check (effectively forever).
 const STATIC_USABLE_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

@@ -145,7 +145,8 @@ struct Knobs {
 /// refresh routes), `key_requests` (requests authenticated by the static key),
 /// `sessions_created` (v1 only), `download_bytes` (body bytes produced by `/admin/download`,
 /// counted as the client pulls them), `idle_closes` (connections closed by the idle timeout),
-/// `resets` (connections cut by the cut/reset knobs).
+/// `resets` (connections cut by the cut/reset knobs), `health_checks` (`GET /health`, which
+/// needs no credential).
 macro_rules! counters {
     ($($name:ident),*) => {
         #[derive(Default)]
@@ -167,7 +168,8 @@ counters!(
     sessions_created,
     download_bytes,
     idle_closes,
-    resets
+    resets,
+    health_checks
 );
 
 struct State {
@@ -599,6 +601,11 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
 async fn handle(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let post = req.method() == Method::POST;
     let path = req.uri().path();
+    // Unauthenticated in both versions; not recorded (the proxy polls it while Medusa is down).
+    if req.method() == Method::GET && path == "/health" {
+        st.n.health_checks.fetch_add(1, SeqCst);
+        return resp(200, Some("text/plain; charset=utf-8"), "OK");
+    }
     let login_route = match st.mode {
         Mode::V1 => "/admin/auth/token",
         Mode::V2 => "/auth/user/emailpass",
