@@ -291,10 +291,11 @@ body_v2_short() {
     min=$((SOAK_SECONDS / 8))
     scenario v2-soak "${DRIVER[@]}" soak "${TARGET[@]}" --seconds "$SOAK_SECONDS" \
         --min-refreshes "$min" --max-logins 0 --margin 2
-    # Down longer than a token lives: the proxy must log in once when Medusa is back. Its
-    # login backoff (1 s doubling, jittered) decides how soon: 7.7 s after /health measured.
+    # Down longer than a token lives: the proxy must log in once when Medusa is back. While
+    # the login backs off after connection errors the proxy polls Medusa's /health every
+    # second and logs in as soon as it answers (measured: 0.04 s after /health).
     scenario v2-outage-short-tokens "${DRIVER[@]}" outage "${TARGET[@]}" --down-seconds 8 \
-        --allow-503-while-down --max-logins 1 --max-recovery 20 --max-failed-logins 15 --margin 2
+        --allow-503-while-down --max-logins 1 --max-recovery 5 --max-failed-logins 15 --margin 2
 }
 
 body_auto() {   # flavor "auto": one probe at start-up, then it behaves as the detected flavor
