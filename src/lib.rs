@@ -15,5 +15,6 @@ pub mod proxy;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod sniff;
 pub mod upstream;
 pub mod watch;

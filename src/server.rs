@@ -15,6 +15,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::sniff::{ConflictingFraming, Sniffed};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// How a server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
@@ -89,7 +92,13 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let svc = service_fn(move |req| {
+                let (stream, framing) = Sniffed::new(stream);
+                let served = AtomicU64::new(0);
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    // hyper hands requests over in the order the sniffer saw their heads.
+                    if framing.conflicting(served.fetch_add(1, Ordering::Relaxed)) {
+                        req.extensions_mut().insert(ConflictingFraming);
+                    }
                     let fut = handler(req, peer);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });

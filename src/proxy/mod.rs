@@ -215,6 +215,17 @@ impl Proxy {
     ) -> Result<Response<Either<Incoming, Full<Bytes>>>, ProxyError> {
         let rules = self.rules.load();
         let (mut parts, body) = req.into_parts();
+        if parts
+            .extensions
+            .get::<crate::sniff::ConflictingFraming>()
+            .is_some()
+        {
+            // RFC 9112 §6.1: a server MAY reject such a request; it is a smuggling probe.
+            // hyper closes the connection after this response.
+            return Err(ProxyError::BadRequest(
+                "Content-Length together with Transfer-Encoding",
+            ));
+        }
 
         let caller =
             access::check(&rules.access, peer.ip(), &parts.headers, &parts.uri).map_err(|d| {
