@@ -1,0 +1,228 @@
+//! Micro-benchmarks for the pure pieces of the per-request hot path (`cargo bench`).
+//!
+//! These time functions, not the proxy: no sockets, no runtime. They are for A/B work on one
+//! function (run `cargo bench -- --save-baseline before`, change, `cargo bench -- --baseline
+//! before`). The end-to-end comparison against nginx and direct is `bench/run.sh`.
+//!
+//! Inputs are shaped like real traffic: a tool's request headers (including credentials and
+//! hop-by-hop headers the proxy must strip), Medusa's response headers (including the session
+//! cookie), a ~390-byte Medusa JWT, the default policy and access settings.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
+
+use medusa_auth_proxy::auth::login::credential_header;
+use medusa_auth_proxy::body::redact_query;
+use medusa_auth_proxy::config::Flavor;
+use medusa_auth_proxy::proxy::access::{self, AccessConfig, ClientKeys};
+use medusa_auth_proxy::proxy::headers::{sanitize_request, sanitize_response};
+use medusa_auth_proxy::proxy::policy::{Decision, Policy, PolicyConfig};
+
+/// A Medusa v1-shaped admin JWT (HS256, ~390 bytes); only its length and alphabet matter here.
+const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhY3Rvcl9pZCI6InVzZXJfMDFIQkVOQ0hBRE1JTjAw\
+MDAwMDAwMDAwIiwiYWN0b3JfdHlwZSI6InVzZXIiLCJhcHBfbWV0YWRhdGEiOnsidXNlcl9pZCI6InVzZXJfMDFI\
+QkVOQ0hBRE1JTjAwMDAwMDAwMDAifSwiYXV0aF9pZGVudGl0eV9pZCI6ImF1dGhpZF8wMUhCRU5DSDAwMDAwMDAw\
+MDAwMDAiLCJleHAiOjQxMDI0NDQ4MDAsImlhdCI6MTc2NzIyNTYwMH0.3kQw2yq0oR1m9cT8h0Xo3tZ5r0y0P4b0v\
+Gm3rM2hQyE";
+
+const OWN_USER_ID: &str = "user_01HBENCHADMIN0000000000";
+const CLIENT_KEY: &str = "k3y-0123456789abcdef0123456789abcdef";
+
+fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in pairs {
+        h.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    h
+}
+
+/// What an internal tool sends: a few ordinary headers, plus a credential and a cookie of
+/// its own and hop-by-hop headers, all of which the proxy strips.
+fn client_request_headers() -> HeaderMap {
+    header_map(&[
+        ("host", "127.0.0.1:7000"),
+        ("user-agent", "python-requests/2.32.3"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        ("connection", "keep-alive, x-trace-hop"),
+        ("x-trace-hop", "1"),
+        ("content-type", "application/json"),
+        ("x-request-id", "3f1c2a9e-7b4d-4f0a-9c1e-5d2b8a6f0e13"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("authorization", "Bearer client-supplied-token"),
+        ("cookie", "connect.sid=s%3Aclient-session"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ])
+}
+
+/// What Medusa (Express) answers with, including its session cookie.
+fn upstream_response_headers() -> HeaderMap {
+    header_map(&[
+        ("x-powered-by", "Express"),
+        ("vary", "Origin, Accept-Encoding"),
+        ("access-control-allow-credentials", "true"),
+        ("content-type", "application/json; charset=utf-8"),
+        ("content-length", "1022"),
+        ("etag", "W/\"3fe-6m2Kq3pY8Yb1k0a3Qp7g0mQvQ2E\""),
+        (
+            "set-cookie",
+            "connect.sid=s%3AAbCdEf.GhIjKlMnOp; Path=/; Expires=Thu, 27 Nov 2026 22:00:00 GMT; HttpOnly",
+        ),
+        ("date", "Thu, 27 Nov 2026 12:00:00 GMT"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+    ])
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("headers");
+    let client_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let req = client_request_headers();
+    let host = req.get(http::header::HOST).cloned();
+    g.bench_function("sanitize_request", |b| {
+        b.iter_batched_ref(
+            || req.clone(),
+            |h| sanitize_request(black_box(h), client_ip, host.clone()),
+            BatchSize::SmallInput,
+        )
+    });
+    let resp = upstream_response_headers();
+    g.bench_function("sanitize_response", |b| {
+        b.iter_batched_ref(
+            || resp.clone(),
+            |h| sanitize_response(black_box(h)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn bench_policy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy");
+    let policy = Policy::new(PolicyConfig::default()).expect("default policy");
+    // Sanity: the cases measure what their names say.
+    assert_eq!(
+        policy.check(&Method::GET, "/admin/products", Some(OWN_USER_ID)),
+        Decision::Allow
+    );
+    assert!(matches!(
+        policy.check(&Method::POST, "/Admin/Auth/Token/", Some(OWN_USER_ID)),
+        Decision::Deny(_)
+    ));
+    assert!(matches!(
+        policy.check(&Method::POST, "/admin/%61uth/token", Some(OWN_USER_ID)),
+        Decision::BadPath(_)
+    ));
+    let cases = [
+        ("allow_get_products", Method::GET, "/admin/products"),
+        (
+            "allow_post_variant",
+            Method::POST,
+            "/admin/products/prod_01HBENCH0000000000000001/variants",
+        ),
+        ("deny_token_route_case", Method::POST, "/Admin/Auth/Token/"),
+        (
+            "deny_token_route_encoded",
+            Method::POST,
+            "/admin/%61uth/token",
+        ),
+    ];
+    for (name, method, path) in cases {
+        g.bench_function(name, |b| {
+            b.iter(|| policy.check(black_box(&method), black_box(path), Some(OWN_USER_ID)))
+        });
+    }
+    g.finish();
+}
+
+fn bench_access(c: &mut Criterion) {
+    let mut g = c.benchmark_group("access");
+    let listen: SocketAddr = "127.0.0.1:7000".parse().expect("listen");
+    let defaults = AccessConfig {
+        allow_cidrs: access::default_allow_cidrs(),
+        allow_hosts: access::default_allow_hosts(listen),
+        allow_origins: Vec::new(),
+        client_keys: None,
+    };
+    let with_keys = AccessConfig {
+        client_keys: Some(
+            ClientKeys::parse(&format!(
+                "# bench\nother-key-aaaaaaaaaaaaaaaaaaaaaaaa\n{CLIENT_KEY}\n"
+            ))
+            .expect("client keys"),
+        ),
+        ..defaults.clone()
+    };
+    let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let uri: Uri = "/admin/products?limit=50".parse().expect("uri");
+    let mut headers = client_request_headers();
+    headers.insert(
+        http::header::PROXY_AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {CLIENT_KEY}")).expect("value"),
+    );
+    assert!(access::check(&defaults, peer, &headers, &uri).is_ok());
+    assert!(access::check(&with_keys, peer, &headers, &uri).is_ok());
+    g.bench_function("check_default", |b| {
+        b.iter(|| access::check(black_box(&defaults), peer, black_box(&headers), &uri))
+    });
+    g.bench_function("check_client_key", |b| {
+        b.iter(|| access::check(black_box(&with_keys), peer, black_box(&headers), &uri))
+    });
+    g.finish();
+}
+
+fn bench_token_header(c: &mut Criterion) {
+    let mut g = c.benchmark_group("token_header");
+    g.bench_function("credential_header_v1_jwt", |b| {
+        b.iter(|| credential_header(Flavor::V1, black_box(JWT)))
+    });
+    g.bench_function("credential_header_v2_secret_key", |b| {
+        b.iter(|| {
+            credential_header(
+                Flavor::V2SecretKey,
+                black_box("sk_0123456789abcdef0123456789abcdef0123456789abcdef"),
+            )
+        })
+    });
+    // What the proxy does per request with a header built once per token: a refcount bump.
+    let (_, built) = credential_header(Flavor::V1, JWT).expect("header");
+    g.bench_function("clone_prebuilt_header", |b| {
+        b.iter(|| black_box(&built).clone())
+    });
+    g.finish();
+}
+
+fn bench_redact_query(c: &mut Criterion) {
+    let mut g = c.benchmark_group("redact_query");
+    g.bench_function("no_query", |b| {
+        b.iter(|| redact_query(black_box("/admin/products")))
+    });
+    g.bench_function("four_params", |b| {
+        b.iter(|| {
+            redact_query(black_box(
+                "/admin/customers?q=alice@example.com&limit=50&offset=100&expand=orders",
+            ))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_headers,
+    bench_policy,
+    bench_access,
+    bench_token_header,
+    bench_redact_query
+);
+criterion_main!(benches);
