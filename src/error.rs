@@ -44,6 +44,10 @@ pub enum ProxyError {
     /// The body exceeds `policy.max_body`: 413.
     #[error("request body exceeds policy.max_body ({0} bytes)")]
     PayloadTooLarge(u64),
+    /// The client did not send its (small, buffered) body within `upstream.request_timeout`:
+    /// 408, and the connection is closed.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     /// More than `proxy.max_concurrent_requests` in flight: 503 at once.
     #[error("too many requests in flight (proxy.max_concurrent_requests = {0})")]
     Overloaded(usize),
@@ -62,6 +66,7 @@ impl ProxyError {
             ProxyError::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -76,6 +81,7 @@ impl ProxyError {
             ProxyError::Forbidden { code, .. } | ProxyError::ProxyAuth { code, .. } => code,
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::BodyTimeout(_) => "request_timeout",
         }
     }
 
@@ -86,6 +92,11 @@ impl ProxyError {
                 header::PROXY_AUTHENTICATE,
                 HeaderValue::from_static("Bearer"),
             );
+        }
+        if let ProxyError::BodyTimeout(_) = &self {
+            // The rest of the body may still arrive: this connection cannot be reused.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::Overloaded(_) = &self {
             resp.headers_mut()

@@ -72,8 +72,11 @@ pub fn inspect_at(
     };
     let secs = match own {
         Some(own) if !clocks_agree || by_clock <= 0.0 => own,
-        _ if by_clock > 0.0 => by_clock,
-        _ => return Err(JwtError::NoLifetime),
+        // Clocks within the tolerance can still be apart by more than a short token lives:
+        // never use a token longer than its own lifetime.
+        Some(own) => by_clock.min(own),
+        None if by_clock > 0.0 => by_clock,
+        None => return Err(JwtError::NoLifetime),
     };
     Ok(TokenInfo {
         lifetime: Duration::from_secs_f64(secs.min(1e9)),
@@ -125,6 +128,16 @@ mod tests {
         assert_eq!(
             inspect_at(&t, DEF, NOW).unwrap().lifetime,
             Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn skew_within_tolerance_never_stretches_a_short_token() {
+        // Medusa 30 s ahead, 4 s tokens: exp - now would be 34 s.
+        let t = jwt(serde_json::json!({"iat":NOW as i64 + 30,"exp":NOW as i64 + 34}));
+        assert_eq!(
+            inspect_at(&t, DEF, NOW).unwrap().lifetime,
+            Duration::from_secs(4)
         );
     }
 

@@ -324,6 +324,11 @@ impl TokenManager {
             }
             // Sleep while a token is held and not yet due for renewal.
             if let Some(t) = self.inner.cache.get(&()).await {
+                // The backoff resets only once Medusa accepted a token: a Medusa that issues
+                // tokens and rejects every one of them must still see growing pauses.
+                if t.is_verified() {
+                    failures = 0;
+                }
                 if Instant::now() < t.refresh_at {
                     tokio::select! {
                         _ = tokio::time::sleep_until(t.refresh_at) => {}
@@ -354,7 +359,6 @@ impl TokenManager {
             }
             match self.login_once(current.as_deref()).await {
                 Ok(token) => {
-                    failures = 0;
                     tracing::info!(
                         flavor = self.inner.login.flavor().as_str(),
                         kind = token.how.as_str(),

@@ -203,6 +203,7 @@ impl Proxy {
             }
             ProxyError::Overloaded(_) => self.metrics.denied("overloaded"),
             ProxyError::BadRequest(_) => self.metrics.denied("bad_request"),
+            ProxyError::BodyTimeout(_) => self.metrics.denied("body_timeout"),
             ProxyError::NoToken { .. } => self.metrics.denied("no_token"),
         }
     }
@@ -292,7 +293,13 @@ impl Proxy {
         record.key_fingerprint = caller.key_fingerprint;
 
         let mut too_large = None;
-        let (first_body, replay) = match replay::prepare(&parts.headers, body).await? {
+        let (first_body, replay) = match replay::prepare(
+            &parts.headers,
+            body,
+            self.upstream.settings().request_timeout,
+        )
+        .await?
+        {
             PreparedBody::Replayable(bytes) => {
                 record.bytes_in = bytes.len() as u64;
                 (

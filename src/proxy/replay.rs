@@ -32,16 +32,25 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     first.to_str().ok()?.trim().parse().ok()
 }
 
-pub async fn prepare(headers: &HeaderMap, body: Incoming) -> Result<PreparedBody, ProxyError> {
+/// Buffer a small body, waiting at most `timeout` for it: a client that stalls mid-body must
+/// not hold a concurrency slot forever (408, and the connection is closed).
+pub async fn prepare(
+    headers: &HeaderMap,
+    body: Incoming,
+    timeout: std::time::Duration,
+) -> Result<PreparedBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(PreparedBody::Replayable(Bytes::new()));
     }
     match content_length(headers) {
         Some(len) if len <= MAX_REPLAY_BODY => {
-            let collected = Limited::new(body, MAX_REPLAY_BODY as usize)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?;
+            let collected = tokio::time::timeout(
+                timeout,
+                Limited::new(body, MAX_REPLAY_BODY as usize).collect(),
+            )
+            .await
+            .map_err(|_| ProxyError::BodyTimeout(timeout))?
+            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?;
             Ok(PreparedBody::Replayable(collected.to_bytes()))
         }
         _ => Ok(PreparedBody::Streamed(body)),

@@ -178,6 +178,8 @@ struct State {
     n: Counters,
     seq: AtomicU64,
     requests: Mutex<Vec<(u64, Recorded)>>,
+    /// Whether `requests` records anything (a soak switches it off to keep memory flat).
+    record: std::sync::atomic::AtomicBool,
     last_token: Mutex<Option<String>>,
     sessions: Mutex<HashSet<String>>,
     cookie_secret: String,
@@ -224,6 +226,7 @@ impl FakeMedusa {
             n: Counters::default(),
             seq: AtomicU64::new(0),
             requests: Mutex::default(),
+            record: std::sync::atomic::AtomicBool::new(true),
             last_token: Mutex::default(),
             sessions: Mutex::default(),
             cookie_secret: random_hex(32),
@@ -295,6 +298,12 @@ impl FakeMedusa {
     /// `rejected_requests`); logins and v2 refreshes still issue tokens.
     pub fn set_reject_all(&self, on: bool) {
         self.knobs().reject_all = on;
+    }
+
+    /// Whether requests are recorded for [`FakeMedusa::requests`] (default on). Off, nothing
+    /// is kept: for long runs whose memory must stay flat.
+    pub fn set_record_requests(&self, on: bool) {
+        self.state.record.store(on, SeqCst);
     }
 
     /// Every request except logins and v2 refreshes, in arrival order. An `/admin/echo`
@@ -981,6 +990,9 @@ async fn drain(body: &mut Incoming) -> (u64, String, bool) {
 }
 
 fn push(st: &State, seq: u64, rec: Recorded) {
+    if !st.record.load(SeqCst) {
+        return;
+    }
     let mut all = lock(&st.requests);
     let at = all.partition_point(|(s, _)| *s < seq);
     all.insert(at, (seq, rec));
