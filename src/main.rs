@@ -246,6 +246,13 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    if settings.upstream.pool_idle_timeout >= std::time::Duration::from_secs(5) {
+        // Node (Medusa) closes idle keep-alive connections after 5 s by default.
+        println!(
+            "WARNING: upstream.pool_idle_timeout is {} — keep it below Medusa's keep-alive timeout (Node's default: 5s), or requests may land on connections Medusa is closing",
+            humantime::format_duration(settings.upstream.pool_idle_timeout)
+        );
+    }
     println!(
         "config ok: proxy {} -> {} (flavor {}), ops {}",
         settings.proxy.listen,
