@@ -96,7 +96,7 @@ where
                 let served = AtomicU64::new(0);
                 let svc = service_fn(move |mut req: Request<Incoming>| {
                     // hyper hands requests over in the order the sniffer saw their heads.
-                    if framing.conflicting(served.fetch_add(1, Ordering::Relaxed)) {
+                    if framing.take_conflicting(served.fetch_add(1, Ordering::Relaxed)) {
                         req.extensions_mut().insert(ConflictingFraming);
                     }
                     let fut = handler(req, peer);

@@ -24,16 +24,20 @@ pub struct ConflictingFraming;
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Which requests of a connection carried both framing headers. Requests are numbered from 0
-/// in the order hyper hands them to the service.
+/// in the order hyper hands them to the service; bit `i % 64` is set by the sniffer when head
+/// `i` is read and taken (cleared) by the service when request `i` is handled, so any number
+/// of requests per connection is covered. (Only a client pipelining more than 64 requests
+/// ahead could make bits collide, and then only its own requests are affected.)
 #[derive(Debug, Default)]
 pub struct Flags {
-    /// Bit i: request i had both headers (requests beyond 64 are not tracked).
     conflicting: AtomicU64,
 }
 
 impl Flags {
-    pub fn conflicting(&self, index: u64) -> bool {
-        index < 64 && self.conflicting.load(Ordering::Acquire) & (1 << index) != 0
+    /// Whether request `index` had both headers; clears the mark.
+    pub fn take_conflicting(&self, index: u64) -> bool {
+        let bit = 1u64 << (index % 64);
+        self.conflicting.fetch_and(!bit, Ordering::AcqRel) & bit != 0
     }
 }
 
@@ -189,10 +193,10 @@ impl<T> Sniffed<T> {
         }
         let index = self.index;
         self.index += 1;
-        if content_length.is_some() && chunked.is_some() && index < 64 {
+        if content_length.is_some() && chunked.is_some() {
             self.flags
                 .conflicting
-                .fetch_or(1 << index, Ordering::AcqRel);
+                .fetch_or(1 << (index % 64), Ordering::AcqRel);
         }
         if upgrade {
             // After a 101 the bytes are no longer HTTP; stop following.
@@ -276,7 +280,7 @@ mod tests {
         for c in chunks {
             s.feed(c);
         }
-        let v = (0..4).map(|i| flags.conflicting(i)).collect();
+        let v = (0..4).map(|i| flags.take_conflicting(i)).collect();
         (v, matches!(s.state, State::Off))
     }
 
@@ -292,6 +296,25 @@ POST /d HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\nTransfer-Encoding: chunked\r
         assert_eq!(run(&bytes).0, [false, false, false, true]);
         let (v, off) = run(&[stream]);
         assert!(!off && v[3]);
+    }
+
+    #[test]
+    fn requests_beyond_the_64th_are_covered() {
+        let (mut s, flags) = Sniffed::new(());
+        for i in 0..200u64 {
+            let head: &[u8] = if i == 150 {
+                b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            } else {
+                b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+            };
+            s.feed(head);
+            assert!(
+                !matches!(s.state, State::Off),
+                "stopped following at request {i}"
+            );
+            assert_eq!(s.index, i + 1);
+            assert_eq!(flags.take_conflicting(i), i == 150, "request {i}");
+        }
     }
 
     #[test]
