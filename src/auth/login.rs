@@ -237,6 +237,10 @@ impl Login {
                 if let Some(cur) = current {
                     match self.refresh_v2(cur).await {
                         Ok(c) => return Ok(c),
+                        // Medusa could not be reached: a login would fail the same way (or, as
+                        // Medusa goes down, cost a password hash for nothing). Back off and
+                        // refresh again while the token is still valid.
+                        Err(e) if e.is_unreachable() => return Err(e),
                         Err(e) => {
                             tracing::info!(error = %e, "token refresh failed; logging in instead")
                         }
