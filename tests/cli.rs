@@ -2,20 +2,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
+use common::process::{BIN, Proc};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
 const PW_VAR: &str = "MAP_TEST_ADMIN_PASSWORD";
 
 fn config(dir: &Path, upstream: &str, extra_auth: &str) -> PathBuf {
@@ -45,106 +43,11 @@ listen = "127.0.0.1:0"
     p
 }
 
-/// A running proxy binary whose stderr is collected line by line.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(cfg: &Path, env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"])
-            .arg(cfg)
-            .env_remove("RUST_LOG");
-        cmd.env(PW_VAR, fake_medusa::DEFAULT_PASSWORD);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Wait for a log line containing `needle`; return it.
-    async fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The proxy's listen address, from its start-up line.
-    async fn addr(&self) -> String {
-        let line = self.wait_line("medusa-auth-proxy started").await;
-        let start = line.find("listen=").unwrap() + "listen=".len();
-        line[start..].split_whitespace().next().unwrap().to_owned()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The proxy binary with the fake's password in `PW_VAR`, then `env`.
+fn spawn(cfg: &Path, env: &[(&str, &str)]) -> Proc {
+    let mut all = vec![(PW_VAR, fake_medusa::DEFAULT_PASSWORD)];
+    all.extend_from_slice(env);
+    Proc::start(cfg, &all)
 }
 
 fn run_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
@@ -282,7 +185,7 @@ async fn check_login_prints_lifetime_never_the_token() {
 async fn sigterm_lets_in_flight_requests_finish() {
     let fake = FakeMedusa::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::spawn(&config(dir.path(), &fake.url(), ""), &[]);
+    let mut p = spawn(&config(dir.path(), &fake.url(), ""), &[]);
     let addr = p.addr().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = Request::get(format!("http://{addr}/admin/products"))
@@ -312,7 +215,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
 async fn debug_logs_never_contain_secrets() {
     let fake = FakeMedusa::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::spawn(
+    let p = spawn(
         &config(dir.path(), &fake.url(), ""),
         &[("RUST_LOG", "trace")],
     );
@@ -371,7 +274,7 @@ async fn memory_stays_flat_for_huge_bodies() {
     let cfg = config(dir.path(), &fake.url(), "");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{text}\n[policy]\nmax_body = \"2GiB\"\n")).unwrap();
-    let p = Proc::spawn(&cfg, &[]);
+    let p = spawn(&cfg, &[]);
     let addr = p.addr().await;
     let chunk = Bytes::from(vec![1u8; 1024 * 1024]);
     let frames = futures_util::stream::iter(

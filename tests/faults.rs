@@ -11,31 +11,21 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa, LoginFailure, Mode};
-use http::{HeaderMap, Method, Request, StatusCode};
+use common::harness::{self, Harness, client, login_auth, password_file};
+use common::process::Proc;
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use medusa_auth_proxy::app::{self, Running};
-use medusa_auth_proxy::config::Settings;
-
-const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
 
 // ---- harness ---------------------------------------------------------------------------------
 
@@ -60,135 +50,21 @@ fn flavor_of(mode: Mode) -> &'static str {
 }
 
 fn config_text(fake_url: &str, flavor: &str, pw: &Path, cfg: Cfg<'_>) -> String {
-    format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-[upstream]
-url = "{fake_url}"
-connect_timeout = "1s"
-{upstream}
-[auth]
-flavor = "{flavor}"
-email = "{email}"
-password_file = "{pw}"
-login_timeout = "{login_timeout}"
-{auth}
-[ops]
-listen = "127.0.0.1:0"
-[log]
-access = false
-{tail}
-"#,
-        upstream = cfg.upstream,
-        email = fake_medusa::DEFAULT_EMAIL,
-        pw = pw.display(),
-        login_timeout = cfg.login_timeout.unwrap_or("2s"),
-        auth = cfg.auth,
-        tail = cfg.tail,
-    )
-}
-
-struct Harness {
-    fake: FakeMedusa,
-    proxy: Running,
-    client: HttpClient,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
+    let auth = format!(
+        "{}login_timeout = \"{}\"\n{}",
+        login_auth(flavor, pw),
+        cfg.login_timeout.unwrap_or("2s"),
+        cfg.auth
+    );
+    let tail = format!("[log]\naccess = false\n{}", cfg.tail);
+    harness::config_text(fake_url, cfg.upstream, &auth, &tail)
 }
 
 async fn start(fake: FakeMedusa, cfg: Cfg<'_>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, format!("{}\n", fake_medusa::DEFAULT_PASSWORD)).unwrap();
+    let pw = password_file(dir.path());
     let toml = config_text(&fake.url(), flavor_of(fake.mode()), &pw, cfg);
-    let settings = Settings::from_toml(&toml).expect("test config");
-    let proxy = app::start(settings).await.expect("proxy starts");
-    Harness {
-        fake,
-        proxy,
-        client: client(),
-        _dir: dir,
-    }
-}
-
-impl Harness {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.proxy.proxy_addr, path)
-    }
-
-    async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
-        let resp = self.client.request(req).await.expect("proxy answers");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(Request::get(self.url(path)).body(Full::default()).unwrap())
-            .await
-    }
-
-    async fn ops(&self, path: &str) -> Reply {
-        let url = format!("http://{}{}", self.proxy.ops_addr, path);
-        self.send(Request::get(url).body(Full::default()).unwrap())
-            .await
-    }
-
-    /// Polls `/readyz` every 10 ms until `f` holds for the reply; panics after 10 s.
-    async fn wait_readyz(&self, what: &str, f: impl Fn(&Reply) -> bool) -> Reply {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.ops("/readyz").await;
-            if f(&r) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never showed {what}: last {} {}",
-                r.status,
-                r.text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Polls `GET path` every 20 ms until it answers 200; panics after 10 s.
-    async fn wait_ok(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.get(path).await;
-            if r.status == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never recovered: last {} {}",
-                r.status,
-                r.text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    Harness::start(fake, dir, &toml).await
 }
 
 // ---- load ------------------------------------------------------------------------------------
@@ -401,7 +277,7 @@ async fn login_fault(mode: Mode, failure: LoginFailure, reason: &str) {
     fake.set_login_failure(Some(failure.clone()));
     let h = start(fake, Cfg::default()).await;
     let ready = h
-        .wait_readyz("a login failure", |r| {
+        .wait_readyz_until("a login failure", |r| {
             r.json()["reason"]
                 .as_str()
                 .is_some_and(|s| s.starts_with("login failed"))
@@ -475,7 +351,7 @@ async fn login_hangs_login_timeout_applies_and_requests_get_503_fast() {
             "{mode:?}: first request answered after {first:?}"
         );
         let ready = h
-            .wait_readyz("the timeout", |r| {
+            .wait_readyz_until("the timeout", |r| {
                 r.json()["reason"]
                     .as_str()
                     .is_some_and(|s| s.contains("timed out"))
@@ -1117,7 +993,7 @@ async fn medusa_401s_everything_for_a_while_without_a_login_storm() {
     }
     h.fake.set_reject_all(false);
     h.wait_ok("/admin/products").await;
-    h.wait_readyz("ready", |r| r.status == 200).await;
+    h.wait_readyz_until("ready", |r| r.status == 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1334,101 +1210,8 @@ async fn very_slow_small_request_body_is_not_waited_for_forever() {
 
 // ---- the proxy process: SIGTERM and reload under load ---------------------------------------
 
-/// The proxy binary, its stderr collected line by line.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(cfg: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(cfg)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn count_lines(&self, needle: &str) -> usize {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    async fn wait_lines(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.count_lines(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no log line {n} with {needle:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The proxy's listen address, from its start-up line.
-    async fn addr(&self) -> String {
-        self.wait_lines("medusa-auth-proxy started", 1).await;
-        let lines = self.lines.lock().unwrap();
-        let line = lines
-            .iter()
-            .find(|l| l.contains("medusa-auth-proxy started"))
-            .unwrap();
-        let start = line.find("listen=").unwrap() + "listen=".len();
-        line[start..].split_whitespace().next().unwrap().to_owned()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit within {within:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Our own child, by its handle (pid).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write_binary_config(dir: &Path, fake_url: &str, extra: &str) -> PathBuf {
-    let pw = dir.join("password");
-    std::fs::write(&pw, format!("{}\n", fake_medusa::DEFAULT_PASSWORD)).unwrap();
+    let pw = password_file(dir);
     let cfg = dir.join("proxy.toml");
     let text = config_text(
         fake_url,
@@ -1448,7 +1231,7 @@ async fn sigterm_under_load_loses_no_in_flight_request() {
     let fake = FakeMedusa::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_binary_config(dir.path(), &fake.url(), "");
-    let mut p = Proc::start(&cfg);
+    let mut p = Proc::start(&cfg, &[]);
     let addr = p.addr().await;
     let base = format!("http://{addr}");
     // 6 clients, each request ~300 ms at Medusa: at any moment several are in flight.
@@ -1524,7 +1307,7 @@ async fn bad_config_reload_under_load_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_binary_config(dir.path(), &fake.url(), "");
     let good = std::fs::read_to_string(&cfg).unwrap();
-    let p = Proc::start(&cfg);
+    let p = Proc::start(&cfg, &[]);
     let addr = p.addr().await;
     let load = Load::start(
         format!("http://{addr}"),

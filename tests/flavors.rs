@@ -10,36 +10,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa, LoginFailure, Mode};
-use http::{HeaderMap, Request, StatusCode};
+use common::harness::{Harness, config_text, login_auth, password_file};
+use common::process::BIN;
+use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use medusa_auth_proxy::app::{self, Running};
-use medusa_auth_proxy::config::{Flavor, Settings};
+use medusa_auth_proxy::config::Flavor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
 const V1_KEY: &str = "api_token_01TESTKEY0123456789";
 const V2_KEY: &str = "sk_01TESTSECRETKEY0123456789abcdef";
-
-struct Harness {
-    fake: FakeMedusa,
-    proxy: Running,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-}
 
 /// The `[auth]` lines for `flavor`, with the secret in a file under `dir`: the fake's
 /// password for login flavors, `key` for the static ones.
@@ -52,13 +32,7 @@ fn auth_section(dir: &std::path::Path, flavor: &str, key: Option<&str>) -> Strin
             path.display()
         )
     } else {
-        let path = dir.join("password");
-        std::fs::write(&path, format!("{}\n", fake_medusa::DEFAULT_PASSWORD)).unwrap();
-        format!(
-            "flavor = \"{flavor}\"\nemail = \"{}\"\npassword_file = \"{}\"\n",
-            fake_medusa::DEFAULT_EMAIL,
-            path.display()
-        )
+        login_auth(flavor, &password_file(dir))
     }
 }
 
@@ -67,93 +41,12 @@ fn auth_section(dir: &std::path::Path, flavor: &str, key: Option<&str>) -> Strin
 async fn harness(fake: FakeMedusa, flavor: &str, key: Option<&str>, extra_auth: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let auth = auth_section(dir.path(), flavor, key);
-    let toml = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-[upstream]
-url = "{url}"
-connect_timeout = "1s"
-[auth]
-{auth}login_timeout = "2s"
-{extra_auth}
-[ops]
-listen = "127.0.0.1:0"
-"#,
-        url = fake.url(),
-    );
-    let settings = Settings::from_toml(&toml).expect("test config");
-    let proxy = app::start(settings).await.expect("proxy starts");
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    Harness {
-        fake,
-        proxy,
-        client,
-        _dir: dir,
-    }
+    let auth = format!("{auth}login_timeout = \"2s\"\n{extra_auth}");
+    let toml = config_text(&fake.url(), "", &auth, "");
+    Harness::start(fake, dir, &toml).await
 }
 
 impl Harness {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.proxy.proxy_addr, path)
-    }
-
-    async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
-        let resp = self.client.request(req).await.expect("proxy answers");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(Request::get(self.url(path)).body(Full::default()).unwrap())
-            .await
-    }
-
-    async fn ops(&self, path: &str) -> Reply {
-        let url = format!("http://{}{}", self.proxy.ops_addr, path);
-        self.send(Request::get(url).body(Full::default()).unwrap())
-            .await
-    }
-
-    /// Polls `/readyz` every 10 ms until it answers `want`; panics after 10 s.
-    async fn wait_readyz(&self, want: u16) -> Reply {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.ops("/readyz").await;
-            if r.status == want {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never answered {want}; last: {} {:?}",
-                r.status,
-                r.body
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// `n` concurrent GETs of `path`.
-    async fn burst(self: &Arc<Self>, n: usize, path: &str) -> Vec<Reply> {
-        let mut tasks = Vec::new();
-        for i in 0..n {
-            let h = self.clone();
-            let path = format!("{path}?i={i}");
-            tasks.push(tokio::spawn(async move { h.get(&path).await }));
-        }
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
-    }
-
     fn key_checks(&self) -> usize {
         self.fake.requests_to(key_path(self.fake.mode())).len()
     }

@@ -3,46 +3,27 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
+use common::harness::config_text;
+use common::process::{BIN, Proc};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
-
 fn write_config(path: &Path, upstream: &str, pw_file: &Path, extra: &str) {
-    std::fs::write(
-        path,
-        format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-[upstream]
-url = "{upstream}"
-connect_timeout = "1s"
-[auth]
-email = "{email}"
-password_file = "{pw}"
-login_timeout = "2s"
-[ops]
-listen = "127.0.0.1:0"
-{extra}
-"#,
-            email = fake_medusa::DEFAULT_EMAIL,
-            pw = pw_file.display()
-        ),
-    )
-    .unwrap();
+    let auth = format!(
+        "email = \"{}\"\npassword_file = \"{}\"\nlogin_timeout = \"2s\"",
+        fake_medusa::DEFAULT_EMAIL,
+        pw_file.display()
+    );
+    std::fs::write(path, config_text(upstream, "", &auth, extra)).unwrap();
 }
 
 struct Setup {
@@ -88,112 +69,6 @@ async fn post(c: &HttpClient, url: &str) -> u16 {
     .unwrap()
     .status()
     .as_u16()
-}
-
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Wait for a log line containing `needle`; return it.
-    async fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn start(cfg: &Path, env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"])
-            .arg(cfg)
-            .env_remove("RUST_LOG");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// (proxy, ops) base URLs from the start-up line (text or JSON).
-    async fn urls(&self) -> (String, String) {
-        let line = self.wait_line("medusa-auth-proxy started").await;
-        let field = |name: &str| {
-            let start = line
-                .find(&format!("{name}="))
-                .map(|i| i + name.len() + 1)
-                .or_else(|| {
-                    line.find(&format!("\"{name}\":\""))
-                        .map(|i| i + name.len() + 4)
-                });
-            let rest = &line[start.unwrap()..];
-            rest.split(|c: char| c.is_whitespace() || c == '"')
-                .next()
-                .unwrap()
-                .to_owned()
-        };
-        (
-            format!("http://{}", field("listen")),
-            format!("http://{}", field("ops")),
-        )
-    }
-
-    fn count_lines(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,112 +7,32 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa, LoginFailure};
-use http::{HeaderMap, Method, Request, StatusCode};
+use common::harness::{Harness, config_text, login_auth, password_file};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use medusa_auth_proxy::app::{self, Running};
 use medusa_auth_proxy::config::Settings;
 use sha2::{Digest, Sha256};
-
-struct Harness {
-    fake: FakeMedusa,
-    proxy: Running,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-}
 
 async fn harness(extra: &str) -> Harness {
     let fake = FakeMedusa::start().await;
     harness_with(fake, extra).await
 }
 
-/// `extra` is TOML spliced in: `[auth]` lines first, then a `@upstream` marker for upstream lines.
+/// `extra` is TOML spliced in: `[auth]` lines first, then a `@upstream` marker for upstream
+/// lines, then a `@tail` marker for sections appended at the end.
 async fn harness_with(fake: FakeMedusa, extra: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, format!("{}\n", fake_medusa::DEFAULT_PASSWORD)).unwrap();
+    let pw = password_file(dir.path());
     let (extra, tail) = extra.split_once("@tail").unwrap_or((extra, ""));
     let (auth_extra, upstream_extra) = extra.split_once("@upstream").unwrap_or((extra, ""));
-    let toml = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-[upstream]
-url = "{url}"
-connect_timeout = "1s"
-{upstream_extra}
-[auth]
-flavor = "v1"
-email = "{email}"
-password_file = "{pw}"
-login_timeout = "2s"
-{auth_extra}
-[ops]
-listen = "127.0.0.1:0"
-{tail}
-"#,
-        url = fake.url(),
-        email = fake_medusa::DEFAULT_EMAIL,
-        pw = pw.display(),
+    let auth = format!(
+        "{}login_timeout = \"2s\"\n{auth_extra}",
+        login_auth("v1", &pw)
     );
-    let settings = Settings::from_toml(&toml).expect("test config");
-    let proxy = app::start(settings).await.expect("proxy starts");
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    Harness {
-        fake,
-        proxy,
-        client,
-        _dir: dir,
-    }
-}
-
-impl Harness {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.proxy.proxy_addr, path)
-    }
-
-    async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
-        let resp = self.client.request(req).await.expect("proxy answers");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(Request::get(self.url(path)).body(Full::default()).unwrap())
-            .await
-    }
-
-    async fn ops(&self, path: &str) -> Reply {
-        let url = format!("http://{}{}", self.proxy.ops_addr, path);
-        self.send(Request::get(url).body(Full::default()).unwrap())
-            .await
-    }
-
-    /// One request that succeeds, so the current token is known good.
-    async fn warm_up(&self) {
-        let r = self.get("/admin/products").await;
-        assert_eq!(r.status, 200, "warm-up: {:?}", r.body);
-    }
+    let toml = config_text(&fake.url(), upstream_extra, &auth, tail);
+    Harness::start(fake, dir, &toml).await
 }
 
 fn sha(data: &[u8]) -> String {
@@ -630,5 +550,14 @@ async fn after_an_outage_the_login_follows_health_not_the_long_backoff() {
         1,
         "one login once Medusa is back, no storm"
     );
-    assert!(tokens.readiness().await.is_ok());
+    // The fake counts the login when it answers; the proxy caches the token just after.
+    let mut ready = false;
+    for _ in 0..500 {
+        if tokens.readiness().await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "not ready after the login");
 }

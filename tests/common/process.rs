@@ -1,0 +1,157 @@
+//! The proxy binary as a child process, its stderr collected line by line.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
+
+/// A running proxy binary whose stderr is collected line by line. Killed on drop.
+pub struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// `medusa-auth-proxy run --config cfg`, without `RUST_LOG` and with `env` set.
+    pub fn start(cfg: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(cfg)
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// All of stderr so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait for a log line containing `needle`; return it.
+    pub async fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait until `n` log lines contain `needle`.
+    pub async fn wait_lines(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.count_lines(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no log line {n} with {needle:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The proxy's listen address, from its start-up line.
+    pub async fn addr(&self) -> String {
+        let line = self.wait_line("medusa-auth-proxy started").await;
+        let start = line.find("listen=").unwrap() + "listen=".len();
+        line[start..].split_whitespace().next().unwrap().to_owned()
+    }
+
+    /// (proxy, ops) base URLs from the start-up line (text or JSON).
+    pub async fn urls(&self) -> (String, String) {
+        let line = self.wait_line("medusa-auth-proxy started").await;
+        let field = |name: &str| {
+            let start = line
+                .find(&format!("{name}="))
+                .map(|i| i + name.len() + 1)
+                .or_else(|| {
+                    line.find(&format!("\"{name}\":\""))
+                        .map(|i| i + name.len() + 4)
+                });
+            let rest = &line[start.unwrap()..];
+            rest.split(|c: char| c.is_whitespace() || c == '"')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        (
+            format!("http://{}", field("listen")),
+            format!("http://{}", field("ops")),
+        )
+    }
+
+    /// Sends `sig` (a name for `kill -s`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {within:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The process's peak resident set (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Our own child, by its handle (pid).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
