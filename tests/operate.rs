@@ -281,3 +281,32 @@ async fn wait_command_waits_for_readiness() {
     assert!(err.contains("invalid credentials"), "{err}");
     drop(p);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_names_the_caller_by_key_fingerprint_never_the_key() {
+    const KEY: &str = "etl-job-key-0123456789abcdef";
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys");
+    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let s = setup(&format!(
+        "[access]\nclient_keys_file = \"{}\"\n[log]\nformat = \"json\"",
+        keys.display()
+    ))
+    .await;
+    let p = Proc::start(&s.cfg, &[("RUST_LOG", "debug")]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    let req = Request::get(format!("{proxy}/admin/products"))
+        .header("proxy-authorization", format!("Bearer {KEY}"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(c.request(req).await.unwrap().status(), 200);
+    let line = p.wait_line("\"target\":\"access\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // The operator can compute it: printf %s "$KEY" | sha256sum | cut -c1-8
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(KEY.as_bytes());
+    let expected: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    assert_eq!(v["client_key"], expected.as_str());
+    assert!(!p.log().contains(KEY), "the client key reached the log");
+}
