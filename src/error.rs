@@ -114,8 +114,15 @@ impl ProxyError {
 
 /// `{"error": code, "message": message}` with the given status.
 pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    json_value(
+        status,
+        &serde_json::json!({ "error": code, "message": message }),
+    )
+}
+
+/// A JSON body with the given status, `Cache-Control: no-store`.
+pub fn json_value(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

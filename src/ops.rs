@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 use crate::auth::TokenManager;
-use crate::error::json_response;
+use crate::error::{json_response, json_value};
 use crate::metrics::Metrics;
 
 pub struct Ops {
@@ -33,16 +33,16 @@ impl Ops {
         }
         match req.uri().path() {
             // Liveness: the process runs and answers.
-            "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/healthz" => json_value(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             // Readiness: a valid token is held, so a request sent now would be forwarded.
             "/readyz" => match self.tokens.readiness().await {
-                Ok(left) => json(
+                Ok(left) => json_value(
                     StatusCode::OK,
-                    serde_json::json!({"status": "ready", "token_usable_for_s": left.as_secs()}),
+                    &serde_json::json!({"status": "ready", "token_usable_for_s": left.as_secs()}),
                 ),
-                Err(reason) => json(
+                Err(reason) => json_value(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "not_ready", "reason": reason}),
+                    &serde_json::json!({"status": "not_ready", "reason": reason}),
                 ),
             },
             "/metrics" => {
@@ -62,18 +62,4 @@ impl Ops {
             ),
         }
     }
-}
-
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    resp
 }

@@ -150,7 +150,6 @@ const KEY_CHECK_V2: &str = "/admin/stores?limit=1";
 /// Obtains credentials from Medusa for the configured flavor.
 pub struct Login {
     upstream: Arc<Upstream>,
-    configured: Flavor,
     /// For `auto`: the flavor the probe found (0 = not yet known).
     resolved: AtomicU8,
     email: ArcSwap<String>,
@@ -196,7 +195,6 @@ impl Login {
     ) -> Self {
         Login {
             upstream,
-            configured: flavor,
             resolved: AtomicU8::new(flavor_code(flavor)),
             email: ArcSwap::from_pointee(email.unwrap_or_default()),
             secret: ArcSwap::from_pointee(secret),
@@ -207,10 +205,6 @@ impl Login {
     /// until then).
     pub fn flavor(&self) -> Flavor {
         code_flavor(self.resolved.load(Ordering::Relaxed))
-    }
-
-    pub fn configured_flavor(&self) -> Flavor {
-        self.configured
     }
 
     /// Replace the email and password (or key); returns whether either changed.

@@ -125,7 +125,6 @@ struct Inner {
     next_id: AtomicU64,
     /// A token was rejected before Medusa ever accepted it: the next login waits for backoff.
     rejected_unverified: AtomicBool,
-    logins: AtomicU64,
     metrics: Arc<Metrics>,
     /// The user id of the last token obtained (for the "own user" route rule).
     user_id: arc_swap::ArcSwapOption<String>,
@@ -190,7 +189,6 @@ impl TokenManager {
                 backoff,
                 next_id: AtomicU64::new(1),
                 rejected_unverified: AtomicBool::new(false),
-                logins: AtomicU64::new(0),
                 user_id: arc_swap::ArcSwapOption::empty(),
                 metrics,
             }),
@@ -300,11 +298,6 @@ impl TokenManager {
         self.inner.user_id.load_full()
     }
 
-    /// Successful logins so far.
-    pub fn logins(&self) -> u64 {
-        self.inner.logins.load(Ordering::Relaxed)
-    }
-
     /// `Ok(remaining usable time)` while a token is held, else the reason.
     pub async fn readiness(&self) -> Result<Duration, String> {
         if let Some(t) = self.inner.cache.get(&()).await {
@@ -377,7 +370,6 @@ impl TokenManager {
                     self.inner.metrics.token_expiry(unix_at(token.usable_until));
                     self.inner.cache.insert((), token.clone()).await;
                     self.inner.current.store(Some(token));
-                    self.inner.logins.fetch_add(1, Ordering::Relaxed);
                     self.inner.status.send_replace(Phase::Ready);
                 }
                 Err(error) => {
@@ -498,11 +490,7 @@ impl TokenManager {
 
 /// An `Instant` as Unix time (for the expiry metric).
 fn unix_at(at: Instant) -> f64 {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    now_unix + at.saturating_duration_since(Instant::now()).as_secs_f64()
+    jwt::unix_now() + at.saturating_duration_since(Instant::now()).as_secs_f64()
 }
 
 /// How often `/health` is polled while logins back off because Medusa was unreachable.

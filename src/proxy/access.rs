@@ -70,16 +70,6 @@ impl Cidr {
             IpAddr::V6(net) => self.prefix == 128 && net == Ipv6Addr::LOCALHOST,
         }
     }
-
-    /// The first address of the range.
-    pub fn network(&self) -> IpAddr {
-        self.network
-    }
-
-    /// The prefix length (0..=32 for IPv4, 0..=128 for IPv6).
-    pub fn prefix_len(&self) -> u8 {
-        self.prefix
-    }
 }
 
 /// `checked_shl` is `None` for a shift by the full width, which is exactly the `/0` case

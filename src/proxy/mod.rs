@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, CONTENT_LENGTH, HOST};
+use http::header::{self, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -250,7 +250,7 @@ impl Proxy {
         )?;
 
         // Refuse a declared oversize body before reading any of it.
-        if declared_length(&parts.headers).is_some_and(|len| len > rules.max_body) {
+        if replay::content_length(&parts.headers).is_some_and(|len| len > rules.max_body) {
             return Err(ProxyError::PayloadTooLarge(rules.max_body));
         }
 
@@ -343,15 +343,7 @@ impl Proxy {
                 Some(again) => {
                     tracing::debug!(error = %e, "upstream connection broke; retrying an idempotent request once");
                     self.metrics.upstream_error("retried");
-                    self.send(
-                        again.method,
-                        again.uri,
-                        again.headers,
-                        Either::Left(Full::new(again.body)),
-                        &token,
-                    )
-                    .await
-                    .map_err(upstream_error)?
+                    self.resend(again, &token).await.map_err(upstream_error)?
                 }
                 None => return Err(upstream_error(UpstreamError::Io(e))),
             },
@@ -380,16 +372,7 @@ impl Proxy {
                 retry_after: std::time::Duration::from_secs(1),
             });
         }
-        let resp = self
-            .send(
-                replay.method,
-                replay.uri,
-                replay.headers,
-                Either::Left(Full::new(replay.body)),
-                &fresh,
-            )
-            .await
-            .map_err(upstream_error)?;
+        let resp = self.resend(replay, &fresh).await.map_err(upstream_error)?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(self.tunnel(resp, client_upgrade, &fresh));
         }
@@ -442,6 +425,22 @@ impl Proxy {
         self.upstream.send(req).await
     }
 
+    /// Send a buffered request again (after a broken connection or a 401).
+    async fn resend(
+        &self,
+        r: ReplayParts,
+        token: &Token,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send(
+            r.method,
+            r.uri,
+            r.headers,
+            Either::Left(Full::new(r.body)),
+            token,
+        )
+        .await
+    }
+
     /// Medusa accepted a protocol upgrade: answer the client with the 101 and splice the two
     /// upgraded connections together in the background.
     fn tunnel(
@@ -488,16 +487,6 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn finish(resp: Response<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {

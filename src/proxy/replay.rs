@@ -23,7 +23,7 @@ pub enum PreparedBody {
 }
 
 /// The declared body length, if there is exactly one valid `Content-Length`.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(CONTENT_LENGTH).iter();
     let first = values.next()?;
     if values.next().is_some() {
