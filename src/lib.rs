@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod secret;

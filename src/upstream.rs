@@ -15,17 +15,20 @@ use bytes::Bytes;
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::ServiceExt;
 
 use crate::body::LimitedBody;
 use crate::config::UpstreamSettings;
+use crate::pool::{Pool, PooledBody};
 
 /// The request body sent to Medusa: buffered (small, replayable) or streamed from the client.
 pub type UpstreamBody = Either<Full<Bytes>, LimitedBody>;
+
+/// Medusa's response body (its connection returns to the pool when it has been read).
+pub type ResponseBody = PooledBody<UpstreamBody>;
 
 /// Name of the session cookie Medusa (express-session) sets.
 pub const SESSION_COOKIE: &str = "connect.sid";
@@ -63,7 +66,10 @@ pub enum TlsSetupError {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool<UpstreamBody>>,
+    /// `scheme://authority/`: what the connector connects to.
+    origin: Uri,
     settings: UpstreamSettings,
     host: HeaderValue,
     session: ArcSwapOption<HeaderValue>,
@@ -81,15 +87,18 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .timer(TokioTimer::new())
-            .build(connector);
+        let origin = Uri::builder()
+            .scheme(settings.scheme.clone())
+            .authority(settings.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| TlsSetupError::Rustls(format!("upstream.url: {e}")))?;
         let host = HeaderValue::from_str(settings.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Ok(Arc::new(Upstream {
-            client,
+            connector,
+            pool: Pool::new(settings.pool_idle_timeout),
+            origin,
             settings: settings.clone(),
             host,
             session: ArcSwapOption::empty(),
@@ -100,27 +109,25 @@ impl Upstream {
         &self.settings
     }
 
-    /// The upstream URI for a client's path and query, byte for byte after the base path.
+    /// The request target sent to Medusa (origin-form: `/base/path?query`) for a client's
+    /// path and query, byte for byte after the base path.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         let mut pq = String::with_capacity(self.settings.base_path.len() + path_and_query.len());
         pq.push_str(&self.settings.base_path);
         pq.push_str(path_and_query);
-        Uri::builder()
-            .scheme(self.settings.scheme.clone())
-            .authority(self.settings.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| UpstreamError::InvalidUri)
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query =
+            Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| UpstreamError::InvalidUri)?);
+        Uri::from_parts(parts).map_err(|_| UpstreamError::InvalidUri)
     }
 
-    /// The upstream URI for a client's request target. Without a base path the client's
+    /// The request target sent to Medusa for a client's request target (origin-form, or the
+    /// path and query of an absolute-form one). Without a base path the client's
     /// path-and-query is reused as is (no copy, no re-parse: the hot path).
     pub fn uri_for_target(&self, target: &Uri) -> Result<Uri, UpstreamError> {
         match target.path_and_query() {
             Some(pq) if self.settings.base_path.is_empty() => {
                 let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(self.settings.scheme.clone());
-                parts.authority = Some(self.settings.authority.clone());
                 parts.path_and_query = Some(pq.clone());
                 Uri::from_parts(parts).map_err(|_| UpstreamError::InvalidUri)
             }
@@ -134,31 +141,84 @@ impl Upstream {
     pub async fn send(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let headers = req.headers_mut();
         headers.insert(HOST, self.host.clone());
         if let Some(cookie) = self.session.load_full() {
             headers.insert(COOKIE, (*cookie).clone());
         }
         let timeout = self.settings.request_timeout;
-        let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let mut resp = match tokio::time::timeout(timeout, self.dispatch(req)).await {
             Err(_) => return Err(UpstreamError::Timeout(timeout)),
-            Ok(Err(e)) if certificate_error(&e).is_some() => {
-                return Err(UpstreamError::Certificate(
-                    certificate_error(&e).unwrap_or_default(),
-                ));
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(UpstreamError::Connect {
-                    authority: self.settings.authority.to_string(),
-                    detail: error_chain(&e),
-                });
-            }
-            Ok(Err(e)) => return Err(UpstreamError::Io(error_chain(&e))),
-            Ok(Ok(resp)) => resp,
+            Ok(result) => result?,
         };
         self.capture_session(resp.headers_mut());
         Ok(resp)
+    }
+
+    /// Send on a pooled connection, or a new one. A request the connection never took (it
+    /// closed while idle in the pool: typically Medusa's keep-alive timeout) comes back from
+    /// hyper unsent and goes out on the next connection; once written, it is never resent here.
+    async fn dispatch(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        loop {
+            let (mut tx, reused) = match self.pool.take() {
+                Some(tx) => (tx, true),
+                None => (self.connect().await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok(if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        // The connection now belongs to the upgraded stream.
+                        resp.map(PooledBody::unpooled)
+                    } else {
+                        let pool = self.pool.clone();
+                        resp.map(|body| PooledBody::new(body, tx, pool))
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        tracing::debug!(error = %error_chain(e.error()), "pooled connection closed before use; sending on another");
+                        req = unsent;
+                    }
+                    _ => return Err(UpstreamError::Io(error_chain(&e.into_error()))),
+                },
+            }
+        }
+    }
+
+    /// Open a new connection to Medusa (TCP, then TLS for https) and start its HTTP/1.1
+    /// connection task.
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.origin.clone())
+            .await
+            .map_err(|e| match certificate_error(&*e) {
+                Some(c) => UpstreamError::Certificate(c),
+                None => UpstreamError::Connect {
+                    authority: self.settings.authority.to_string(),
+                    detail: error_chain(&*e),
+                },
+            })?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Io(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %error_chain(&e), "connection to Medusa ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Idle keep-alive connections currently held.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
     }
 
     /// Remember Medusa's session cookie and remove every `Set-Cookie`: a Medusa session must
@@ -324,7 +384,7 @@ mod tests {
         let target: Uri = "/admin/x?a=%2F".parse().unwrap();
         assert_eq!(
             up.uri_for_target(&target).unwrap().to_string(),
-            "http://127.0.0.1:9/base/admin/x?a=%2F"
+            "/base/admin/x?a=%2F"
         );
         let s = Settings::from_toml(
             "[upstream]\nurl=\"http://127.0.0.1:9\"\n[auth]\nemail=\"a\"\npassword_env=\"P\"",
@@ -333,13 +393,13 @@ mod tests {
         let plain = Upstream::new(&s.upstream).unwrap();
         assert_eq!(
             plain.uri_for_target(&target).unwrap().to_string(),
-            "http://127.0.0.1:9/admin/x?a=%2F"
+            "/admin/x?a=%2F"
         );
         // An absolute-form request target: only its path and query are used.
         let abs: Uri = "http://evil.example/admin/y?b".parse().unwrap();
         assert_eq!(
             plain.uri_for_target(&abs).unwrap().to_string(),
-            "http://127.0.0.1:9/admin/y?b"
+            "/admin/y?b"
         );
     }
 
@@ -349,9 +409,6 @@ mod tests {
         let uri = up
             .uri_for("/admin/products?q=a%20b&x[]=1")
             .unwrap_or_else(|_| up.uri_for("/admin/products?q=a%20b&x%5B%5D=1").unwrap());
-        assert!(
-            uri.to_string()
-                .starts_with("http://127.0.0.1:9/base/admin/products?q=a%20b")
-        );
+        assert!(uri.to_string().starts_with("/base/admin/products?q=a%20b"));
     }
 }

@@ -26,13 +26,13 @@ use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
+use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
 use policy::{Decision, Policy, PolicyConfig};
 use replay::PreparedBody;
 
 /// Body of every response the proxy sends: Medusa's, streamed, or one of our own; it holds
 /// the request's concurrency slot until it ends.
-pub type ProxyBody = Tracked<Either<Incoming, Full<Bytes>>>;
+pub type ProxyBody = Tracked<Either<ResponseBody, Full<Bytes>>>;
 
 /// Everything a reload may change about who may call and what they may reach.
 #[derive(Debug)]
@@ -213,7 +213,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         record: &mut RequestRecord,
-    ) -> Result<Response<Either<Incoming, Full<Bytes>>>, ProxyError> {
+    ) -> Result<Response<Either<ResponseBody, Full<Bytes>>>, ProxyError> {
         let rules = self.rules.load();
         let (mut parts, body) = req.into_parts();
         if parts
@@ -414,7 +414,7 @@ impl Proxy {
         mut headers: HeaderMap,
         body: UpstreamBody,
         token: &Token,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         headers.insert(token.header_name.clone(), token.header.clone());
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -430,7 +430,7 @@ impl Proxy {
         &self,
         r: ReplayParts,
         token: &Token,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         self.send(
             r.method,
             r.uri,
@@ -445,10 +445,10 @@ impl Proxy {
     /// upgraded connections together in the background.
     fn tunnel(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<ResponseBody>,
         client: Option<hyper::upgrade::OnUpgrade>,
         token: &Token,
-    ) -> Response<Either<Incoming, Full<Bytes>>> {
+    ) -> Response<Either<ResponseBody, Full<Bytes>>> {
         token.mark_verified();
         let upstream = hyper::upgrade::on(&mut resp);
         let (mut parts, body) = resp.into_parts();
@@ -489,7 +489,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn finish(resp: Response<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
+fn finish(resp: Response<ResponseBody>) -> Response<Either<ResponseBody, Full<Bytes>>> {
     let (mut parts, body) = resp.into_parts();
     headers::sanitize_response(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
