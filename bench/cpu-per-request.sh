@@ -3,6 +3,7 @@
 # CPU in front of an already-running upstream, drive it with wrk from the other CPU, and print
 # the proxy's CPU microseconds per request (user+system from /proc), which is far steadier on
 # a noisy machine than req/s. Usage: bench/cpu-per-request.sh [connections] [seconds] [path]
+# BENCH_METHOD=POST BENCH_BODY_BYTES=N send a JSON body of N bytes (bench/lib/bench.lua).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 conns=${1:-16}; secs=${2:-5}; path=${3:-/admin/products}
@@ -14,9 +15,10 @@ pid=$!
 trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.1; done
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-taskset -c "${BENCH_LOADGEN_CPU:-0}" wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port$path" >/dev/null
+export BENCH_METHOD=${BENCH_METHOD:-GET} BENCH_BODY_BYTES=${BENCH_BODY_BYTES:-0}
+taskset -c "${BENCH_LOADGEN_CPU:-0}" wrk -t1 -c"$conns" -d1s -s "$here/lib/bench.lua" "http://127.0.0.1:$port$path" >/dev/null
 t0=$(ticks)
-out=$(taskset -c "${BENCH_LOADGEN_CPU:-0}" wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port$path")
+out=$(taskset -c "${BENCH_LOADGEN_CPU:-0}" wrk -t1 -c"$conns" -d"${secs}s" -s "$here/lib/bench.lua" "http://127.0.0.1:$port$path")
 t1=$(ticks)
 reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
