@@ -48,6 +48,10 @@ pub enum ProxyError {
     /// 408, and the connection is closed.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    /// The request head (request line and headers) is larger than the proxy accepts: 431,
+    /// and the connection is closed.
+    #[error("the request head exceeds {0} bytes")]
+    HeadTooLarge(usize),
     /// More than `proxy.max_concurrent_requests` in flight: 503 at once.
     #[error("too many requests in flight (proxy.max_concurrent_requests = {0})")]
     Overloaded(usize),
@@ -67,6 +71,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -82,6 +87,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::BodyTimeout(_) => "request_timeout",
+            ProxyError::HeadTooLarge(_) => "header_too_large",
         }
     }
 
@@ -93,7 +99,7 @@ impl ProxyError {
                 HeaderValue::from_static("Bearer"),
             );
         }
-        if let ProxyError::BodyTimeout(_) = &self {
+        if let ProxyError::BodyTimeout(_) | ProxyError::HeadTooLarge(_) = &self {
             // The rest of the body may still arrive: this connection cannot be reused.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -36,6 +36,30 @@ pub struct Limits {
     pub max_headers: usize,
     /// A request head larger than this -> 431 (HTTP/1.1); the HTTP/2 header list cap.
     pub max_head_bytes: usize,
+    /// Largest read buffer of a connection (at least `max_head_bytes`). hyper grows it while
+    /// reads fill it, so large bodies move in large reads; it also bounds the head hyper will
+    /// buffer, so heads between `max_head_bytes` and this are marked [`HeadTooLarge`] for the
+    /// handler to refuse.
+    pub read_buf_max: usize,
+}
+
+/// Request extension: the request head is larger than [`Limits::max_head_bytes`].
+#[derive(Debug, Clone, Copy)]
+pub struct HeadTooLarge(pub usize);
+
+/// The size of a request head as sent (request line, header lines, final empty line), from
+/// its parsed form: what the limit is about.
+pub fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + 1
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    line + headers + 2
 }
 
 impl Default for Limits {
@@ -44,6 +68,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_headers: 100,
             max_head_bytes: 64 * 1024,
+            read_buf_max: 64 * 1024,
         }
     }
 }
@@ -69,7 +94,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_head_bytes.max(8192));
+        .max_buf_size(limits.read_buf_max.max(limits.max_head_bytes).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -99,6 +124,12 @@ where
                     if framing.take_conflicting(served.fetch_add(1, Ordering::Relaxed)) {
                         req.extensions_mut().insert(ConflictingFraming);
                     }
+                    if limits.read_buf_max > limits.max_head_bytes
+                        && req.version() < http::Version::HTTP_2
+                        && head_size(&req) > limits.max_head_bytes
+                    {
+                        req.extensions_mut().insert(HeadTooLarge(limits.max_head_bytes));
+                    }
                     let fut = handler(req, peer);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
@@ -117,5 +148,23 @@ where
     tokio::select! {
         _ = graceful.shutdown() => Drained::Clean,
         _ = tokio::time::sleep(grace) => Drained::GraceExceeded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_size_counts_the_request_line_and_header_lines() {
+        let req = Request::builder()
+            .method("GET")
+            .uri("/admin/x?a=1")
+            .header("host", "localhost")
+            .header("x-a", "bb")
+            .body(())
+            .unwrap();
+        // "GET /admin/x?a=1 HTTP/1.1\r\n" + "host: localhost\r\n" + "x-a: bb\r\n" + "\r\n"
+        assert_eq!(head_size(&req), 27 + 17 + 9 + 2);
     }
 }

@@ -499,6 +499,21 @@ async fn header_limits_and_smuggling_attempts() {
     );
     let (out, closed) = h.raw(huge.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
+    assert!(out.contains("header_too_large"), "{out}");
+    // Larger than the connection's read buffer: hyper refuses it before the handler runs.
+    let huger = format!(
+        "GET /admin/products HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
+        "a".repeat(300_000)
+    );
+    let (out, closed) = h.raw(huger.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
+    // Just under the 64 KiB head limit: forwarded.
+    let fits = format!(
+        "GET /admin/products HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
+        "a".repeat(60_000)
+    );
+    let (out, _) = h.raw(fits.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:.80}");
     // Conflicting Content-Length: 400 and the connection closed; the smuggled request never runs.
     let (out, closed) = h.raw(b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!GET /admin/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400") && closed, "{out:.80}");

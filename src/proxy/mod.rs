@@ -204,6 +204,7 @@ impl Proxy {
             ProxyError::Overloaded(_) => self.metrics.denied("overloaded"),
             ProxyError::BadRequest(_) => self.metrics.denied("bad_request"),
             ProxyError::BodyTimeout(_) => self.metrics.denied("body_timeout"),
+            ProxyError::HeadTooLarge(_) => self.metrics.denied("header_too_large"),
             ProxyError::NoToken { .. } => self.metrics.denied("no_token"),
         }
     }
@@ -228,6 +229,9 @@ impl Proxy {
             ));
         }
 
+        if let Some(crate::server::HeadTooLarge(limit)) = parts.extensions.get() {
+            return Err(ProxyError::HeadTooLarge(*limit));
+        }
         let caller =
             access::check(&rules.access, peer.ip(), &parts.headers, &parts.uri).map_err(|d| {
                 tracing::info!(peer = %peer, reason = d.code(), "request denied");
