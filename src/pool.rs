@@ -191,3 +191,168 @@ impl<B: Send + 'static> std::fmt::Debug for PooledBody<B> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::{TcpListener, TcpStream};
+
+    type Tx = SendRequest<Full<Bytes>>;
+
+    /// A server on 127.0.0.1:0 answering every request with `size` bytes; counts connections.
+    async fn server(size: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(vec![b'x'; size]),
+                            )))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    async fn connect(addr: std::net::SocketAddr) -> Tx {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx
+    }
+
+    fn get() -> Request<Full<Bytes>> {
+        Request::builder()
+            .uri("/")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    /// Send on `tx` and wrap the response body as the proxy does.
+    async fn send(pool: &Arc<Pool<Full<Bytes>>>, mut tx: Tx) -> PooledBody<Full<Bytes>> {
+        let resp = tx.send_request(get()).await.unwrap();
+        PooledBody::new(resp.into_body(), tx, pool.clone())
+    }
+
+    async fn until(mut f: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("condition not reached within 1 s");
+    }
+
+    #[tokio::test]
+    async fn a_connection_returns_when_its_body_was_read_and_is_reused() {
+        let (addr, conns) = server(100_000).await;
+        let pool = Pool::new(Duration::from_secs(30));
+        assert!(pool.take().is_none());
+        let body = send(&pool, connect(addr).await).await;
+        assert_eq!(pool.idle_count(), 0, "in use while the body streams");
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.len(), 100_000);
+        // Dropped by collect() at its end: back in the pool, and ready once hyper's
+        // connection task has run.
+        until(|| pool.idle_count() == 1).await;
+        until(|| {
+            let tx = pool.take();
+            let ok = tx.is_some();
+            if let Some(tx) = tx {
+                pool.put(tx);
+            }
+            ok
+        })
+        .await;
+        let tx = pool.take().unwrap();
+        let body = send(&pool, tx).await;
+        drop(body.collect().await.unwrap());
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one connection served both"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_the_connection() {
+        let (addr, _) = server(1_000_000).await;
+        let pool = Pool::new(Duration::from_secs(30));
+        let mut body = send(&pool, connect(addr).await).await;
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "the rest of the response is still on it"
+        );
+        assert!(pool.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn closed_or_stale_connections_are_never_handed_out() {
+        let (addr, _) = server(10).await;
+        // Stale: idle longer than the timeout.
+        let pool = Pool::new(Duration::from_millis(20));
+        let tx = connect(addr).await;
+        until(|| tx.is_ready()).await;
+        pool.put(tx);
+        assert_eq!(pool.idle_count(), 1);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(pool.take().is_none(), "idle past pool_idle_timeout");
+        // Closed: the peer went away while it was idle.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            drop(tcp);
+        });
+        let pool = Pool::new(Duration::from_secs(30));
+        let tx = connect(addr).await;
+        closer.await.unwrap();
+        until(|| tx.is_closed()).await;
+        pool.put(tx);
+        assert!(pool.take().is_none(), "closed by the peer");
+    }
+
+    #[tokio::test]
+    async fn the_most_recently_used_connection_is_handed_out_first() {
+        // Two servers told apart by their answer's length.
+        let (a, _) = server(10).await;
+        let (b, _) = server(20).await;
+        let pool = Pool::new(Duration::from_secs(30));
+        let older = connect(a).await;
+        let newer = connect(b).await;
+        until(|| older.is_ready() && newer.is_ready()).await;
+        pool.put(older);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        pool.put(newer);
+        let first = send(&pool, pool.take().unwrap()).await;
+        assert_eq!(first.collect().await.unwrap().to_bytes().len(), 20);
+        assert_eq!(
+            pool.idle_count(),
+            2,
+            "the newer one came back; the older still idle"
+        );
+    }
+}
