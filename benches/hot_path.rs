@@ -150,7 +150,7 @@ fn bench_access(c: &mut Criterion) {
     let listen: SocketAddr = "127.0.0.1:7000".parse().expect("listen");
     let defaults = AccessConfig {
         allow_cidrs: access::default_allow_cidrs(),
-        allow_hosts: access::default_allow_hosts(listen),
+        allow_hosts: access::default_allow_hosts(listen).into(),
         allow_origins: Vec::new(),
         client_keys: None,
     };

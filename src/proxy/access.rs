@@ -19,6 +19,7 @@
 //! Nothing here logs or returns a key: keys are held only as SHA-256 digests, and a caller is
 //! identified by an 8-hex-digit fingerprint (`printf %s "$KEY" | sha256sum | cut -c1-8`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -184,7 +185,7 @@ pub struct AccessConfig {
     /// not part of an entry. `"*.example.com"` admits every subdomain of example.com (not
     /// example.com itself: list it too). `"*"` admits any host and **switches off the DNS
     /// rebinding guard**: use it only behind client keys, never on a developer machine.
-    pub allow_hosts: Vec<String>,
+    pub allow_hosts: HostList,
     /// Browser origins (`scheme://host[:port]`, exactly as browsers send them) allowed to
     /// drive the proxy. `"null"` (sandboxed frames, `file:` pages) is admitted only if listed
     /// literally.
@@ -198,8 +199,13 @@ impl AccessConfig {
     /// the list it is in). [`check`] never matches a malformed entry, so without this call a
     /// typo silently denies; with it, the typo is a start-up error.
     pub fn validate(&self) -> Result<(), String> {
-        for entry in &self.allow_hosts {
-            parse_host_pattern(entry).map_err(|e| format!("allow_hosts: {e}"))?;
+        if let Some(e) = self
+            .allow_hosts
+            .patterns
+            .iter()
+            .find_map(|p| p.as_ref().err())
+        {
+            return Err(format!("allow_hosts: {e}"));
         }
         for entry in &self.allow_origins {
             validate_origin_entry(entry).map_err(|e| format!("allow_origins: {e}"))?;
@@ -342,7 +348,7 @@ fn single<'a>(
     }
 }
 
-fn check_host(allow: &[String], headers: &HeaderMap, uri: &Uri) -> Result<(), Denied> {
+fn check_host(allow: &HostList, headers: &HeaderMap, uri: &Uri) -> Result<(), Denied> {
     let header_host = single(headers, &header::HOST).map_err(|_| Denied::Host)?;
     let uri_host = uri.authority();
     // HTTP/2 carries the host in `:authority` (often without `host`); HTTP/1.1 in `Host`, and
@@ -430,9 +436,10 @@ fn presented_key(headers: &HeaderMap) -> Result<&[u8], Denied> {
 
 /// A host from a request or an allow-list entry, normalised: lowercase, one trailing dot
 /// removed (`localhost.` is the same name, absolute), IPv6 in canonical bracketed form.
+/// Borrowed from the input when that already is the normal form (the usual case).
 #[derive(Debug, PartialEq, Eq)]
-struct HostName {
-    name: String,
+struct HostName<'a> {
+    name: Cow<'a, str>,
     /// IP literals never match a `*.` pattern: `*.0.0.1` is not a way to admit `127.0.0.1`.
     is_ip: bool,
 }
@@ -441,7 +448,7 @@ struct HostName {
 /// userinfo (`user@host` is how some parsers are fooled into reading the wrong host), no
 /// percent-encoding, no bare IPv6, no IPvFuture, no zone ids. Returns the host and whether a
 /// port was present.
-fn parse_authority(value: &str) -> Option<(HostName, bool)> {
+fn parse_authority(value: &str) -> Option<(HostName<'_>, bool)> {
     if let Some(rest) = value.strip_prefix('[') {
         let (literal, after) = rest.split_once(']')?;
         let ip: Ipv6Addr = literal.parse().ok()?;
@@ -451,7 +458,7 @@ fn parse_authority(value: &str) -> Option<(HostName, bool)> {
         };
         return Some((
             HostName {
-                name: format!("[{ip}]"),
+                name: Cow::Owned(format!("[{ip}]")),
                 is_ip: true,
             },
             has_port,
@@ -481,7 +488,7 @@ fn valid_port(port: &str) -> bool {
 /// A DNS name or dotted IPv4 address. Letters, digits, `-`, `_` and dots between non-empty
 /// labels only: anything else (`%`, `@`, `,`, sub-delims, non-ASCII) is not a name a browser
 /// would put in `Host` and is refused rather than interpreted.
-fn parse_name(host: &str) -> Option<HostName> {
+fn parse_name(host: &str) -> Option<HostName<'_>> {
     let host = host.strip_suffix('.').unwrap_or(host);
     let charset_ok = host
         .bytes()
@@ -489,19 +496,24 @@ fn parse_name(host: &str) -> Option<HostName> {
     if host.is_empty() || !charset_ok || host.split('.').any(str::is_empty) {
         return None;
     }
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+    if host.parse::<Ipv4Addr>().is_ok() {
+        // std's parser accepts only the canonical dotted quad (no leading zeros, no short or
+        // hex forms: `ipv4_text_that_parses_is_canonical` pins this), so the text is already
+        // its normal form.
         return Some(HostName {
-            name: ip.to_string(),
+            name: Cow::Borrowed(host),
             is_ip: true,
         });
     }
-    Some(HostName {
-        name: host.to_ascii_lowercase(),
-        is_ip: false,
-    })
+    let name = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    Some(HostName { name, is_ip: false })
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
     Any,
     /// `.example.com` for the entry `*.example.com`.
@@ -525,7 +537,7 @@ fn parse_host_pattern(entry: &str) -> Result<HostPattern, String> {
         return Ok(HostPattern::Exact(format!("[{ip}]")));
     }
     match parse_authority(trimmed) {
-        Some((host, false)) => Ok(HostPattern::Exact(host.name)),
+        Some((host, false)) => Ok(HostPattern::Exact(host.name.into_owned())),
         Some((_, true)) => Err(format!(
             "{entry:?}: an allow_hosts entry has no port (ports are ignored when matching)"
         )),
@@ -535,16 +547,38 @@ fn parse_host_pattern(entry: &str) -> Result<HostPattern, String> {
     }
 }
 
-fn host_allowed(allow: &[String], value: &str) -> bool {
+/// `allow_hosts`, each entry parsed once (a malformed entry is kept as its error, which
+/// `validate` reports and which never matches).
+#[derive(Debug, Clone, Default)]
+pub struct HostList {
+    entries: Vec<String>,
+    patterns: Vec<Result<HostPattern, String>>,
+}
+
+impl From<Vec<String>> for HostList {
+    fn from(entries: Vec<String>) -> HostList {
+        let patterns = entries.iter().map(|e| parse_host_pattern(e)).collect();
+        HostList { entries, patterns }
+    }
+}
+
+impl HostList {
+    /// The entries as configured.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
+    }
+}
+
+fn host_allowed(allow: &HostList, value: &str) -> bool {
     let Some((host, _)) = parse_authority(value) else {
         return false;
     };
-    allow.iter().any(|entry| match parse_host_pattern(entry) {
+    allow.patterns.iter().any(|entry| match entry {
         Ok(HostPattern::Any) => true,
-        Ok(HostPattern::Exact(name)) => host.name == name,
+        Ok(HostPattern::Exact(name)) => host.name == name.as_str(),
         // The suffix starts with a dot and names have no empty labels, so this is a match on
         // a label boundary: `evilexample.com` is not under `*.example.com`.
-        Ok(HostPattern::Subdomains(suffix)) => !host.is_ip && host.name.ends_with(&suffix),
+        Ok(HostPattern::Subdomains(suffix)) => !host.is_ip && host.name.ends_with(suffix.as_str()),
         Err(_) => false,
     })
 }
@@ -857,7 +891,7 @@ mod tests {
     fn local() -> AccessConfig {
         AccessConfig {
             allow_cidrs: default_allow_cidrs(),
-            allow_hosts: default_allow_hosts(listen("127.0.0.1:7000")),
+            allow_hosts: default_allow_hosts(listen("127.0.0.1:7000")).into(),
             allow_origins: Vec::new(),
             client_keys: None,
         }
@@ -1160,7 +1194,7 @@ mod tests {
     #[test]
     fn host_wildcards() {
         let cfg = AccessConfig {
-            allow_hosts: strings(&["*.example.com"]),
+            allow_hosts: strings(&["*.example.com"]).into(),
             ..local()
         };
         assert!(host_ok(&cfg, "a.example.com"));
@@ -1170,12 +1204,12 @@ mod tests {
         assert!(!host_ok(&cfg, "example.com.evil.com"));
         assert!(!host_ok(&cfg, "localhost"));
         let ips = AccessConfig {
-            allow_hosts: strings(&["*.0.0.1"]),
+            allow_hosts: strings(&["*.0.0.1"]).into(),
             ..local()
         };
         assert!(!host_ok(&ips, "127.0.0.1"), "IP literals never match *.");
         let any = AccessConfig {
-            allow_hosts: strings(&["*"]),
+            allow_hosts: strings(&["*"]).into(),
             ..local()
         };
         assert!(host_ok(&any, "evil.com"));
@@ -1188,9 +1222,25 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_text_that_parses_is_canonical() {
+        for text in ["127.0.0.1", "10.1.2.3", "0.0.0.0", "255.255.255.255"] {
+            assert_eq!(text.parse::<Ipv4Addr>().unwrap().to_string(), text);
+        }
+        for odd in [
+            "127.000.0.1",
+            "0127.0.0.1",
+            "127.1",
+            "0x7f.0.0.1",
+            "2130706433",
+        ] {
+            assert!(odd.parse::<Ipv4Addr>().is_err(), "{odd}");
+        }
+    }
+
+    #[test]
     fn host_entries_are_normalised() {
         let cfg = AccessConfig {
-            allow_hosts: strings(&["Proxy.Internal.", " tools.local ", "::1", "[0::2]"]),
+            allow_hosts: strings(&["Proxy.Internal.", " tools.local ", "::1", "[0::2]"]).into(),
             ..local()
         };
         assert!(host_ok(&cfg, "proxy.internal:7000"));
@@ -1213,7 +1263,7 @@ mod tests {
             "http://localhost",
         ] {
             let cfg = AccessConfig {
-                allow_hosts: strings(&[bad]),
+                allow_hosts: strings(&[bad]).into(),
                 ..local()
             };
             let err = cfg.validate().unwrap_err();
@@ -1226,7 +1276,7 @@ mod tests {
         }
         assert!(local().validate().is_ok());
         let ok = AccessConfig {
-            allow_hosts: strings(&["*", "*.example.com", "::1"]),
+            allow_hosts: strings(&["*", "*.example.com", "::1"]).into(),
             ..local()
         };
         assert!(ok.validate().is_ok());
@@ -1255,7 +1305,7 @@ mod tests {
         assert_eq!(default_allow_hosts(listen("[::]:7000")).len(), 3);
         // And the result is itself valid config that admits the listen host.
         let cfg = AccessConfig {
-            allow_hosts: default_allow_hosts(listen("[fd00::ab]:7000")),
+            allow_hosts: default_allow_hosts(listen("[fd00::ab]:7000")).into(),
             ..local()
         };
         assert!(cfg.validate().is_ok());

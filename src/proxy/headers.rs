@@ -100,8 +100,24 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 }
 
 fn ip_header(ip: IpAddr) -> HeaderValue {
-    // An IP address always renders as a valid header value.
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // Clients of a sidecar all come from one address: keep the last value per worker thread
+    // (a clone of a `HeaderValue` shares its bytes) instead of formatting it for every request.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((cached, value)) = last.as_ref()
+            && *cached == ip
+        {
+            return value.clone();
+        }
+        // An IP address always renders as a valid header value.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        *last = Some((ip, value.clone()));
+        value
+    })
 }
 
 #[cfg(test)]
@@ -117,6 +133,17 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn forwarded_for_names_each_client_even_when_they_alternate() {
+        for ip in ["127.0.0.1", "::1", "127.0.0.1", "10.0.0.7", "10.0.0.7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut h = map(&[("host", "localhost"), ("x-forwarded-for", "6.6.6.6")]);
+            sanitize_request(&mut h, ip, None);
+            assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+            assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        }
     }
 
     #[test]

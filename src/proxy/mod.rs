@@ -70,7 +70,7 @@ impl Rules {
         };
         let access = access::AccessConfig {
             allow_cidrs,
-            allow_hosts,
+            allow_hosts: allow_hosts.into(),
             allow_origins: s.access.allow_origins.clone(),
             client_keys,
         };
