@@ -492,27 +492,22 @@ async fn header_limits_and_smuggling_attempts() {
     many.push_str("\r\n");
     let (out, closed) = h.raw(many.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
-    // A huge header.
-    let huge = format!(
-        "GET /admin/products HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
-        "a".repeat(100_000)
-    );
-    let (out, closed) = h.raw(huge.as_bytes()).await;
+    // A GET whose one extra header has a value of `n` bytes.
+    let big = |n: usize| {
+        format!(
+            "GET /admin/products HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
+            "a".repeat(n)
+        )
+    };
+    // A huge header: over the 64 KiB head limit.
+    let (out, closed) = h.raw(big(100_000).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
     assert!(out.contains("header_too_large"), "{out}");
     // Larger than the connection's read buffer: hyper refuses it before the handler runs.
-    let huger = format!(
-        "GET /admin/products HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
-        "a".repeat(300_000)
-    );
-    let (out, closed) = h.raw(huger.as_bytes()).await;
+    let (out, closed) = h.raw(big(300_000).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
     // Just under the 64 KiB head limit: forwarded.
-    let fits = format!(
-        "GET /admin/products HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
-        "a".repeat(60_000)
-    );
-    let (out, _) = h.raw(fits.as_bytes()).await;
+    let (out, _) = h.raw(big(60_000).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out:.80}");
     // Conflicting Content-Length: 400 and the connection closed; the smuggled request never runs.
     let (out, closed) = h.raw(b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!GET /admin/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
