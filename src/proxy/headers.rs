@@ -34,7 +34,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for value in headers.get_all(header::CONNECTION) {
         let Ok(s) = value.to_str() else { continue };
         for token in s.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+            let token = token.trim();
+            // `keep-alive`, `upgrade`, ... are removed below anyway: skip them without
+            // building a name (Node sends `Connection: keep-alive` on every response).
+            if HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 named.push(name);
             }
         }
@@ -164,6 +173,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-unrelated"], "3");
+        // Hop-by-hop names among the tokens do not hide the others; a field literally named
+        // by a token (even `close`) goes too (RFC 9110 §7.6.1).
+        let mut h = map(&[
+            ("connection", "Keep-Alive, close, UPGRADE, X-Baz"),
+            ("keep-alive", "timeout=5"),
+            ("x-baz", "1"),
+            ("close", "named, so removed"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "2");
     }
 
     #[test]
