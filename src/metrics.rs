@@ -51,8 +51,7 @@ const METHODS: [&str; 10] = [
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Upstream error kinds (`retried`: a broken keep-alive connection, an idempotent request sent again).
-pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
-    ["unreachable", "timeout", "certificate", "body_too_large"];
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["unreachable", "timeout", "certificate", "retried"];
 
 pub struct Metrics {
     registry: Registry,
@@ -251,6 +250,8 @@ mod tests {
             "medusa_auth_proxy_requests_in_flight 0",
             "medusa_auth_proxy_upstream_errors_total{kind=\"timeout\"} 1",
             "medusa_auth_proxy_upstream_errors_total{kind=\"unreachable\"} 0",
+            // Every kind the proxy counts is exported from the start (README lists them).
+            "medusa_auth_proxy_upstream_errors_total{kind=\"retried\"} 0",
             "medusa_auth_proxy_logins_total{kind=\"login\",result=\"success\"} 1",
             "medusa_auth_proxy_replays_total{result=\"success\"} 1",
             "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",

@@ -43,8 +43,8 @@ impl<B: Send + 'static> Pool<B> {
     /// The most recently used connection that is still open, not idle for too long, and ready
     /// for a request. Connections closed or idle too long are dropped (which closes them).
     /// One handed back the moment its response ended may not be ready yet (hyper's connection
-    /// task has not run since): it is skipped and kept, never waited for, since a connection
-    /// that closes at that moment can leave the wait without an end.
+    /// task has not run since): it is skipped and kept, not waited for, so a request never
+    /// stalls behind another connection's task; skipping costs at most a new connection.
     pub fn take(&self) -> Option<SendRequest<B>> {
         let mut idle = self.lock();
         let mut busy = Vec::new();
@@ -333,6 +333,18 @@ mod tests {
         until(|| tx.is_closed()).await;
         pool.put(tx);
         assert!(pool.take().is_none(), "closed by the peer");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_timeout_without_traffic() {
+        let (addr, _) = server(10).await;
+        let pool = Pool::new(Duration::from_millis(50));
+        let tx = connect(addr).await;
+        until(|| tx.is_ready()).await;
+        pool.put(tx);
+        assert_eq!(pool.idle_count(), 1);
+        // No take() and no put(): only the sweeper can notice it.
+        until(|| pool.idle_count() == 0).await;
     }
 
     #[tokio::test]

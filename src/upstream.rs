@@ -63,6 +63,8 @@ pub enum TlsSetupError {
     CaFileEmpty(std::path::PathBuf),
     #[error("TLS setup failed: {0}")]
     Rustls(String),
+    #[error("config key `upstream.url`: {0}")]
+    Url(String),
 }
 
 pub struct Upstream {
@@ -92,7 +94,7 @@ impl Upstream {
             .authority(settings.authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| TlsSetupError::Rustls(format!("upstream.url: {e}")))?;
+            .map_err(|e| TlsSetupError::Url(e.to_string()))?;
         let host = HeaderValue::from_str(settings.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Ok(Arc::new(Upstream {
@@ -115,10 +117,8 @@ impl Upstream {
         let mut pq = String::with_capacity(self.settings.base_path.len() + path_and_query.len());
         pq.push_str(&self.settings.base_path);
         pq.push_str(path_and_query);
-        let mut parts = http::uri::Parts::default();
-        parts.path_and_query =
-            Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| UpstreamError::InvalidUri)?);
-        Uri::from_parts(parts).map_err(|_| UpstreamError::InvalidUri)
+        let pq = http::uri::PathAndQuery::try_from(pq).map_err(|_| UpstreamError::InvalidUri)?;
+        Ok(Uri::from(pq))
     }
 
     /// The request target sent to Medusa for a client's request target (origin-form, or the
@@ -126,11 +126,7 @@ impl Upstream {
     /// path-and-query is reused as is (no copy, no re-parse: the hot path).
     pub fn uri_for_target(&self, target: &Uri) -> Result<Uri, UpstreamError> {
         match target.path_and_query() {
-            Some(pq) if self.settings.base_path.is_empty() => {
-                let mut parts = http::uri::Parts::default();
-                parts.path_and_query = Some(pq.clone());
-                Uri::from_parts(parts).map_err(|_| UpstreamError::InvalidUri)
-            }
+            Some(pq) if self.settings.base_path.is_empty() => Ok(Uri::from(pq.clone())),
             pq => self.uri_for(pq.map_or("/", |p| p.as_str())),
         }
     }
@@ -214,11 +210,6 @@ impl Upstream {
             }
         });
         Ok(tx)
-    }
-
-    /// Idle keep-alive connections currently held.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
     }
 
     /// Remember Medusa's session cookie and remove every `Set-Cookie`: a Medusa session must

@@ -1068,13 +1068,7 @@ async fn very_slow_responses_time_out_or_stream_with_bounded_buffering() {
         }
     }
     assert_eq!(n, total);
-    use sha2::Digest;
-    let got: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(got, fake_medusa::pattern_sha256(total));
+    assert_eq!(fake_medusa::hex(hasher), fake_medusa::pattern_sha256(total));
     let first = produced_at_first.unwrap() as u64;
     assert!(
         first < total,

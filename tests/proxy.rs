@@ -38,7 +38,7 @@ async fn harness_with(fake: FakeMedusa, extra: &str) -> Harness {
 fn sha(data: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(data);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    fake_medusa::hex(h)
 }
 
 #[tokio::test]
@@ -441,12 +441,7 @@ async fn big_upload_and_download_stream_intact() {
     for _ in 0..n {
         expect.update(&chunk);
     }
-    let expect: String = expect
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(v["sha256"], expect);
+    assert_eq!(v["sha256"], fake_medusa::hex(expect));
 
     // Download, hashed as it streams.
     let resp = h
@@ -469,12 +464,7 @@ async fn big_upload_and_download_stream_intact() {
         }
     }
     assert_eq!(total, SIZE);
-    let got: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(got, fake_medusa::pattern_sha256(SIZE));
+    assert_eq!(fake_medusa::hex(hasher), fake_medusa::pattern_sha256(SIZE));
 }
 
 #[tokio::test]

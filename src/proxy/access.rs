@@ -551,21 +551,14 @@ fn parse_host_pattern(entry: &str) -> Result<HostPattern, String> {
 /// `validate` reports and which never matches).
 #[derive(Debug, Clone, Default)]
 pub struct HostList {
-    entries: Vec<String>,
     patterns: Vec<Result<HostPattern, String>>,
 }
 
 impl From<Vec<String>> for HostList {
     fn from(entries: Vec<String>) -> HostList {
-        let patterns = entries.iter().map(|e| parse_host_pattern(e)).collect();
-        HostList { entries, patterns }
-    }
-}
-
-impl HostList {
-    /// The entries as configured.
-    pub fn entries(&self) -> &[String] {
-        &self.entries
+        HostList {
+            patterns: entries.iter().map(|e| parse_host_pattern(e)).collect(),
+        }
     }
 }
 

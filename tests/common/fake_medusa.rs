@@ -404,7 +404,8 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hex(h: Sha256) -> String {
+/// Lowercase hex of a finished SHA-256.
+pub fn hex(h: Sha256) -> String {
     h.finalize().iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
