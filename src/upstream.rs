@@ -15,14 +15,13 @@ use bytes::Bytes;
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::ServiceExt;
 
 use crate::body::LimitedBody;
 use crate::config::UpstreamSettings;
-use crate::pool::{Pool, PooledBody};
+use crate::pool::{Conn, Pool, PooledBody};
 
 /// The request body sent to Medusa: buffered (small, replayable) or streamed from the client.
 pub type UpstreamBody = Either<Full<Bytes>, LimitedBody>;
@@ -153,28 +152,30 @@ impl Upstream {
     }
 
     /// Send on a pooled connection, or a new one. A request the connection never took (it
-    /// closed while idle in the pool: typically Medusa's keep-alive timeout) comes back from
-    /// hyper unsent and goes out on the next connection; once written, it is never resent here.
+    /// closed while idle in the pool: typically Medusa's keep-alive timeout, or its task ended
+    /// as the request was handed over) comes back from hyper unsent and goes out on the next
+    /// connection; once written, it is never resent here.
     async fn dispatch(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         loop {
-            let (mut tx, reused) = match self.pool.take() {
-                Some(tx) => (tx, true),
+            let (conn, reused) = match self.pool.take() {
+                Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    return Ok(if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the upgraded stream.
-                        resp.map(PooledBody::unpooled)
-                    } else {
-                        let pool = self.pool.clone();
-                        resp.map(|body| PooledBody::new(body, tx, pool))
+            match conn.send(req).await {
+                (Ok(resp), conn) => {
+                    return Ok(match conn {
+                        // 101: the connection now belongs to the upgraded stream.
+                        Some(conn) if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
+                            let pool = self.pool.clone();
+                            resp.map(|body| PooledBody::new(body, conn, pool))
+                        }
+                        _ => resp.map(PooledBody::unpooled),
                     });
                 }
-                Err(mut e) => match e.take_message() {
+                (Err(mut e), _) => match e.take_message() {
                     Some(unsent) if reused => {
                         tracing::debug!(error = %error_chain(e.error()), "pooled connection closed before use; sending on another");
                         req = unsent;
@@ -187,7 +188,7 @@ impl Upstream {
 
     /// Open a new connection to Medusa (TCP, then TLS for https) and start its HTTP/1.1
     /// connection task.
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Conn<UpstreamBody>, UpstreamError> {
         let io = self
             .connector
             .clone()
@@ -200,16 +201,9 @@ impl Upstream {
                     detail: error_chain(&*e),
                 },
             })?;
-        let (tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
+        Conn::handshake(io)
             .await
-            .map_err(|e| UpstreamError::Io(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %error_chain(&e), "connection to Medusa ended with an error");
-            }
-        });
-        Ok(tx)
+            .map_err(|e| UpstreamError::Io(error_chain(&e)))
     }
 
     /// Remember Medusa's session cookie and remove every `Set-Cookie`: a Medusa session must
