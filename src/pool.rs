@@ -96,6 +96,15 @@ where
 }
 
 impl<B> Conn<B> {
+    /// A connection whose task the caller drives (tests that stage the end of a task).
+    #[cfg(test)]
+    pub(crate) fn from_parts(
+        tx: SendRequest<B>,
+        ended: oneshot::Receiver<std::convert::Infallible>,
+    ) -> Conn<B> {
+        Conn { tx, ended }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }

@@ -466,4 +466,52 @@ mod tests {
         // Each request reached the server exactly once: nothing was sent twice.
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 200);
     }
+
+    /// The request a pooled connection took into hyper's queue but never wrote (its task ended
+    /// first: the idle-close race, staged here by ending the task by hand) goes out on a new
+    /// connection, even a POST, and reaches Medusa exactly once.
+    #[tokio::test]
+    async fn a_request_a_dead_pooled_connection_never_wrote_is_sent_on_another() {
+        use futures_util::FutureExt;
+        use http_body_util::BodyExt;
+        let (addr, seen) = one_shot_server().await;
+        let s = Settings::from_toml(&format!(
+            "[upstream]\nurl=\"http://{addr}\"\nrequest_timeout=\"5s\"\n[auth]\nemail=\"a\"\npassword_env=\"P\""
+        ))
+        .unwrap();
+        let up = Upstream::new(&s.upstream).unwrap();
+        // A pooled connection whose task we hold: polled once, it is idle and wants a request.
+        let (io, _peer) = tokio::io::duplex(4096);
+        let (tx, mut task) = hyper::client::conn::http1::handshake::<_, UpstreamBody>(
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .now_or_never()
+        .unwrap()
+        .unwrap();
+        assert!((&mut task).now_or_never().is_none());
+        let (alive, ended) = tokio::sync::oneshot::channel();
+        up.pool.put(Conn::from_parts(tx, ended));
+        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = up.uri_for("/admin/products").unwrap();
+        let sending = tokio::spawn({
+            let up = up.clone();
+            async move { up.send(req).await }
+        });
+        // The request is now queued on that connection (its task never runs again)...
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!sending.is_finished(), "waits for the staged connection");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // ...which ends without having written it.
+        drop(task);
+        drop(alive);
+        let resp = tokio::time::timeout(Duration::from_secs(2), sending)
+            .await
+            .expect("not left waiting")
+            .unwrap()
+            .expect("sent on a new connection");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
