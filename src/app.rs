@@ -115,7 +115,8 @@ pub async fn start_with(
     let ops_addr = local(&ops_listener, "ops.listen", settings.ops.listen)?;
 
     let metrics = Metrics::new();
-    let upstream = Upstream::new(&settings.upstream)?;
+    let upstream =
+        Upstream::counting(&settings.upstream, metrics.upstream_error_counter("resent"))?;
     let login = Login::new(
         upstream.clone(),
         settings.auth.flavor,

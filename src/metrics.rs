@@ -50,8 +50,11 @@ const METHODS: [&str; 10] = [
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Upstream error kinds (`retried`: a broken keep-alive connection, an idempotent request sent again).
-pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["unreachable", "timeout", "certificate", "retried"];
+/// Upstream error kinds (`retried`: a broken keep-alive connection, an idempotent request sent
+/// again; `resent`: a pooled connection closed before taking the request, which went out on
+/// another one, nothing of it having been written).
+pub const UPSTREAM_ERROR_KINDS: [&str; 5] =
+    ["unreachable", "timeout", "certificate", "retried", "resent"];
 
 pub struct Metrics {
     registry: Registry,
@@ -187,6 +190,13 @@ impl Metrics {
         &self.in_flight
     }
 
+    /// The counter of one upstream error kind, for code that counts without a `Metrics`.
+    pub fn upstream_error_counter(&self, kind: &'static str) -> Counter {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .clone()
+    }
+
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
@@ -242,6 +252,7 @@ mod tests {
         m.token_expiry(1.8e9);
         m.reload(false);
         m.upstream_error("timeout");
+        m.upstream_error_counter("resent").inc();
         let text = m.encode();
         for needle in [
             "medusa_auth_proxy_requests_total{method=\"GET\",status_class=\"2xx\"} 1",
@@ -252,6 +263,7 @@ mod tests {
             "medusa_auth_proxy_upstream_errors_total{kind=\"unreachable\"} 0",
             // Every kind the proxy counts is exported from the start (README lists them).
             "medusa_auth_proxy_upstream_errors_total{kind=\"retried\"} 0",
+            "medusa_auth_proxy_upstream_errors_total{kind=\"resent\"} 1",
             "medusa_auth_proxy_logins_total{kind=\"login\",result=\"success\"} 1",
             "medusa_auth_proxy_replays_total{result=\"success\"} 1",
             "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",

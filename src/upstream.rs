@@ -74,10 +74,21 @@ pub struct Upstream {
     settings: UpstreamSettings,
     host: HeaderValue,
     session: ArcSwapOption<HeaderValue>,
+    /// Requests a pooled connection never took, sent again on another.
+    resent: prometheus_client::metrics::counter::Counter,
 }
 
 impl Upstream {
     pub fn new(settings: &UpstreamSettings) -> Result<Arc<Upstream>, TlsSetupError> {
+        Upstream::counting(settings, Default::default())
+    }
+
+    /// Like [`Upstream::new`], counting resends of requests a pooled connection never took
+    /// in `resent` (the `upstream_errors_total{kind="resent"}` metric).
+    pub fn counting(
+        settings: &UpstreamSettings,
+        resent: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Arc<Upstream>, TlsSetupError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
@@ -103,6 +114,7 @@ impl Upstream {
             settings: settings.clone(),
             host,
             session: ArcSwapOption::empty(),
+            resent,
         }))
     }
 
@@ -178,6 +190,7 @@ impl Upstream {
                 (Err(mut e), _) => match e.take_message() {
                     Some(unsent) if reused => {
                         tracing::debug!(error = %error_chain(e.error()), "pooled connection closed before use; sending on another");
+                        self.resent.inc();
                         req = unsent;
                     }
                     _ => return Err(UpstreamError::Io(error_chain(&e.into_error()))),
@@ -479,7 +492,8 @@ mod tests {
             "[upstream]\nurl=\"http://{addr}\"\nrequest_timeout=\"5s\"\n[auth]\nemail=\"a\"\npassword_env=\"P\""
         ))
         .unwrap();
-        let up = Upstream::new(&s.upstream).unwrap();
+        let resent = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let up = Upstream::counting(&s.upstream, resent.clone()).unwrap();
         // A pooled connection whose task we hold: polled once, it is idle and wants a request.
         let (io, _peer) = tokio::io::duplex(4096);
         let (tx, mut task) = hyper::client::conn::http1::handshake::<_, UpstreamBody>(
@@ -513,5 +527,6 @@ mod tests {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(resent.get(), 1, "counted for /metrics");
     }
 }
