@@ -175,11 +175,20 @@ async fn start_upstream() -> (SocketAddr, Arc<Upstream>) {
 }
 
 async fn start_proxy(upstream: SocketAddr, extra: &str) -> (Running, tempfile::TempDir) {
+    start_proxy_with(upstream, "", extra).await
+}
+
+/// `proxy_extra` goes into `[proxy]`, `extra` at the end.
+async fn start_proxy_with(
+    upstream: SocketAddr,
+    proxy_extra: &str,
+    extra: &str,
+) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "x").unwrap();
     let toml = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\n[auth]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n[upstream]\nurl = \"http://{upstream}\"\n[auth]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n{extra}",
         pw.display()
     );
     (
@@ -240,6 +249,43 @@ async fn websocket_style_upgrade_carries_the_token_and_bytes() {
         "token injected on the upgrade request"
     );
     assert_eq!(headers["upgrade"], "echo");
+}
+
+/// `proxy.max_concurrent_requests` counts open tunnels: an upgraded connection keeps its
+/// request's slot until it closes, so tunnels cannot pile up past the cap.
+#[tokio::test]
+async fn an_open_tunnel_holds_its_concurrency_slot_until_it_closes() {
+    let (addr, _up) = start_upstream().await;
+    let (proxy, _d) = start_proxy_with(addr, "max_concurrent_requests = 1", "").await;
+    let get = b"GET /admin/products HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut tunnel = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    tunnel
+        .write_all(b"GET /admin/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut tunnel, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tunnel.write_all(b"still open").await.unwrap();
+    read_until(&mut tunnel, "still open").await;
+    let mut other = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    other.write_all(get).await.unwrap();
+    let refused = read_until(&mut other, "overloaded").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    drop(tunnel);
+    // Once both sides of the tunnel have closed, the slot is free again.
+    let mut last = String::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+        s.write_all(get).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        last = String::from_utf8_lossy(&out).into_owned();
+        if last.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the slot never came back after the tunnel closed: {last}");
 }
 
 #[tokio::test]

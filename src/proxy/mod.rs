@@ -167,10 +167,12 @@ impl Proxy {
         };
         self.metrics.in_flight().inc();
         // Beyond the cap: answer at once rather than queue (a queue hides overload and grows
-        // memory); the slot is held until the response body ends.
-        let (permit, result) = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => (Some(permit), self.forward(req, peer, &mut record).await),
-            Err(_) => (None, Err(ProxyError::Overloaded(self.max_concurrent))),
+        // memory); the slot is held until the response body ends (an upgraded connection
+        // takes it along and holds it until the tunnel closes).
+        let mut permit = self.slots.clone().try_acquire_owned().ok();
+        let result = match permit {
+            Some(_) => self.forward(req, peer, &mut record, &mut permit).await,
+            None => Err(ProxyError::Overloaded(self.max_concurrent)),
         };
         let resp = match result {
             Ok(resp) => resp,
@@ -214,6 +216,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         record: &mut RequestRecord,
+        slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Response<Either<ResponseBody, Full<Bytes>>>, ProxyError> {
         let rules = self.rules.load();
         let (mut parts, body) = req.into_parts();
@@ -354,7 +357,7 @@ impl Proxy {
             other => other.map_err(upstream_error)?,
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(self.tunnel(resp, client_upgrade, &token));
+            return Ok(self.tunnel(resp, client_upgrade, &token, slot.take()));
         }
         if resp.status() != StatusCode::UNAUTHORIZED {
             token.mark_verified();
@@ -378,7 +381,7 @@ impl Proxy {
         }
         let resp = self.resend(replay, &fresh).await.map_err(upstream_error)?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(self.tunnel(resp, client_upgrade, &fresh));
+            return Ok(self.tunnel(resp, client_upgrade, &fresh, slot.take()));
         }
         record.replayed = true;
         self.metrics.replay(resp.status().as_u16());
@@ -446,12 +449,14 @@ impl Proxy {
     }
 
     /// Medusa accepted a protocol upgrade: answer the client with the 101 and splice the two
-    /// upgraded connections together in the background.
+    /// upgraded connections together in the background. The tunnel holds the request's
+    /// concurrency slot until it closes.
     fn tunnel(
         &self,
         mut resp: Response<ResponseBody>,
         client: Option<hyper::upgrade::OnUpgrade>,
         token: &Token,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Response<Either<ResponseBody, Full<Bytes>>> {
         token.mark_verified();
         let upstream = hyper::upgrade::on(&mut resp);
@@ -467,6 +472,7 @@ impl Proxy {
         match client {
             Some(client) => {
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::try_join!(client, upstream) {
                         Ok((c, u)) => {
                             let mut c = hyper_util::rt::TokioIo::new(c);
