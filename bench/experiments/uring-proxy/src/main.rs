@@ -86,7 +86,10 @@ fn main() {
             }
         }
         ring.submit_and_wait(1).unwrap();
-        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (ud, res) in cqes {
             let op = ud & 7;
             let idx = (ud >> 3) as usize;
@@ -97,23 +100,55 @@ fn main() {
                     up.set_nodelay(true).unwrap();
                     let one: libc::c_int = 1;
                     unsafe {
-                        libc::setsockopt(cfd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one as *const _ as *const _, 4);
+                        libc::setsockopt(
+                            cfd,
+                            libc::IPPROTO_TCP,
+                            libc::TCP_NODELAY,
+                            &one as *const _ as *const _,
+                            4,
+                        );
                     }
                     let ufd = up.into_raw_fd();
-                    let c = Conn { cfd, ufd, cbuf: vec![0; BUF], clen: 0, out: Vec::with_capacity(BUF), sent: 0, ubuf: vec![0; BUF], ulen: 0, resp_len: 0 };
-                    let slot = conns.iter().position(|c| c.is_none()).unwrap_or_else(|| { conns.push(None); conns.len() - 1 });
+                    let c = Conn {
+                        cfd,
+                        ufd,
+                        cbuf: vec![0; BUF],
+                        clen: 0,
+                        out: Vec::with_capacity(BUF),
+                        sent: 0,
+                        ubuf: vec![0; BUF],
+                        ulen: 0,
+                        resp_len: 0,
+                    };
+                    let slot = conns.iter().position(|c| c.is_none()).unwrap_or_else(|| {
+                        conns.push(None);
+                        conns.len() - 1
+                    });
                     conns[slot] = Some(c);
                     let c = conns[slot].as_mut().unwrap();
-                    pending.push(opcode::Recv::new(types::Fd(cfd), c.cbuf.as_mut_ptr(), BUF as u32).build().user_data(((slot as u64) << 3) | C_RECV));
+                    pending.push(
+                        opcode::Recv::new(types::Fd(cfd), c.cbuf.as_mut_ptr(), BUF as u32)
+                            .build()
+                            .user_data(((slot as u64) << 3) | C_RECV),
+                    );
                 }
                 alen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-                pending.push(opcode::Accept::new(types::Fd(lfd), &mut addr as *mut _ as *mut _, &mut alen).build().user_data(ACCEPT));
+                pending.push(
+                    opcode::Accept::new(types::Fd(lfd), &mut addr as *mut _ as *mut _, &mut alen)
+                        .build()
+                        .user_data(ACCEPT),
+                );
                 continue;
             }
-            let Some(c) = conns[idx].as_mut() else { continue };
+            let Some(c) = conns[idx].as_mut() else {
+                continue;
+            };
             let tag = (idx as u64) << 3;
             if res <= 0 && !(op == U_SEND || op == C_SEND) || res < 0 {
-                unsafe { libc::close(c.cfd); libc::close(c.ufd); }
+                unsafe {
+                    libc::close(c.cfd);
+                    libc::close(c.ufd);
+                }
                 conns[idx] = None;
                 continue;
             }
@@ -129,19 +164,43 @@ fn main() {
                         c.out.extend_from_slice(&c.cbuf[line_end..end + 4]);
                         c.clen = 0;
                         c.sent = 0;
-                        pending.push(opcode::Send::new(types::Fd(c.ufd), c.out.as_ptr(), c.out.len() as u32).build().user_data(tag | U_SEND));
+                        pending.push(
+                            opcode::Send::new(types::Fd(c.ufd), c.out.as_ptr(), c.out.len() as u32)
+                                .build()
+                                .user_data(tag | U_SEND),
+                        );
                     } else {
-                        pending.push(opcode::Recv::new(types::Fd(c.cfd), unsafe { c.cbuf.as_mut_ptr().add(c.clen) }, (BUF - c.clen) as u32).build().user_data(tag | C_RECV));
+                        pending.push(
+                            opcode::Recv::new(
+                                types::Fd(c.cfd),
+                                unsafe { c.cbuf.as_mut_ptr().add(c.clen) },
+                                (BUF - c.clen) as u32,
+                            )
+                            .build()
+                            .user_data(tag | C_RECV),
+                        );
                     }
                 }
                 U_SEND => {
                     c.sent += n;
                     if c.sent < c.out.len() {
-                        pending.push(opcode::Send::new(types::Fd(c.ufd), unsafe { c.out.as_ptr().add(c.sent) }, (c.out.len() - c.sent) as u32).build().user_data(tag | U_SEND));
+                        pending.push(
+                            opcode::Send::new(
+                                types::Fd(c.ufd),
+                                unsafe { c.out.as_ptr().add(c.sent) },
+                                (c.out.len() - c.sent) as u32,
+                            )
+                            .build()
+                            .user_data(tag | U_SEND),
+                        );
                     } else {
                         c.ulen = 0;
                         c.resp_len = 0;
-                        pending.push(opcode::Recv::new(types::Fd(c.ufd), c.ubuf.as_mut_ptr(), BUF as u32).build().user_data(tag | U_RECV));
+                        pending.push(
+                            opcode::Recv::new(types::Fd(c.ufd), c.ubuf.as_mut_ptr(), BUF as u32)
+                                .build()
+                                .user_data(tag | U_RECV),
+                        );
                     }
                 }
                 U_RECV => {
@@ -153,18 +212,42 @@ fn main() {
                     }
                     if c.resp_len != 0 && c.ulen >= c.resp_len {
                         c.sent = 0;
-                        pending.push(opcode::Send::new(types::Fd(c.cfd), c.ubuf.as_ptr(), c.resp_len as u32).build().user_data(tag | C_SEND));
+                        pending.push(
+                            opcode::Send::new(types::Fd(c.cfd), c.ubuf.as_ptr(), c.resp_len as u32)
+                                .build()
+                                .user_data(tag | C_SEND),
+                        );
                     } else {
-                        pending.push(opcode::Recv::new(types::Fd(c.ufd), unsafe { c.ubuf.as_mut_ptr().add(c.ulen) }, (BUF - c.ulen) as u32).build().user_data(tag | U_RECV));
+                        pending.push(
+                            opcode::Recv::new(
+                                types::Fd(c.ufd),
+                                unsafe { c.ubuf.as_mut_ptr().add(c.ulen) },
+                                (BUF - c.ulen) as u32,
+                            )
+                            .build()
+                            .user_data(tag | U_RECV),
+                        );
                     }
                 }
                 C_SEND => {
                     c.sent += n;
                     if c.sent < c.resp_len {
-                        pending.push(opcode::Send::new(types::Fd(c.cfd), unsafe { c.ubuf.as_ptr().add(c.sent) }, (c.resp_len - c.sent) as u32).build().user_data(tag | C_SEND));
+                        pending.push(
+                            opcode::Send::new(
+                                types::Fd(c.cfd),
+                                unsafe { c.ubuf.as_ptr().add(c.sent) },
+                                (c.resp_len - c.sent) as u32,
+                            )
+                            .build()
+                            .user_data(tag | C_SEND),
+                        );
                     } else {
                         c.clen = 0;
-                        pending.push(opcode::Recv::new(types::Fd(c.cfd), c.cbuf.as_mut_ptr(), BUF as u32).build().user_data(tag | C_RECV));
+                        pending.push(
+                            opcode::Recv::new(types::Fd(c.cfd), c.cbuf.as_mut_ptr(), BUF as u32)
+                                .build()
+                                .user_data(tag | C_RECV),
+                        );
                     }
                 }
                 _ => {}
