@@ -96,21 +96,54 @@ where
 }
 
 impl<B> Conn<B> {
-    /// A connection whose task the caller drives (tests that stage the end of a task).
-    #[cfg(test)]
-    pub(crate) fn from_parts(
-        tx: SendRequest<B>,
-        ended: oneshot::Receiver<std::convert::Infallible>,
-    ) -> Conn<B> {
-        Conn { tx, ended }
-    }
-
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
 
     pub fn is_ready(&self) -> bool {
         self.tx.is_ready()
+    }
+}
+
+/// Test support: a connection over an in-memory pipe whose task the test holds instead of
+/// spawning it. Polled once, the task is idle and wants a request (`conn.is_ready()`); a test
+/// ends it by dropping `task` and then `alive`, as the spawned task does.
+#[cfg(test)]
+pub(crate) struct Staged<B: Body + 'static> {
+    pub conn: Conn<B>,
+    pub task:
+        hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::io::DuplexStream>, B>,
+    pub alive: oneshot::Sender<std::convert::Infallible>,
+    /// The other end of the pipe: dropping it would end the task by itself.
+    pub peer: tokio::io::DuplexStream,
+}
+
+#[cfg(test)]
+impl<B> Staged<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub(crate) fn new() -> Staged<B> {
+        use futures_util::FutureExt;
+        let (io, peer) = tokio::io::duplex(4096);
+        let (tx, mut task) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .now_or_never()
+                .expect("an HTTP/1.1 handshake does no I/O")
+                .expect("handshake");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // One poll: the dispatcher finds no request and says it wants one.
+        assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
+        assert!(tx.is_ready());
+        let (alive, ended) = oneshot::channel();
+        Staged {
+            conn: Conn { tx, ended },
+            task,
+            alive,
+            peer,
+        }
     }
 }
 
@@ -467,13 +500,12 @@ mod tests {
 #[cfg(test)]
 mod race {
     use super::*;
-    use futures_util::FutureExt;
     use http_body_util::Full;
-    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     type B = Full<Bytes>;
-    type Task = hyper::client::conn::http1::Connection<TokioIo<tokio::io::DuplexStream>, B>;
+    type Task =
+        hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::io::DuplexStream>, B>;
     type Alive = oneshot::Sender<std::convert::Infallible>;
     /// `Err(true)`: hyper's error came with the request (never written).
     type Outcome = Pin<Box<dyn Future<Output = Result<(), bool>> + Send>>;
@@ -540,22 +572,18 @@ mod race {
             });
             let mut cx = Context::from_waker(std::task::Waker::noop());
             for i in 0..iterations {
-                let (io, _peer) = tokio::io::duplex(4096);
-                let (tx, mut task) =
-                    hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(io))
-                        .now_or_never()
-                        .unwrap()
-                        .unwrap();
-                // One poll: the dispatcher finds no request and says it wants one.
-                assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
-                assert!(tx.is_ready());
-                let (alive, ended) = oneshot::channel();
+                let Staged {
+                    conn,
+                    task,
+                    alive,
+                    peer: _peer,
+                } = Staged::new();
                 // The sender starts from 32 spins before to 63 after the task's end.
                 let delay = (i % 4) * 8;
                 let offset = (i / 4) % 96;
                 *slot.lock().unwrap() = Some((task, alive, delay + 32));
                 let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-                let mut sending = send(Conn { tx, ended }, req);
+                let mut sending = send(conn, req);
                 epoch.store(i + 1, Ordering::Release);
                 spin(delay + offset);
                 let mut polled = sending.as_mut().poll(&mut cx);

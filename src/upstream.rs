@@ -450,23 +450,37 @@ mod tests {
         (addr, seen)
     }
 
+    /// An `Upstream` for a Medusa at `addr`, counting resends in `resent`.
+    fn upstream_at(
+        addr: std::net::SocketAddr,
+        resent: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<Upstream> {
+        let s = Settings::from_toml(&format!(
+            "[upstream]\nurl=\"http://{addr}\"\nrequest_timeout=\"5s\"\n[auth]\nemail=\"a\"\npassword_env=\"P\""
+        ))
+        .unwrap();
+        Upstream::counting(&s.upstream, resent).unwrap()
+    }
+
+    /// `POST /admin/products` with the 2-byte JSON body `one_shot_server` waits for.
+    fn post(up: &Upstream) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = up.uri_for("/admin/products").unwrap();
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        req
+    }
+
     #[tokio::test]
     async fn dead_pooled_connections_never_fail_or_duplicate_a_post() {
         use http_body_util::BodyExt;
         let (addr, seen) = one_shot_server().await;
-        let s = Settings::from_toml(&format!(
-            "[upstream]\nurl=\"http://{addr}\"\nrequest_timeout=\"2s\"\n[auth]\nemail=\"a\"\npassword_env=\"P\""
-        ))
-        .unwrap();
-        let up = Upstream::new(&s.upstream).unwrap();
+        let up = upstream_at(addr, Default::default());
         for i in 0..200 {
-            let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
-            *req.method_mut() = http::Method::POST;
-            *req.uri_mut() = up.uri_for("/admin/products").unwrap();
-            req.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            let req = post(&up);
             // A dead pooled connection is skipped or, if hyper hands the request back unsent,
             // the request goes out on a new one: either way it succeeds.
             let resp = match up.send(req).await {
@@ -485,29 +499,20 @@ mod tests {
     /// connection, even a POST, and reaches Medusa exactly once.
     #[tokio::test]
     async fn a_request_a_dead_pooled_connection_never_wrote_is_sent_on_another() {
-        use futures_util::FutureExt;
+        use crate::pool::Staged;
         use http_body_util::BodyExt;
         let (addr, seen) = one_shot_server().await;
-        let s = Settings::from_toml(&format!(
-            "[upstream]\nurl=\"http://{addr}\"\nrequest_timeout=\"5s\"\n[auth]\nemail=\"a\"\npassword_env=\"P\""
-        ))
-        .unwrap();
         let resent = prometheus_client::metrics::counter::Counter::<u64>::default();
-        let up = Upstream::counting(&s.upstream, resent.clone()).unwrap();
-        // A pooled connection whose task we hold: polled once, it is idle and wants a request.
-        let (io, _peer) = tokio::io::duplex(4096);
-        let (tx, mut task) = hyper::client::conn::http1::handshake::<_, UpstreamBody>(
-            hyper_util::rt::TokioIo::new(io),
-        )
-        .now_or_never()
-        .unwrap()
-        .unwrap();
-        assert!((&mut task).now_or_never().is_none());
-        let (alive, ended) = tokio::sync::oneshot::channel();
-        up.pool.put(Conn::from_parts(tx, ended));
-        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = up.uri_for("/admin/products").unwrap();
+        let up = upstream_at(addr, resent.clone());
+        // A pooled connection whose task we hold: it is idle and wants a request.
+        let Staged {
+            conn,
+            task,
+            alive,
+            peer: _peer,
+        } = Staged::new();
+        up.pool.put(conn);
+        let req = post(&up);
         let sending = tokio::spawn({
             let up = up.clone();
             async move { up.send(req).await }

@@ -666,11 +666,11 @@ async fn idle_close_by_medusa_with_pool_idle_timeout_above_it_fails_no_idempoten
     }
 }
 
+/// Was a known hang (about 1 request in 1,500-15,000 racing Medusa's close waited for
+/// request_timeout, then 504): a request handed to hyper as its connection task ended was left
+/// in hyper's request channel. `pool::Conn::send` now watches the task's end; `pool::race`
+/// reproduces the race within a second. This is the end-to-end stress that first showed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// Was a known hang (about 1 request in 1,500-15,000 racing Medusa's close waited for
-// request_timeout, then 504): a request handed to hyper as its connection task ended was left in
-// hyper's request channel. `pool::Conn::send` now watches the task's end; the deterministic
-// reproduction is `pool::race`. This is the end-to-end stress that first showed it.
 async fn idle_close_race_never_leaves_a_request_hanging() {
     let r = idle_race(IdleRace {
         pool_idle_timeout: "10s",
