@@ -29,6 +29,20 @@ pub enum StartError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     Tls(#[from] crate::upstream::TlsSetupError),
+    #[error(
+        "config key `proxy.max_connections`: {max_connections} client connections, plus \
+         {upstream} for Medusa (proxy.max_concurrent_requests) and {reserve} for the ops \
+         listener and files, need {needed} file descriptors, but the limit (RLIMIT_NOFILE, \
+         raised to its hard limit) is {limit}; lower proxy.max_connections or raise the limit \
+         (systemd LimitNOFILE=, docker --ulimit nofile=)"
+    )]
+    FileDescriptors {
+        max_connections: usize,
+        upstream: usize,
+        reserve: usize,
+        needed: usize,
+        limit: libc::rlim_t,
+    },
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -105,6 +119,7 @@ pub async fn start_with(
             "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies; callers can reach a route that mints or ends credentials"
         );
     }
+    let max_connections = connection_budget(&settings.proxy)?;
     let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;
     let ops_listener = bind("ops.listen", settings.ops.listen).await?;
     let local = |l: &TcpListener, key, addr| {
@@ -154,12 +169,17 @@ pub async fn start_with(
         tokens.clone(),
         metrics.clone(),
     ));
+    let admit: server::Admit = {
+        let proxy = proxy.clone();
+        Arc::new(move |ip| proxy.peer_allowed(ip))
+    };
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
         move |req, peer| {
             let proxy = proxy.clone();
             async move { proxy.handle(req, peer).await }
         },
+        admit,
         shutdown_rx.clone(),
         settings.proxy.shutdown_grace,
         server::Limits {
@@ -167,8 +187,13 @@ pub async fn start_with(
             // Large uploads move in reads of up to 256 KiB instead of 64 KiB: about 18% more
             // throughput for 1 MiB bodies (bench/), for at most 256 KiB per busy connection.
             read_buf_max: 256 * 1024,
+            max_connections,
+            max_streams_per_connection: settings.proxy.max_streams_per_connection,
+            idle_timeout: settings.proxy.idle_timeout,
+            send_timeout: settings.proxy.send_timeout,
             ..server::Limits::default()
         },
+        metrics.connections().clone(),
     ));
     let ops = Arc::new(Ops::new(tokens.clone(), metrics.clone()));
     let ops_task = tokio::spawn(server::serve(
@@ -177,9 +202,16 @@ pub async fn start_with(
             let ops = ops.clone();
             async move { ops.handle(req, peer).await }
         },
+        server::admit_all(),
         shutdown_rx,
         settings.proxy.shutdown_grace,
-        server::Limits::default(),
+        server::Limits {
+            header_read_timeout: settings.proxy.header_read_timeout,
+            max_connections: OPS_MAX_CONNECTIONS,
+            ..server::Limits::default()
+        },
+        // The ops listener's connections are not the proxy's: counted apart (not exported).
+        crate::metrics::ConnMetrics::default(),
     ));
     let watch = watch_files(&reloader);
     tracing::info!(
@@ -203,6 +235,74 @@ pub async fn start_with(
         flusher,
         _watch: watch,
     })
+}
+
+/// Connections the ops listener (probes, scrapes) holds at most.
+const OPS_MAX_CONNECTIONS: usize = 64;
+/// File descriptors kept for everything else: listeners, epoll, the log, secret and config
+/// files, the file watcher, a login's connection.
+const FD_RESERVE: usize = 64;
+
+/// `proxy.max_connections`, checked against the file descriptor limit: raise the soft limit to
+/// the hard one first (as the Go runtime does; the default soft limit of 1024 is a relic of
+/// `select`), then make sure client connections cannot take the descriptors the proxy needs
+/// for its own connections to Medusa.
+fn connection_budget(p: &crate::config::ProxySettings) -> Result<usize, StartError> {
+    let limit = raise_fd_limit();
+    let upstream = p.max_concurrent_requests;
+    let reserve = OPS_MAX_CONNECTIONS + FD_RESERVE;
+    let room = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(upstream + reserve);
+    let max_connections = match p.max_connections {
+        Some(n) => n,
+        // Unset: the default, or what fits.
+        None => DEFAULT_MAX_CONNECTIONS.min(room).max(1),
+    };
+    let needed = max_connections + upstream + reserve;
+    if (needed as u64) > limit {
+        return Err(StartError::FileDescriptors {
+            max_connections,
+            upstream,
+            reserve,
+            needed,
+            limit,
+        });
+    }
+    if p.max_connections.is_none() && max_connections < DEFAULT_MAX_CONNECTIONS {
+        tracing::warn!(
+            max_connections,
+            fd_limit = limit,
+            "proxy.max_connections lowered from its default 4096 to fit the file descriptor limit"
+        );
+    }
+    Ok(max_connections)
+}
+
+const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit; return the soft limit now in force.
+fn raise_fd_limit() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -86,6 +86,10 @@ struct RawProxy {
     shutdown_grace: Option<String>,
     header_read_timeout: Option<String>,
     max_concurrent_requests: Option<usize>,
+    max_connections: Option<usize>,
+    max_streams_per_connection: Option<u32>,
+    idle_timeout: Option<String>,
+    send_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +160,15 @@ pub struct ProxySettings {
     pub header_read_timeout: Duration,
     /// Requests in flight (until their response body ends); beyond it -> 503 at once.
     pub max_concurrent_requests: usize,
+    /// Client connections open at once; more are closed at accept. `None`: 4096, or less
+    /// when the file descriptor limit cannot hold that many (see `app`).
+    pub max_connections: Option<usize>,
+    /// HTTP/2 streams open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A client that takes no response bytes for this long is disconnected.
+    pub send_timeout: Duration,
 }
 
 /// `[access]`: who may use the proxy. Validated further by `proxy::access`.
@@ -312,6 +325,36 @@ impl Settings {
                 }
                 Some(n) => n,
             },
+            max_connections: match raw.proxy.max_connections {
+                Some(0) => return Err(invalid("proxy.max_connections", "must be at least 1")),
+                other => other,
+            },
+            max_streams_per_connection: match raw.proxy.max_streams_per_connection {
+                None => 100,
+                Some(0) => {
+                    return Err(invalid(
+                        "proxy.max_streams_per_connection",
+                        "must be at least 1",
+                    ));
+                }
+                Some(n) => n,
+            },
+            idle_timeout: nonzero(
+                "proxy.idle_timeout",
+                duration(
+                    "proxy.idle_timeout",
+                    raw.proxy.idle_timeout.as_deref(),
+                    "60s",
+                )?,
+            )?,
+            send_timeout: nonzero(
+                "proxy.send_timeout",
+                duration(
+                    "proxy.send_timeout",
+                    raw.proxy.send_timeout.as_deref(),
+                    "60s",
+                )?,
+            )?,
         };
 
         let up = raw
@@ -736,6 +779,22 @@ password_env = "PW"
                 "proxy.shutdown_grace",
             ),
             (
+                format!("[proxy]\nmax_connections = 0\n{MINIMAL}"),
+                "proxy.max_connections",
+            ),
+            (
+                format!("[proxy]\nmax_streams_per_connection = 0\n{MINIMAL}"),
+                "proxy.max_streams_per_connection",
+            ),
+            (
+                format!("[proxy]\nidle_timeout = \"0s\"\n{MINIMAL}"),
+                "proxy.idle_timeout",
+            ),
+            (
+                format!("[proxy]\nsend_timeout = \"1\"\n{MINIMAL}"),
+                "proxy.send_timeout",
+            ),
+            (
                 MINIMAL.replace("9000\"", "9000\"\nrequest_timeout = \"1 fortnight\""),
                 "upstream.request_timeout",
             ),
@@ -811,6 +870,10 @@ password_env = "PW"
         assert_eq!(s.policy.max_body, 50 << 20);
         assert_eq!(s.proxy.max_concurrent_requests, 1024);
         assert_eq!(s.proxy.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.proxy.max_connections, None);
+        assert_eq!(s.proxy.max_streams_per_connection, 100);
+        assert_eq!(s.proxy.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.proxy.send_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -56,8 +56,26 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub const UPSTREAM_ERROR_KINDS: [&str; 5] =
     ["unreachable", "timeout", "certificate", "retried", "resent"];
 
+/// Connection-level counters the accept loop updates (`server` knows nothing else of metrics).
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    /// Client connections open now.
+    pub open: Gauge,
+    /// Closed at accept: the peer is outside `access.allow_cidrs`.
+    pub refused_peer: Counter,
+    /// Closed at accept: `proxy.max_connections` were open.
+    pub refused_full: Counter,
+    /// Closed by the proxy: no request head within `proxy.header_read_timeout`.
+    pub closed_header_timeout: Counter,
+    /// Closed by the proxy: no request in flight for `proxy.idle_timeout`.
+    pub closed_idle: Counter,
+    /// Closed by the proxy: the client accepted no response bytes for `proxy.send_timeout`.
+    pub closed_send_timeout: Counter,
+}
+
 pub struct Metrics {
     registry: Registry,
+    conns: ConnMetrics,
     requests: Vec<[Counter; 5]>,
     duration: Histogram,
     in_flight: Gauge,
@@ -161,8 +179,39 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Build information", build);
+        let conns = ConnMetrics::default();
+        registry.register(
+            "connections_open",
+            "Client connections open on the proxy listener",
+            conns.open.clone(),
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept, by reason (peer_not_allowed, max_connections)",
+            refused.clone(),
+        );
+        let closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections the proxy closed, by reason (header_read_timeout, idle_timeout, send_timeout)",
+            closed.clone(),
+        );
+        // One statement each: a `get_or_create` guard held across another would deadlock.
+        let counter = |family: &Family<ReasonLabel, Counter>, reason| {
+            family.get_or_create(&ReasonLabel { reason }).clone()
+        };
+        let conns = ConnMetrics {
+            refused_peer: counter(&refused, "peer_not_allowed"),
+            refused_full: counter(&refused, "max_connections"),
+            closed_header_timeout: counter(&closed, "header_read_timeout"),
+            closed_idle: counter(&closed, "idle_timeout"),
+            closed_send_timeout: counter(&closed, "send_timeout"),
+            ..conns
+        };
         Arc::new(Metrics {
             registry,
+            conns,
             requests,
             duration,
             in_flight,
@@ -184,6 +233,11 @@ impl Metrics {
         let c = usize::from((status / 100).clamp(1, 5) - 1);
         self.requests[m][c].inc();
         self.duration.observe(seconds);
+    }
+
+    /// The proxy listener's connection counters.
+    pub fn connections(&self) -> &ConnMetrics {
+        &self.conns
     }
 
     pub fn in_flight(&self) -> &Gauge {
@@ -270,6 +324,9 @@ mod tests {
             "medusa_auth_proxy_token_expiry_timestamp_seconds 1800000000",
             "medusa_auth_proxy_config_reloads_total{result=\"failure\"} 1",
             "medusa_auth_proxy_build_info{version=\"",
+            "medusa_auth_proxy_connections_open 0",
+            "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"} 0",
+            "medusa_auth_proxy_connections_closed_total{reason=\"send_timeout\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -5,15 +5,18 @@
 //! the fact from the service, and we want to refuse such a request with 400 instead of
 //! forwarding it: it is a request-smuggling probe. So the connection's bytes are followed as
 //! they are read (request heads, then bodies by their framing) and each head is checked. The
-//! watcher only ever *reports*; when it meets anything it does not understand (HTTP/2,
-//! an upgrade, a malformed message, a huge head) it stops watching, and hyper's own parser
-//! stays the judge of the message.
+//! watcher only ever *reports*; when it meets anything it does not understand (HTTP/2 after
+//! its preface, a connection that switched protocols, a malformed message, a huge head) it
+//! stops watching, and hyper's own parser stays the judge of the message. An `Upgrade`
+//! request that is refused leaves the connection HTTP, so watching goes on: only the server's
+//! 101 (see [`Flags::switched_protocols`]) ends it.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Request extension: this request carried both `Content-Length` and `Transfer-Encoding`.
@@ -31,9 +34,46 @@ const MAX_HEAD: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct Flags {
     conflicting: AtomicU64,
+    /// Set by the server when it answered a protocol switch: the bytes that follow are no
+    /// longer HTTP, so the sniffer stops following them.
+    switched: AtomicBool,
+    /// The client sent the whole HTTP/2 connection preface (RFC 9113 §3.4).
+    h2_preface: AtomicBool,
+    /// Bytes written to the client so far, and who waits for that number to grow (see
+    /// `server::Watched`, which keeps what hyper queues for a slow client small).
+    written: AtomicU64,
+    writable: AtomicWaker,
 }
 
 impl Flags {
+    /// Bytes written to the client so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Wake `cx` at the next write that makes progress.
+    pub fn wake_on_write(&self, cx: &Context<'_>) {
+        self.writable.register(cx.waker());
+    }
+
+    fn wrote(&self, n: usize) {
+        if n > 0 {
+            self.written.fetch_add(n as u64, Ordering::AcqRel);
+            self.writable.wake();
+        }
+    }
+
+    /// Whether the client sent the complete HTTP/2 connection preface.
+    pub fn h2_preface_done(&self) -> bool {
+        self.h2_preface.load(Ordering::Acquire)
+    }
+
+    /// The connection switched protocols (a 101, or a 2xx to CONNECT): stop following it.
+    /// An `Upgrade` request that was refused leaves the connection HTTP, and followed.
+    pub fn switched_protocols(&self) {
+        self.switched.store(true, Ordering::Release);
+    }
+
     /// Whether request `index` had both headers; clears the mark.
     pub fn take_conflicting(&self, index: u64) -> bool {
         let bit = 1u64 << (index % 64);
@@ -41,8 +81,13 @@ impl Flags {
     }
 }
 
+/// RFC 9113 §3.4.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 enum State {
     Head(Vec<u8>),
+    /// How many bytes of the HTTP/2 preface have been seen.
+    Preface(usize),
     Body(u64),
     ChunkSize(Vec<u8>),
     ChunkData(u64),
@@ -77,10 +122,26 @@ impl<T> Sniffed<T> {
         while !data.is_empty() {
             match &mut self.state {
                 State::Off => return,
-                State::Head(buf) if buf.is_empty() => {
-                    if data.starts_with(b"PRI * HTTP/2") {
+                State::Preface(seen) => {
+                    // Follow the preface only to know when it is complete (the server closes
+                    // a connection that does not complete it in time); hyper judges it.
+                    let take = (H2_PREFACE.len() - *seen).min(data.len());
+                    if data[..take] != H2_PREFACE[*seen..*seen + take] {
                         self.state = State::Off;
                         return;
+                    }
+                    *seen += take;
+                    data = &data[take..];
+                    if *seen == H2_PREFACE.len() {
+                        self.flags.h2_preface.store(true, Ordering::Release);
+                        self.state = State::Off;
+                        return;
+                    }
+                }
+                State::Head(buf) if buf.is_empty() => {
+                    if data.starts_with(b"PRI ") {
+                        self.state = State::Preface(0);
+                        continue;
                     }
                     // The usual case: the whole head arrived in one read; parse it in place.
                     if let Some(end) = find_head_end(data, 0) {
@@ -175,7 +236,6 @@ impl<T> Sniffed<T> {
         };
         let mut content_length = None;
         let mut chunked = None;
-        let mut upgrade = req.method == Some("CONNECT");
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 content_length = std::str::from_utf8(h.value)
@@ -187,8 +247,6 @@ impl<T> Sniffed<T> {
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         let index = self.index;
@@ -197,10 +255,6 @@ impl<T> Sniffed<T> {
             self.flags
                 .conflicting
                 .fetch_or(1 << (index % 64), Ordering::AcqRel);
-        }
-        if upgrade {
-            // After a 101 the bytes are no longer HTTP; stop following.
-            return State::Off;
         }
         match (chunked, content_length) {
             (Some(true), _) => State::ChunkSize(Vec::new()),
@@ -239,7 +293,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
             && !matches!(self.state, State::Off)
         {
             let this = &mut *self;
-            this.feed(&buf.filled()[before..]);
+            if this.flags.switched.load(Ordering::Acquire) {
+                this.state = State::Off;
+            } else {
+                this.feed(&buf.filled()[before..]);
+            }
         }
         poll
     }
@@ -251,7 +309,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
         cx: &mut Context<'_>,
         b: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, b)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, b);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.flags.wrote(n);
+        }
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -264,7 +326,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.flags.wrote(n);
+        }
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -333,13 +399,31 @@ POST /d HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\nTransfer-Encoding: chunked\r
     #[test]
     fn stops_watching_what_it_does_not_follow() {
         assert!(run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).1);
-        assert!(
-            run(&[
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
-            ])
-            .1
-        );
+        assert!(run(&[b"PRI /x HTTP/1.1\r\n\r\n"]).1);
         assert!(run(&[b"garbage\r\n\r\n"]).1);
         assert!(run(&[b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]).1);
+    }
+
+    #[test]
+    fn an_upgrade_request_does_not_stop_the_guard() {
+        // A refused Upgrade leaves the connection HTTP: the next request is still checked.
+        let stream =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (v, off) = run(&[stream]);
+        assert!(!off);
+        assert_eq!(v, [false, true, false, false]);
+    }
+
+    #[test]
+    fn the_h2_preface_is_complete_only_when_all_of_it_arrived() {
+        let (mut s, flags) = Sniffed::new(());
+        s.feed(b"PRI * HTTP/2.0\r\n");
+        assert!(!flags.h2_preface_done());
+        s.feed(b"\r\nSM\r");
+        assert!(!flags.h2_preface_done());
+        s.feed(b"\n\r\n\x00\x00");
+        assert!(flags.h2_preface_done());
+        assert!(matches!(s.state, State::Off));
     }
 }

@@ -83,8 +83,7 @@ pub fn sanitize_request(
     for name in &CLIENT_CREDENTIALS {
         headers.remove(name);
     }
-    // A client could claim another origin address; we state what we saw instead.
-    headers.remove(header::FORWARDED);
+    strip_origin_claims(headers);
     headers.remove(header::HOST);
     headers.insert(
         HeaderName::from_static("x-forwarded-for"),
@@ -98,6 +97,41 @@ pub fn sanitize_request(
         Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h),
         None => headers.remove(HeaderName::from_static("x-forwarded-host")),
     };
+}
+
+/// Client headers that claim where a request came from or what it is. Medusa, a gateway or
+/// a plugin in front of it may trust any of them (an IP allow list, a rewritten path, an
+/// overridden method), so none from a client may pass; the proxy states what it saw in its
+/// own `X-Forwarded-For/-Proto/-Host`. Every `x-forwarded-*` name is removed as well.
+const ORIGIN_CLAIMS: [HeaderName; 10] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-forwarded-for"),
+];
+
+/// Remove every client claim about the request's origin or method (see [`ORIGIN_CLAIMS`]),
+/// including all `X-Forwarded-*` headers, whatever their spelling (header names are
+/// case-insensitive and `http` stores them lowercased).
+pub fn strip_origin_claims(headers: &mut HeaderMap) {
+    for name in &ORIGIN_CLAIMS {
+        headers.remove(name);
+    }
+    // Rare: only a request that carries one pays for the list.
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarded {
+        headers.remove(name);
+    }
 }
 
 /// Prepare Medusa's response headers for the client: no hop-by-hop headers and no cookies
@@ -214,6 +248,42 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(h["x-b"], "2");
+    }
+
+    #[test]
+    fn every_client_claim_about_origin_or_method_is_removed() {
+        let claims = [
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Prefix", "/admin/auth"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Forwarded-Server", "evil"),
+            ("x-FORWARDED-ssl", "on"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Client-IP", "6.6.6.6"),
+            ("True-Client-IP", "6.6.6.6"),
+            ("X-Original-URL", "/admin/auth/token"),
+            ("X-Rewrite-URL", "/admin/auth/token"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("X-Method-Override", "DELETE"),
+        ];
+        let mut pairs = vec![("host", "localhost:7000"), ("x-request-id", "r1")];
+        pairs.extend_from_slice(&claims);
+        let mut h = map(&pairs);
+        sanitize_request(&mut h, "127.0.0.1".parse().unwrap(), None);
+        for (name, _) in claims {
+            let kept = h.get(name).map(|v| v.to_str().unwrap().to_owned());
+            match name.to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => assert_eq!(kept.as_deref(), Some("127.0.0.1")),
+                "x-forwarded-proto" => assert_eq!(kept.as_deref(), Some("http")),
+                _ => assert_eq!(kept, None, "{name} reached Medusa"),
+            }
+        }
+        // Unrelated headers stay.
+        assert_eq!(h["x-request-id"], "r1");
     }
 
     #[test]

@@ -145,6 +145,17 @@ impl Proxy {
         self.access_on.store(on, Ordering::Relaxed);
     }
 
+    /// Whether a TCP peer may connect at all (`access.allow_cidrs`, as currently loaded):
+    /// asked at accept, before a byte of the connection is read.
+    pub fn peer_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.rules
+            .load()
+            .access
+            .allow_cidrs
+            .iter()
+            .any(|c| c.contains(ip))
+    }
+
     /// Swap in new access and policy rules (client keys file changed, config reloaded).
     pub fn set_rules(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
@@ -166,17 +177,14 @@ impl Proxy {
             streamed_in: None,
         };
         self.metrics.in_flight().inc();
-        // Beyond the cap: answer at once rather than queue (a queue hides overload and grows
-        // memory); the slot is held until the response body ends (an upgraded connection
-        // takes it along and holds it until the tunnel closes).
-        let mut permit = self.slots.clone().try_acquire_owned().ok();
-        let result = match permit {
-            Some(_) => self.forward(req, peer, &mut record, &mut permit).await,
-            None => Err(ProxyError::Overloaded(self.max_concurrent)),
-        };
+        // The concurrency slot is taken by `forward` once every check passed, so a refused
+        // request never holds one; the proxy's own error responses give it back at once.
+        let mut permit = None;
+        let result = self.forward(req, peer, &mut record, &mut permit).await;
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
+                permit = None;
                 self.count_error(&e);
                 tracing::warn!(method = %record.method, status = e.status().as_u16(), error = %e, "request failed");
                 e.into_response().map(Either::Right)
@@ -285,6 +293,17 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
+
+        // Only a request about to reach Medusa takes a slot. Beyond the cap: answer at once
+        // rather than queue (a queue hides overload and grows memory); the slot is held until
+        // the response body ends (an upgraded connection takes it along and holds it until
+        // the tunnel closes).
+        *slot = Some(
+            self.slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ProxyError::Overloaded(self.max_concurrent))?,
+        );
 
         // Fail fast, before reading any body, when no token can be had.
         let token = self.tokens.token().await?;

@@ -1,1 +1,563 @@
-//! See `main.rs`.
+//! Exhaustion: an outsider (a peer outside `allow_cidrs`, or a caller without a client key)
+//! or a caller who stops reading must not take the slots, connections, file descriptors or
+//! memory that allowed callers need. Against the binary; loopback addresses stand in for the
+//! network: allowed callers come from 127.0.0.1, outsiders from 127.0.0.2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::common::fake_medusa::{self, FakeMedusa};
+use crate::common::harness::{self, client};
+use crate::common::process::Proc;
+
+pub const KEY: &str = "allowed-key-0123456789abcdef";
+
+pub struct Setup {
+    pub fake: FakeMedusa,
+    pub _dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+}
+
+/// A v1 fake and a proxy config: `proxy` lines go in `[proxy]`, `access` in `[access]`
+/// (allowed peers: 127.0.0.1 only), `tail` at the end.
+pub async fn setup(proxy: &str, access: &str, tail: &str) -> Setup {
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = harness::password_file(dir.path());
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let text = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+shutdown_grace = "1s"
+{proxy}
+[upstream]
+url = "{}"
+connect_timeout = "1s"
+[auth]
+{}
+[access]
+allow_cidrs = ["127.0.0.1/32"]
+{access}
+[ops]
+listen = "127.0.0.1:0"
+[log]
+access = false
+{tail}
+"#,
+        fake.url(),
+        harness::login_auth("v1", &pw),
+    )
+    .replace("{keys}", &keys.display().to_string());
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(&cfg, text).unwrap();
+    Setup {
+        fake,
+        _dir: dir,
+        cfg,
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.x).
+pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(format!("{from}:0").parse().unwrap())?;
+    sock.connect(to).await
+}
+
+pub fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// The value of the metric line starting with `series` (name and labels), from `/metrics`.
+pub async fn metric(ops: &str, series: &str) -> f64 {
+    let body = client()
+        .request(
+            Request::get(format!("{ops}/metrics"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// GET `path` as an allowed caller (from 127.0.0.1, with the key); the status and how long
+/// it took. Panics if no answer within 5 s.
+pub async fn allowed_get(proxy: &str, path: &str) -> (StatusCode, Duration) {
+    let start = Instant::now();
+    let req = Request::get(format!("{proxy}{path}"))
+        .header("proxy-authorization", format!("Bearer {KEY}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client().request(req))
+        .await
+        .expect("the allowed caller was answered within 5 s")
+        .expect("the allowed caller's request went through");
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    (status, start.elapsed())
+}
+
+/// Wait until `read` sees the connection closed by the proxy (EOF or reset); panics after
+/// `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => panic!("the connection was still open after {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Open HTTP/2 connections from `from` and, on each, up to `streams` requests with a zero
+/// receive window, keeping every response unread. Returns what holds them open and how many
+/// response heads arrived (with their statuses).
+async fn zero_window_h2(
+    from: &str,
+    to: SocketAddr,
+    conns: usize,
+    streams: usize,
+    key: Option<&str>,
+) -> (Vec<tokio::task::JoinHandle<()>>, Vec<u16>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let Ok(tcp) = connect_from(from, to).await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let key = key.map(str::to_owned);
+        tasks.push(tokio::spawn(async move {
+            let Ok((client, conn)) = h2::client::Builder::new()
+                .initial_window_size(0)
+                .handshake::<_, Bytes>(tcp)
+                .await
+            else {
+                let _ = tx.send(0);
+                return;
+            };
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut held = Vec::new();
+            for _ in 0..streams {
+                let Ok(mut ready) = client.clone().ready().await else {
+                    let _ = tx.send(0);
+                    break;
+                };
+                let mut req = Request::get(format!("http://{to}/admin/products"));
+                if let Some(k) = &key {
+                    req = req.header("proxy-authorization", format!("Bearer {k}"));
+                }
+                let Ok((resp, _)) = ready.send_request(req.body(()).unwrap(), true) else {
+                    let _ = tx.send(0);
+                    break;
+                };
+                let tx = tx.clone();
+                held.push(tokio::spawn(async move {
+                    match resp.await {
+                        Ok(r) => {
+                            let _ = tx.send(r.status().as_u16());
+                            // Hold the stream, never read the body.
+                            std::future::pending::<()>().await;
+                        }
+                        Err(_) => {
+                            let _ = tx.send(0);
+                        }
+                    }
+                }));
+            }
+            std::future::pending::<()>().await;
+            drop((held, driver));
+        }));
+    }
+    drop(tx);
+    let mut statuses = Vec::new();
+    let want = conns * streams;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while statuses.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(s)) => statuses.push(s),
+            // Every sender gone, or nothing more within the deadline (streams beyond the
+            // server's concurrency limit wait for a slot that never frees).
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (tasks, statuses)
+}
+
+/// Attack 1: HTTP/2 streams with a zero receive window from callers who are not allowed
+/// (outside `allow_cidrs`; inside it but without a client key). Their refusals must hold no
+/// concurrency slot, so an allowed caller is served at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn outsider_zero_window_h2_streams_take_no_slot() {
+    let s = setup(
+        "max_concurrent_requests = 16",
+        "client_keys_file = \"{keys}\"",
+        "",
+    )
+    .await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+
+    // Outside allow_cidrs: closed at accept, so not one stream is answered.
+    let (outsiders, statuses) = zero_window_h2("127.0.0.2", to, 6, 200, None).await;
+    assert!(
+        statuses.iter().all(|s| *s == 0),
+        "an outsider's stream was answered: {statuses:?}"
+    );
+    assert!(
+        metric(
+            &ops,
+            "medusa_auth_proxy_connections_refused_total{reason=\"peer_not_allowed\"}"
+        )
+        .await
+            >= 6.0
+    );
+
+    // Inside allow_cidrs without a key: each stream gets its 407 head and holds its body.
+    let (keyless, statuses) = zero_window_h2("127.0.0.1", to, 6, 200, None).await;
+    let refused = statuses.iter().filter(|s| **s == 407).count();
+    // proxy.max_streams_per_connection (100) bounds the streams a connection may hold.
+    assert!(
+        refused >= 6 * 100 && statuses.iter().all(|s| *s == 407 || *s == 0),
+        "{refused} x 407 of {statuses:?}"
+    );
+
+    // 600 unread refusals, 16 slots: an allowed caller is still served, at once.
+    let (status, took) = allowed_get(&proxy, "/admin/products").await;
+    assert_eq!(status, 200, "the allowed caller was refused");
+    println!("allowed caller served in {took:?} with 600 zero-window refusals held open");
+    // And concurrently, up to the cap.
+    let mut burst = Vec::new();
+    for _ in 0..16 {
+        let proxy = proxy.clone();
+        burst.push(tokio::spawn(async move {
+            allowed_get(&proxy, "/admin/products").await.0
+        }));
+    }
+    for b in burst {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    drop((outsiders, keyless));
+}
+
+/// Attack 1, HTTP/1: requests refused by policy or access never hold a slot either, even
+/// when their client never reads the refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_http1_requests_with_unread_answers_take_no_slot() {
+    let s = setup("max_concurrent_requests = 2", "", "").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let to = addr_of(&proxy);
+    let mut held = Vec::new();
+    for path in ["/admin/auth/token", "/store/x", "/admin/products"] {
+        for _ in 0..4 {
+            let mut c = connect_from("127.0.0.1", to).await.unwrap();
+            let host = to.to_string();
+            let head = if path == "/admin/products" {
+                // Denied by Host: no key needed for that check to refuse it.
+                format!("GET {path} HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+            } else {
+                format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
+            };
+            c.write_all(head.as_bytes()).await.unwrap();
+            held.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    }
+    drop(held);
+}
+
+/// Attack 2: 1,100 silent connections under `ulimit -n 1024`. From outsiders they are
+/// closed at accept and cost nothing; the allowed caller is served throughout. From an
+/// allowed peer they fill `proxy.max_connections` at most (never the descriptors the proxy
+/// needs for Medusa) and are closed after `proxy.header_read_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_cannot_exhaust_file_descriptors() {
+    // The test itself holds 1,100 sockets.
+    raise_own_fd_limit(4096);
+    let s = setup(
+        "max_concurrent_requests = 64\nmax_connections = 700\nheader_read_timeout = \"3s\"",
+        "",
+        "",
+    )
+    .await;
+    let p = Proc::start_limited(&s.cfg, &[], Some(1024));
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+
+    let mut outsiders = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(c) = connect_from("127.0.0.2", to).await {
+            outsiders.push(c);
+        }
+    }
+    let (status, took) = allowed_get(&proxy, "/admin/products").await;
+    assert_eq!(status, 200);
+    println!("allowed caller served in {took:?} after 1,100 outsider connections");
+    assert!(
+        p.open_fds() < 200,
+        "outsider connections hold descriptors: {}",
+        p.open_fds()
+    );
+    drop(outsiders);
+
+    // Allowed peers: at most max_connections are kept, the rest closed at accept.
+    let mut insiders = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(c) = connect_from("127.0.0.1", to).await {
+            insiders.push(c);
+        }
+    }
+    // Accepted as fast as the proxy takes them from the backlog: the 701st on is refused.
+    let full = "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&ops, full).await < 390.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} refused",
+            metric(&ops, full).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        p.open_fds() <= 700 + 64 + 128,
+        "open fds {} beyond the budget",
+        p.open_fds()
+    );
+    // Medusa stays reachable for the proxy's own connections: once the silent ones are
+    // closed (header_read_timeout), the allowed caller is served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let req = Request::get(format!("{proxy}/admin/products"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), client().request(req)).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timed_out = "medusa_auth_proxy_connections_closed_total{reason=\"header_read_timeout\"}";
+    // And all of them are closed (the client got in as soon as the first ones were).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&ops, timed_out).await < 700.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} closed by header_read_timeout",
+            metric(&ops, timed_out).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        p.open_fds() < 200,
+        "{} descriptors still open",
+        p.open_fds()
+    );
+    assert!(
+        !p.log().contains("Too many open files"),
+        "the proxy ran out of descriptors:\n{}",
+        p.log()
+    );
+    drop(insiders);
+}
+
+fn raise_own_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Attack 2, the quiet variants: a connection that sends nothing, half a request head, a
+/// partial HTTP/2 preface, or a complete preface and then no stream is closed by the proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_connections_are_closed() {
+    let s = setup(
+        "header_read_timeout = \"1s\"\nidle_timeout = \"2s\"",
+        "",
+        "",
+    )
+    .await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+    let mut silent = connect_from("127.0.0.1", to).await.unwrap();
+    let mut half = connect_from("127.0.0.1", to).await.unwrap();
+    half.write_all(b"GET /admin/products HTTP/1.1\r\nHost: ")
+        .await
+        .unwrap();
+    let mut preface = connect_from("127.0.0.1", to).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // A whole preface and SETTINGS, then nothing: an HTTP/2 connection with no stream.
+    let mut h2_idle = connect_from("127.0.0.1", to).await.unwrap();
+    h2_idle
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // A keep-alive HTTP/1.1 connection after one request: idle.
+    let mut keep = connect_from("127.0.0.1", to).await.unwrap();
+    keep.write_all(format!("GET /admin/products HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+
+    for (name, c) in [
+        ("silent", &mut silent),
+        ("half head", &mut half),
+        ("partial preface", &mut preface),
+        ("h2 without streams", &mut h2_idle),
+        ("idle keep-alive", &mut keep),
+    ] {
+        println!("waiting for {name}");
+        closed_within(c, Duration::from_secs(10)).await;
+    }
+    // The HTTP/2 connection without streams is idle; the others never sent a whole head
+    // (hyper's HTTP/1 header timer also runs while a keep-alive connection waits).
+    let idle = "medusa_auth_proxy_connections_closed_total{reason=\"idle_timeout\"}";
+    assert_eq!(metric(&ops, idle).await, 1.0);
+    let header = "medusa_auth_proxy_connections_closed_total{reason=\"header_read_timeout\"}";
+    assert_eq!(metric(&ops, header).await, 4.0);
+}
+
+/// Attack 3 and `proxy.send_timeout`: a client that takes no response bytes is disconnected,
+/// and the proxy stops reading from Medusa after a small buffer: the download is abandoned
+/// (the fake produced far less than the whole body) and Medusa's connection is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_off_and_medusa_stops_sending() {
+    let s = setup("send_timeout = \"2s\"", "", "").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let total: u64 = 64 << 20;
+    let mut c = connect_from("127.0.0.1", to).await.unwrap();
+    c.write_all(
+        format!("GET /admin/download?bytes={total} HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Never read: the socket buffers fill, then the proxy's, then it must stop pulling.
+    let cut = "medusa_auth_proxy_connections_closed_total{reason=\"send_timeout\"}";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&ops, cut).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let produced = s.fake.download_bytes() as u64;
+    assert!(
+        produced < 16 << 20,
+        "Medusa was read {produced} bytes for a client that read none"
+    );
+    println!("Medusa produced {produced} bytes before the stalled client was cut off");
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    drop(c);
+}
+
+/// Attack 3: 200 clients that stop reading 4 MiB responses. The figure the issue sets: at
+/// most 48 MiB of proxy RSS in total while they hang, and back within 5 MiB of the start once
+/// they are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_readers_hold_bounded_memory() {
+    raise_own_fd_limit(4096);
+    let s = setup("", "", "").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let start_kib = p.status_kib("VmRSS");
+    let n = 200;
+    let size: u64 = 4 << 20;
+    let mut readers = Vec::new();
+    for _ in 0..n {
+        let mut c = connect_from("127.0.0.1", to).await.unwrap();
+        c.write_all(
+            format!("GET /admin/download?bytes={size} HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        readers.push(c);
+    }
+    // Wait until Medusa stops producing: every response stuck behind its client.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = s.fake.download_bytes();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let stalled_kib = p.status_kib("VmRSS");
+    let peak_kib = p.status_kib("VmHWM");
+    drop(readers);
+    // Let the proxy notice the closed connections.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let after_kib = p.status_kib("VmRSS");
+    println!(
+        "slow readers: RSS start {start_kib} KiB, {n} stalled {stalled_kib} KiB (peak {peak_kib}), \
+         after {after_kib} KiB; Medusa produced {} MiB of {} MiB",
+        last >> 20,
+        (n as u64 * size) >> 20
+    );
+    // The issue's figure (48 MiB in total) is for a release build, which starts at ~7 MiB:
+    // asserted as such with MEDUSA_AUTH_PROXY_BIN=target/release/medusa-auth-proxy; a debug
+    // build starts ~11 MiB higher, so there the growth is what is held to the same budget.
+    if std::env::var_os("MEDUSA_AUTH_PROXY_BIN").is_some() {
+        assert!(
+            peak_kib <= 48 * 1024,
+            "peak RSS {peak_kib} KiB with {n} slow readers"
+        );
+    }
+    assert!(
+        stalled_kib - start_kib <= 41 * 1024,
+        "{n} slow readers grew RSS from {start_kib} to {stalled_kib} KiB"
+    );
+    assert!(
+        after_kib <= start_kib + 5 * 1024,
+        "RSS {after_kib} KiB after the slow readers left (start {start_kib} KiB)"
+    );
+    let _ = fake_medusa::DEFAULT_EMAIL;
+}

@@ -17,7 +17,31 @@ pub struct Proc {
 impl Proc {
     /// `medusa-auth-proxy run --config cfg`, without `RUST_LOG` and with `env` set.
     pub fn start(cfg: &Path, env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
+        Proc::start_limited(cfg, env, None)
+    }
+
+    /// Like [`Proc::start`], with soft and hard `RLIMIT_NOFILE` set to `nofile` (as
+    /// `ulimit -n` does) when given.
+    pub fn start_limited(cfg: &Path, env: &[(&str, &str)], nofile: Option<u64>) -> Proc {
+        // The attack suite's figures can be taken on a release build.
+        let bin = std::env::var("MEDUSA_AUTH_PROXY_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let mut cmd = Command::new(bin);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["run", "--config"])
             .arg(cfg)
             .env_remove("RUST_LOG");
@@ -138,6 +162,23 @@ impl Proc {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...), in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// How many file descriptors the process has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
     }
 
     /// The process's peak resident set (VmHWM), in KiB.
