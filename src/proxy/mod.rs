@@ -1,7 +1,6 @@
 //! The request path: guards (slots, access, policy, body size) -> header hygiene -> token ->
-//! Medusa -> response hygiene. On a 401: ask Medusa whether our token itself is rejected
-//! (`TokenManager::confirm_rejected`); only then invalidate it (if still cached), wait for the
-//! next token, and replay once if the body was buffered for that.
+//! Medusa -> response hygiene. On a 401 for our token: invalidate it (if still cached), wait
+//! for the next token, and replay once if the body was buffered for that.
 
 pub mod access;
 pub mod headers;
