@@ -41,6 +41,14 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Outcomes of a token check after a 401 (`error`: Medusa could not say; the token was kept).
+pub const TOKEN_CHECK_OUTCOMES: [&str; 3] = ["accepted", "rejected", "error"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -85,6 +93,7 @@ pub struct Metrics {
     denied: Family<ReasonLabel, Counter>,
     token_expiry: Gauge<f64, AtomicU64>,
     reloads: Family<ResultLabel, Counter>,
+    token_checks: Family<OutcomeLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,6 +181,15 @@ impl Metrics {
             "Configuration reloads by result",
             reloads.clone(),
         );
+        let token_checks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "token_checks",
+            "Checks of the token after a 401 from Medusa, by outcome",
+            token_checks.clone(),
+        );
+        for outcome in TOKEN_CHECK_OUTCOMES {
+            drop(token_checks.get_or_create(&OutcomeLabel { outcome }));
+        }
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -221,6 +239,7 @@ impl Metrics {
             denied,
             token_expiry,
             reloads,
+            token_checks,
         })
     }
 
@@ -282,6 +301,12 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
+    pub fn token_check(&self, outcome: &'static str) {
+        self.token_checks
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
     /// OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -305,6 +330,7 @@ mod tests {
         m.denied("route_denied");
         m.token_expiry(1.8e9);
         m.reload(false);
+        m.token_check("accepted");
         m.upstream_error("timeout");
         m.upstream_error_counter("resent").inc();
         let text = m.encode();
@@ -323,6 +349,8 @@ mod tests {
             "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",
             "medusa_auth_proxy_token_expiry_timestamp_seconds 1800000000",
             "medusa_auth_proxy_config_reloads_total{result=\"failure\"} 1",
+            "medusa_auth_proxy_token_checks_total{outcome=\"accepted\"} 1",
+            "medusa_auth_proxy_token_checks_total{outcome=\"error\"} 0",
             "medusa_auth_proxy_build_info{version=\"",
             "medusa_auth_proxy_connections_open 0",
             "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"} 0",

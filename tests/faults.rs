@@ -972,12 +972,21 @@ async fn reject_all_case(window: Duration) -> (Harness, Vec<Outcome>, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn medusa_401s_everything_for_a_while_without_a_login_storm() {
     let (h, outcomes, logins) = reject_all_case(Duration::from_secs(3)).await;
-    // One login right after the first 401 (the token had worked), then each new token is
-    // refused before it ever worked and the next login waits for the backoff (at least
-    // 0.5 s): bounded by time, not by the thousands of requests.
+    // The first 401 is checked, Medusa confirms the rejection: one login at once. The token of
+    // that login is refused too (confirmed) before it ever worked, so the next login waits for
+    // the backoff (at least 0.5 s), and so on: bounded by time, not by the thousands of
+    // requests.
     assert!(
         (1..=7).contains(&logins),
         "{logins} logins in 3 s of 401s for {} requests",
+        outcomes.len()
+    );
+    // Every token is checked once (single flight, the verdict reused for the others), however
+    // many 401s it collects: the checks track the logins, not the requests.
+    let checks = h.fake.token_checks();
+    assert!(
+        (1..=logins + 1).contains(&checks),
+        "{checks} token checks for {logins} logins and {} requests",
         outcomes.len()
     );
     let r = h.ops("/readyz").await;

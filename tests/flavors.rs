@@ -39,10 +39,21 @@ fn auth_section(dir: &std::path::Path, flavor: &str, key: Option<&str>) -> Strin
 /// A proxy of `flavor` in front of `fake`. `key`: the static key (static flavors only);
 /// `extra_auth`: more `[auth]` lines.
 async fn harness(fake: FakeMedusa, flavor: &str, key: Option<&str>, extra_auth: &str) -> Harness {
+    harness_with_tail(fake, flavor, key, extra_auth, "").await
+}
+
+/// [`harness`] with more config sections (`tail`).
+async fn harness_with_tail(
+    fake: FakeMedusa,
+    flavor: &str,
+    key: Option<&str>,
+    extra_auth: &str,
+    tail: &str,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let auth = auth_section(dir.path(), flavor, key);
     let auth = format!("{auth}login_timeout = \"2s\"\n{extra_auth}");
-    let toml = config_text(&fake.url(), "", &auth, "");
+    let toml = config_text(&fake.url(), "", &auth, tail);
     Harness::start(fake, dir, &toml).await
 }
 
@@ -352,10 +363,11 @@ async fn v2_mfa_verification_or_redirect_is_a_configuration_error() {
 // ---- static keys ------------------------------------------------------------------------------
 
 /// `(fake mode, flavor, key, the header Medusa should see)` for both static flavors.
-/// The static-key check route: v1 `GET /admin/store`, v2 `GET /admin/stores`.
+/// The static-key check route: v1 `GET /admin/auth` (it also names the key's user), v2
+/// `GET /admin/stores`. The same route checks the key after a 401.
 fn key_path(mode: Mode) -> &'static str {
     match mode {
-        Mode::V1 => "/admin/store",
+        Mode::V1 => "/admin/auth",
         Mode::V2 => "/admin/stores",
     }
 }
@@ -464,8 +476,9 @@ async fn static_key_rejected_upstream_is_not_ready_without_a_storm() {
         assert!(reason.contains("invalid credentials"), "{flavor}: {reason}");
         assert_eq!(
             h.key_checks(),
-            2,
-            "{flavor}: one key check after the 401, not one per request"
+            3,
+            "{flavor}: after the 401s, one check confirming the rejection and one key check by \
+             the driver, not one per request"
         );
 
         // Not ready means nothing reaches Medusa, however much traffic arrives.
@@ -790,4 +803,51 @@ async fn check_login_names_the_flavor_auto_detected() {
             assert!(!text.contains(&token) && !text.contains(fake_medusa::DEFAULT_PASSWORD));
         }
     }
+}
+
+#[tokio::test]
+async fn static_keys_survive_a_route_that_answers_401() {
+    for (mode, flavor, key, _, _) in static_flavors() {
+        let fake = FakeMedusa::start_mode(mode).await;
+        fake.set_api_key(Some(key));
+        // `/store/` allowed, as the attack needs.
+        let allow_store = "[policy]\nallow_paths = [\"/admin/\", \"/store/\"]\n";
+        let h = Arc::new(harness_with_tail(fake, flavor, Some(key), "", allow_store).await);
+        assert_eq!(h.wait_readyz(200).await.status, 200, "{flavor}");
+        assert_eq!(h.key_checks(), 1, "{flavor}");
+        for r in h.burst(20, fake_medusa::ALWAYS_401).await {
+            assert_eq!(r.status, 401, "{flavor}: Medusa's own 401 is passed on");
+        }
+        assert_eq!(h.key_checks(), 2, "{flavor}: one check for 20 401s");
+        assert_eq!(h.get("/admin/products").await.status, 200, "{flavor}");
+        assert_eq!(h.ops("/readyz").await.status, 200, "{flavor}: still ready");
+        assert_eq!(h.fake.login_attempts(), 0, "{flavor}");
+    }
+}
+
+#[tokio::test]
+async fn v1_api_token_learns_its_own_user_and_the_own_user_rule_protects_it() {
+    let fake = FakeMedusa::start().await;
+    fake.set_api_key(Some(V1_KEY));
+    let h = harness(fake, "v1-api-token", Some(V1_KEY), "").await;
+    assert_eq!(h.wait_readyz(200).await.status, 200);
+    let own = format!("/admin/users/{}", fake_medusa::USER_ID);
+    for method in ["DELETE", "POST"] {
+        let req = Request::builder()
+            .method(method)
+            .uri(h.url(&own))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"api_token":"mine"}"#)))
+            .unwrap();
+        let r = h.send(req).await;
+        assert_eq!(r.status, 403, "{method} {own}: {:?}", r.body);
+        assert_eq!(r.json()["error"], "route_denied", "{method}");
+    }
+    assert!(
+        h.fake.requests_to(&own).is_empty(),
+        "nothing reached Medusa"
+    );
+    // Another user stays reachable.
+    let other = h.get("/admin/users/usr_01OTHER").await;
+    assert_eq!(other.status, 200);
 }

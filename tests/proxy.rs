@@ -268,7 +268,9 @@ async fn large_or_streamed_bodies_are_not_replayed() {
         1,
         "never sent twice"
     );
-    // The token was renewed anyway: the next request succeeds with one more login.
+    // Medusa confirmed the rejection (one check), so the token was renewed anyway: the next
+    // request succeeds with one more login.
+    assert_eq!(h.fake.token_checks(), 1);
     assert_eq!(h.get("/admin/products").await.status, 200);
     assert_eq!(h.fake.logins(), 2);
 
@@ -550,4 +552,55 @@ async fn after_an_outage_the_login_follows_health_not_the_long_backoff() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(ready, "not ready after the login");
+}
+
+#[tokio::test]
+async fn a_401_whose_check_cannot_reach_medusa_keeps_the_token() {
+    let h = harness("@tail[policy]\nallow_paths = [\"/admin/\", \"/store/\"]\n").await;
+    h.warm_up().await;
+    // Every authenticated answer now takes longer than a check may wait (login_timeout, 2 s);
+    // the always-401 route answers at once.
+    h.fake.set_response_delay(Duration::from_secs(3));
+    let r = h.get(fake_medusa::ALWAYS_401).await;
+    h.fake.set_response_delay(Duration::ZERO);
+    assert_eq!(r.status, 401, "Medusa's 401 is passed on");
+    assert_eq!(r.text(), "Unauthorized", "unchanged");
+    assert_eq!(h.fake.token_checks(), 1, "checked once");
+    let metrics = h.ops("/metrics").await.text();
+    assert!(
+        metrics.contains("medusa_auth_proxy_token_checks_total{outcome=\"error\"} 1"),
+        "{metrics}"
+    );
+    // The token was kept: no login, and the next request uses it.
+    assert_eq!(h.get("/admin/products").await.status, 200);
+    assert_eq!(h.fake.logins(), 1, "a check that timed out cost no token");
+}
+
+#[tokio::test]
+async fn a_401_for_the_route_is_passed_on_unchanged_and_the_token_stays() {
+    let h = harness("@tail[policy]\nallow_paths = [\"/admin/\", \"/store/\"]\n").await;
+    h.warm_up().await;
+    // A replayable body: still not replayed, the token confirmed good.
+    let r = h
+        .send(
+            Request::post(h.url(fake_medusa::ALWAYS_401))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.text(), "Unauthorized");
+    assert!(r.headers.get("www-authenticate").is_none());
+    assert_eq!(h.fake.always_401_requests(), 1, "not replayed");
+    let metrics = h.ops("/metrics").await.text();
+    assert!(
+        metrics.contains("medusa_auth_proxy_token_checks_total{outcome=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("medusa_auth_proxy_replays_total{"),
+        "no replay: {metrics}"
+    );
+    assert_eq!(h.get("/admin/products").await.status, 200);
+    assert_eq!(h.fake.logins(), 1);
 }

@@ -91,6 +91,9 @@ pub struct Credential {
     pub flavor: Flavor,
     /// How it was obtained, for logs and metrics.
     pub how: Obtained,
+    /// The Medusa user the credential acts as, when the answer named one (v1-api-token: the
+    /// key check's `GET /admin/auth`). JWT flavors read it from the token's claims instead.
+    pub user_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,10 +145,56 @@ pub fn credential_header(flavor: Flavor, value: &str) -> Option<(HeaderName, Hea
 const V1_LOGIN: &str = "/admin/auth/token";
 const V2_LOGIN: &str = "/auth/user/emailpass";
 const V2_REFRESH: &str = "/auth/token/refresh";
-/// Cheap routes that need admin authentication: v1 has `GET /admin/store`, v2 only
-/// `GET /admin/stores` (verified against real servers: v2 answers the v1 route 404).
-const KEY_CHECK_V1: &str = "/admin/store";
+/// Cheap routes that need admin authentication. v1: `GET /admin/auth` ("who am I") answers
+/// `{user: {id, ...}}` for a JWT or an `x-medusa-access-token`, so the v1-api-token key check
+/// also learns the proxy's own user id (for the `own-user` rule). v2: `GET /admin/users/me`
+/// for a JWT; an API key has no user (the actor is the key: real v2 answers that route 404),
+/// so the key is checked on `GET /admin/stores` (v2 answers the v1 `/admin/store` 404).
+const CHECK_V1: &str = "/admin/auth";
+const CHECK_V2_TOKEN: &str = "/admin/users/me";
 const KEY_CHECK_V2: &str = "/admin/stores?limit=1";
+
+/// What Medusa said when asked whether a credential is still good (after a 401 elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// An authenticated route answered (2xx, or 404: the route is gone but authentication
+    /// passed): the credential works, the 401 was about the route.
+    Accepted,
+    /// Medusa answered 401 to the check itself: the credential is rejected.
+    Rejected,
+    /// No answer (transport error, timeout) or an answer that says neither (5xx, 403, ...).
+    Unknown,
+}
+
+impl Verdict {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected => "rejected",
+            Verdict::Unknown => "error",
+        }
+    }
+
+    fn of(status: StatusCode) -> Verdict {
+        if status == StatusCode::UNAUTHORIZED {
+            Verdict::Rejected
+        } else if status.is_success() || status == StatusCode::NOT_FOUND {
+            Verdict::Accepted
+        } else {
+            Verdict::Unknown
+        }
+    }
+}
+
+/// The route that checks a credential of `flavor` (never `Auto`: a token's flavor is resolved).
+fn check_route(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::V1 | Flavor::V1ApiToken | Flavor::Auto => CHECK_V1,
+        Flavor::V2 => CHECK_V2_TOKEN,
+        Flavor::V2SecretKey => KEY_CHECK_V2,
+    }
+}
 
 /// Obtains credentials from Medusa for the configured flavor.
 pub struct Login {
@@ -289,6 +338,7 @@ impl Login {
             value,
             flavor: Flavor::V1,
             how: Obtained::Login,
+            user_id: None,
         })
     }
 
@@ -316,17 +366,8 @@ impl Login {
         let header = credential_header(flavor, key.expose()).ok_or(LoginError::BadResponse(
             "the API key is not a valid header value",
         ))?;
-        let (status, _) = self
-            .send(
-                Method::GET,
-                if flavor == Flavor::V2SecretKey {
-                    KEY_CHECK_V2
-                } else {
-                    KEY_CHECK_V1
-                },
-                Some(header),
-                Bytes::new(),
-            )
+        let (status, body) = self
+            .send(Method::GET, check_route(flavor), Some(header), Bytes::new())
             .await?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(LoginError::InvalidCredentials(status.as_u16()));
@@ -334,11 +375,40 @@ impl Login {
         if !status.is_success() {
             return Err(LoginError::KeyCheckStatus(status.as_u16()));
         }
+        // v2-secret-key: an API key acts as itself, not as a user, so there is no own user
+        // for the `own-user` rule to protect (Medusa names the key's creator only in
+        // `GET /admin/api-keys/{id}`, and the proxy does not know its key's id).
+        let user_id = match flavor {
+            Flavor::V1ApiToken => user_id_of(&body),
+            Flavor::V1 | Flavor::V2 | Flavor::V2SecretKey | Flavor::Auto => None,
+        };
         Ok(Credential {
             value: (*key).clone(),
             flavor,
             how: Obtained::KeyCheck,
+            user_id,
         })
+    }
+
+    /// Ask Medusa whether the credential `(name, value)` of `flavor` is still accepted, with
+    /// one cheap authenticated GET. A transport failure is `Unknown`, never `Rejected`: only
+    /// Medusa's own 401 may cost the proxy its token. The caller applies a timeout.
+    pub async fn check(&self, flavor: Flavor, name: &HeaderName, value: &HeaderValue) -> Verdict {
+        match self
+            .send(
+                Method::GET,
+                check_route(flavor),
+                Some((name.clone(), value.clone())),
+                Bytes::new(),
+            )
+            .await
+        {
+            Ok((status, _)) => Verdict::of(status),
+            Err(e) => {
+                tracing::info!(error = %e, "token check failed to reach Medusa");
+                Verdict::Unknown
+            }
+        }
     }
 
     async fn post_login(&self, path: &str) -> Result<(StatusCode, Bytes), LoginError> {
@@ -429,7 +499,15 @@ fn v2_answer(status: StatusCode, body: &[u8], how: Obtained) -> Result<Credentia
         value: token,
         flavor: Flavor::V2,
         how,
+        user_id: None,
     })
+}
+
+/// `user.id` of a v1 `GET /admin/auth` answer.
+fn user_id_of(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = value.get("user")?.get("id")?.as_str()?;
+    (!id.is_empty()).then(|| id.to_owned())
 }
 
 fn token_field(body: &[u8], field: &str) -> Result<Secret, LoginError> {
@@ -477,6 +555,24 @@ mod tests {
                 .unwrap(),
             LoginError::BadResponse(_)
         ));
+    }
+
+    #[test]
+    fn check_verdicts() {
+        assert_eq!(Verdict::of(StatusCode::OK), Verdict::Accepted);
+        // v2 answers `GET /admin/users/me` 404 for an API key: authenticated all the same.
+        assert_eq!(Verdict::of(StatusCode::NOT_FOUND), Verdict::Accepted);
+        assert_eq!(Verdict::of(StatusCode::UNAUTHORIZED), Verdict::Rejected);
+        for s in [502, 503, 500, 403, 429] {
+            let s = StatusCode::from_u16(s).unwrap();
+            assert_eq!(Verdict::of(s), Verdict::Unknown, "{s}");
+        }
+        assert_eq!(
+            user_id_of(br#"{"user":{"id":"usr_1","email":"a@b"}}"#).as_deref(),
+            Some("usr_1")
+        );
+        assert_eq!(user_id_of(br#"{"user":{"id":""}}"#), None);
+        assert_eq!(user_id_of(b"Unauthorized"), None);
     }
 
     #[test]

@@ -13,8 +13,15 @@
 //!                          └─ notify driver, wait for the status to change ──► cache
 //!   driver: loop { sleep until refresh_at or demand; login (login_timeout); cache or back off }
 //! ```
+//!
+//! A 401 from Medusa costs the token only once Medusa confirms that the token itself is
+//! rejected ([`TokenManager::confirm_rejected`], [`check`]): a route that answers 401 for its
+//! own reasons must not make the proxy log in, let alone back off. A confirmed rejection logs
+//! in again at once; only when the token of *that* login is rejected too, before it served a
+//! request, does the driver back off as after a failed login.
 
 pub mod backoff;
+pub mod check;
 pub mod jwt;
 pub mod login;
 
@@ -29,12 +36,13 @@ use moka::ops::compute::Op;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, Flavor};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use backoff::Backoff;
-use login::{Login, LoginError, Obtained};
+use check::{CHECK_EVERY, CheckGate};
+use login::{Login, LoginError, Obtained, Verdict};
 
 /// A token as cached: the ready-made header value plus what the lifecycle needs.
 pub struct Token {
@@ -48,6 +56,8 @@ pub struct Token {
     secret: Secret,
     /// How it was obtained.
     pub how: Obtained,
+    /// The flavor that produced it (never `Auto`): which route checks it.
+    flavor: Flavor,
     pub user_id: Option<String>,
     pub received: Instant,
     pub lifetime: Duration,
@@ -55,8 +65,13 @@ pub struct Token {
     pub usable_until: Instant,
     /// The driver starts renewing at this instant, ahead of `usable_until`.
     pub refresh_at: Instant,
-    /// Set once Medusa accepted the token for a request (a non-401 answer).
+    /// Set once Medusa accepted the token for a request (a non-401 answer) or a check.
     verified: AtomicBool,
+    /// Obtained by the login that followed a confirmed rejection: if this one is rejected too
+    /// before Medusa ever accepted it, logging in again at once could loop; back off instead.
+    after_rejection: bool,
+    /// Verifies a 401 for this token: single flight, at most one check per `CHECK_EVERY`.
+    check: CheckGate,
 }
 
 impl fmt::Debug for Token {
@@ -123,8 +138,12 @@ struct Inner {
     settings: AuthSettings,
     backoff: Backoff,
     next_id: AtomicU64,
-    /// A token was rejected before Medusa ever accepted it: the next login waits for backoff.
+    /// A token obtained right after a confirmed rejection was rejected too, before Medusa ever
+    /// accepted it: the next login waits for backoff.
     rejected_unverified: AtomicBool,
+    /// The cached token was dropped because Medusa confirmed it is rejected: the next token
+    /// is `after_rejection`.
+    relogin: AtomicBool,
     metrics: Arc<Metrics>,
     /// The user id of the last token obtained (for the "own user" route rule).
     user_id: arc_swap::ArcSwapOption<String>,
@@ -189,6 +208,7 @@ impl TokenManager {
                 backoff,
                 next_id: AtomicU64::new(1),
                 rejected_unverified: AtomicBool::new(false),
+                relogin: AtomicBool::new(false),
                 user_id: arc_swap::ArcSwapOption::empty(),
                 metrics,
             }),
@@ -247,9 +267,57 @@ impl TokenManager {
         }
     }
 
-    /// Medusa answered 401 to a request sent with `token`. Drop it only if it is still the
-    /// cached one: a burst of 401s, or a late 401 for a token already replaced, must not
-    /// throw away a newer token (and cause another login).
+    /// Medusa answered 401 to a request sent with `token`: is the token itself rejected?
+    ///
+    /// Asks Medusa once ([`Login::check`]), shared by every concurrent caller for the same
+    /// token and at most once per [`CHECK_EVERY`] per token (the verdict is reused meanwhile).
+    /// `true`: Medusa confirmed the rejection, the token is dropped ([`TokenManager::reject`])
+    /// and a new login is under way; the caller may wait for [`TokenManager::token`] and
+    /// replay. `false`: the token works (the 401 was about the route; the token now counts as
+    /// verified), or the check could not tell (transport error, timeout, 5xx): the caller
+    /// passes Medusa's 401 on and the token stays, because a token must never be lost to a
+    /// failure that is not Medusa's rejection of it.
+    ///
+    /// The check and its consequence run in a task of their own, so a client that goes away
+    /// mid-check neither wastes the check nor lets the next 401 start another one.
+    pub async fn confirm_rejected(&self, token: &Arc<Token>) -> bool {
+        let me = self.clone();
+        let token = token.clone();
+        let task = tokio::spawn(async move {
+            let timeout = me.inner.settings.login_timeout;
+            let ask = async {
+                let login = &me.inner.login;
+                tokio::time::timeout(
+                    timeout,
+                    login.check(token.flavor, &token.header_name, &token.header),
+                )
+                .await
+                .unwrap_or(Verdict::Unknown)
+            };
+            let (verdict, ran) = token.check.verdict(CHECK_EVERY, ask).await;
+            if ran {
+                me.inner.metrics.token_check(verdict.as_str());
+                tracing::info!(
+                    token_id = token.id,
+                    verdict = verdict.as_str(),
+                    "checked the token after a 401 from Medusa"
+                );
+                match verdict {
+                    Verdict::Accepted => token.mark_verified(),
+                    Verdict::Rejected => me.reject(&token).await,
+                    Verdict::Unknown => {}
+                }
+            }
+            verdict == Verdict::Rejected
+        });
+        // The task panicking is a bug, not a rejection: keep the token.
+        task.await.unwrap_or(false)
+    }
+
+    /// Medusa confirmed that `token` is rejected. Drop it only if it is still the cached one:
+    /// a burst of 401s, or a late 401 for a token already replaced, must not throw away a
+    /// newer token (and cause another login). The driver logs in again at once, unless this
+    /// token came from the login after a rejection and never worked: then it backs off.
     pub async fn reject(&self, token: &Token) {
         let id = token.id;
         let result = self
@@ -268,11 +336,12 @@ impl TokenManager {
                 .current
                 .rcu(|cur| cur.as_ref().filter(|c| c.id != id).cloned());
             self.inner.metrics.token_expiry(0.0);
-            if !token.is_verified() {
+            if token.after_rejection && !token.is_verified() {
                 self.inner
                     .rejected_unverified
                     .store(true, Ordering::Relaxed);
             }
+            self.inner.relogin.store(true, Ordering::Relaxed);
             tracing::info!(
                 token_id = id,
                 "Medusa rejected the cached token; logging in again"
@@ -335,8 +404,9 @@ impl TokenManager {
                 .rejected_unverified
                 .swap(false, Ordering::Relaxed)
             {
-                // The previous login produced a token Medusa would not accept: logging in
-                // again at once could loop; back off like a failed login.
+                // The login after a confirmed rejection produced a token Medusa would not
+                // accept either: logging in again at once could loop; back off like a failed
+                // login.
                 failures += 1;
                 if self
                     .back_off(&mut failures, LoginError::TokenRejected, &mut shutdown)
@@ -365,6 +435,9 @@ impl TokenManager {
                     );
                     if let Some(id) = &token.user_id {
                         self.inner.user_id.store(Some(Arc::new(id.clone())));
+                    }
+                    if token.after_rejection {
+                        self.inner.relogin.store(false, Ordering::Relaxed);
                     }
                     self.inner.metrics.login(token.how.as_str(), true);
                     self.inner.metrics.token_expiry(unix_at(token.usable_until));
@@ -456,7 +529,7 @@ impl TokenManager {
             // A static key does not expire; it is re-checked every key_check_interval, and a
             // failed check (or an upstream 401) takes it out of use.
             let every = self.inner.settings.key_check_interval;
-            (every, None, STATIC_USABLE_FOR, every)
+            (every, cred.user_id.clone(), STATIC_USABLE_FOR, every)
         } else {
             let info = jwt::inspect(
                 cred.value.expose(),
@@ -478,12 +551,15 @@ impl TokenManager {
             header,
             secret: cred.value,
             how: cred.how,
+            flavor: cred.flavor,
             user_id,
             received,
             lifetime,
             usable_until: received + usable_for,
             refresh_at: received + refresh_after,
             verified: AtomicBool::new(false),
+            after_rejection: self.inner.relogin.load(Ordering::Relaxed),
+            check: CheckGate::default(),
         }))
     }
 }

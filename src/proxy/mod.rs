@@ -383,9 +383,16 @@ impl Proxy {
             return Ok(finish(resp));
         }
 
-        // Medusa rejected our token (rotated secret, early expiry): never hand the client a
-        // 401 it cannot fix if we can replay; never replay more than once.
-        self.tokens.reject(&token).await;
+        // A 401 is about our token (rotated secret, early expiry) or about the route (a
+        // customer route, a plugin's own auth): only Medusa can tell. Ask it (one check per
+        // token at a time and per few seconds, see auth::check) before the token is dropped;
+        // unless it confirms, the client gets Medusa's own 401, body and all, and nobody else
+        // is affected. A check that cannot reach Medusa keeps the token too.
+        if !self.tokens.confirm_rejected(&token).await {
+            return Ok(finish(resp));
+        }
+        // Confirmed: a new login is under way. Never hand the client a 401 it cannot fix if
+        // we can replay; never replay more than once.
         let Some(replay) = replay else {
             tracing::info!("401 for a streamed body: not replayable, passing the 401 on");
             return Ok(finish(resp));
@@ -405,7 +412,9 @@ impl Proxy {
         record.replayed = true;
         self.metrics.replay(resp.status().as_u16());
         if resp.status() == StatusCode::UNAUTHORIZED {
-            self.tokens.reject(&fresh).await;
+            // The fresh token too, or the route? Ask again; if the fresh token is rejected
+            // as well, the driver backs off (a Medusa that rejects every token it issues).
+            self.tokens.confirm_rejected(&fresh).await;
         } else {
             fresh.mark_verified();
         }

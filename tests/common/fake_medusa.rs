@@ -183,6 +183,8 @@ struct State {
     last_token: Mutex<Option<String>>,
     sessions: Mutex<HashSet<String>>,
     cookie_secret: String,
+    /// See the "issue 12, lockout" block at the end of the file.
+    lockout: Lockout,
 }
 
 pub struct FakeMedusa {
@@ -230,6 +232,7 @@ impl FakeMedusa {
             last_token: Mutex::default(),
             sessions: Mutex::default(),
             cookie_secret: random_hex(32),
+            lockout: Lockout::default(),
         });
         let server = Mutex::new(Some(tokio::spawn(serve(listener, state.clone()))));
         FakeMedusa {
@@ -1000,6 +1003,9 @@ fn push(st: &State, seq: u64, rec: Recorded) {
 }
 
 async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(r) = lockout_before_auth(st, &req) {
+        return r;
+    }
     let seq = st.seq.fetch_add(1, SeqCst);
     let path = req.uri().path();
     // `/auth/*` is not an admin route: v1 has no such routes (404), v2's other than login and
@@ -1099,7 +1105,8 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Ok(_) if parts.method == Method::GET && path == "/admin/download" => {
             download(st, conn, &parts.uri, &parts.headers)
         }
-        Ok(_) => route(st.mode, &parts.method, &parts.uri, len, &sha),
+        Ok(a) => lockout_route(st, a, &parts.method, path)
+            .unwrap_or_else(|| route(st.mode, &parts.method, &parts.uri, len, &sha)),
     };
     (rec.body_len, rec.body_sha256) = (len, sha);
     rec.status = if complete {
@@ -1309,4 +1316,81 @@ fn http_date(secs: u64) -> String {
         WD[(days % 7) as usize],
         MO[(month - 1) as usize]
     )
+}
+
+// ---- issue 12, lockout: a route that always answers 401, and the token-check routes --------
+//
+// - `GET /store/customers/me` answers 401 in the mode's shape whatever the credentials (real v1
+//   does so for the admin's token: the route wants a customer session), counted in
+//   `always_401_requests`; never recorded in `requests()`.
+// - Authenticated, v1 `GET /admin/auth` answers `{user: {id: USER_ID, email}}` for a JWT or the
+//   static key (the proxy's token check, and the v1-api-token key check); v2
+//   `GET /admin/users/me` answers `{user: {id: USER_ID, ..}}` for a JWT and 404 for an API key
+//   (the actor is the key, as in real v2). Each counts in `token_checks`, and for v2-secret-key
+//   `GET /admin/stores` counts too (its key check is the token check). Unauthenticated, they
+//   401 like any admin route (and still count: Medusa did answer a check).
+
+/// The path that answers 401 whatever the credentials.
+pub const ALWAYS_401: &str = "/store/customers/me";
+
+#[derive(Default)]
+struct Lockout {
+    always_401_requests: AtomicUsize,
+    token_checks: AtomicUsize,
+}
+
+impl FakeMedusa {
+    /// Requests to [`ALWAYS_401`].
+    pub fn always_401_requests(&self) -> usize {
+        self.state.lockout.always_401_requests.load(SeqCst)
+    }
+    /// Requests to a token-check route (v1 `GET /admin/auth`, v2 `GET /admin/users/me`,
+    /// v2 `GET /admin/stores`), whatever their answer.
+    pub fn token_checks(&self) -> usize {
+        self.state.lockout.token_checks.load(SeqCst)
+    }
+}
+
+fn is_check_route(mode: Mode, method: &Method, path: &str) -> bool {
+    method == Method::GET
+        && match mode {
+            Mode::V1 => path == "/admin/auth",
+            Mode::V2 => path == "/admin/users/me" || path == "/admin/stores",
+        }
+}
+
+/// Answers [`ALWAYS_401`] before any authentication; counts check requests.
+fn lockout_before_auth(st: &State, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    if is_check_route(st.mode, req.method(), path) {
+        st.lockout.token_checks.fetch_add(1, SeqCst);
+    }
+    if path != ALWAYS_401 {
+        return None;
+    }
+    st.lockout.always_401_requests.fetch_add(1, SeqCst);
+    Some(unauthorized(st.mode))
+}
+
+/// The check routes, once authenticated as `how`; `None`: the ordinary routes answer.
+fn lockout_route(st: &State, how: Authed, method: &Method, path: &str) -> Option<Response<Body>> {
+    if method != Method::GET {
+        return None;
+    }
+    let email = lock(&st.knobs).email.clone();
+    match (st.mode, path) {
+        (Mode::V1, "/admin/auth") => Some(json_resp(
+            200,
+            &json!({"user": {"id": USER_ID, "email": email, "role": "admin"}}),
+        )),
+        (Mode::V2, "/admin/users/me") if how == Authed::Key => Some(json_resp(
+            404,
+            &json!({"type": "not_found", "message": "User with id: undefined was not found"}),
+        )),
+        (Mode::V2, "/admin/users/me") => Some(json_resp(
+            200,
+            &json!({"user": {"id": USER_ID, "email": email}}),
+        )),
+        _ => None,
+    }
 }
