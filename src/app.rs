@@ -247,7 +247,7 @@ const FD_RESERVE: usize = 64;
 /// the hard one first (as the Go runtime does; the default soft limit of 1024 is a relic of
 /// `select`), then make sure client connections cannot take the descriptors the proxy needs
 /// for its own connections to Medusa.
-fn connection_budget(p: &crate::config::ProxySettings) -> Result<usize, StartError> {
+pub fn connection_budget(p: &crate::config::ProxySettings) -> Result<usize, StartError> {
     let limit = raise_fd_limit();
     let upstream = p.max_concurrent_requests;
     let reserve = OPS_MAX_CONNECTIONS + FD_RESERVE;

@@ -246,6 +246,11 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    // The limit here is this shell's, which may differ from the service's (LimitNOFILE=).
+    if let Err(e) = app::connection_budget(&settings.proxy) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if settings.upstream.pool_idle_timeout >= std::time::Duration::from_secs(5) {
         // Node (Medusa) closes idle keep-alive connections after 5 s by default.
         println!(
