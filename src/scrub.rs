@@ -367,7 +367,9 @@ impl Scanner {
         while let Some(i) = memchr::memchr(b'"', &data[q..len]) {
             let at = q + i;
             let tail = &data[at..];
-            if self.needles().any(|n| n.len() > tail.len() && n.starts_with(tail))
+            if self
+                .needles()
+                .any(|n| n.len() > tail.len() && n.starts_with(tail))
                 && !Self::escaped(data, at, start_odd)
             {
                 return len - at;
@@ -431,29 +433,13 @@ fn value_bytes(kind: Value, data: &[u8], first: bool) -> (usize, Value, bool) {
                     b'}' | b']' => {
                         depth = depth.saturating_sub(1);
                         if depth == 0 {
-                            return (
-                                i + 1,
-                                Value::Nested {
-                                    depth,
-                                    in_str,
-                                    esc,
-                                },
-                                true,
-                            );
+                            return (i + 1, Value::Nested { depth, in_str, esc }, true);
                         }
                     }
                     _ => {}
                 }
             }
-            (
-                data.len(),
-                Value::Nested {
-                    depth,
-                    in_str,
-                    esc,
-                },
-                false,
-            )
+            (data.len(), Value::Nested { depth, in_str, esc }, false)
         }
         Value::Scalar => match data
             .iter()
@@ -757,10 +743,7 @@ mod tests {
     #[test]
     fn value_kinds_are_replaced_with_the_same_length_at_every_split() {
         for (input, want) in [
-            (
-                r#"{"api_token":"secret-1"}"#,
-                r#"{"api_token":null      }"#,
-            ),
+            (r#"{"api_token":"secret-1"}"#, r#"{"api_token":null      }"#),
             (
                 r#"{"a":1, "api_token" :  "s\"e\\" ,"b":2}"#,
                 r#"{"a":1, "api_token" :  null     ,"b":2}"#,
@@ -775,10 +758,7 @@ mod tests {
                 r#"[{"api_token":{"x":["}",{"api_token":"]"}]}},"api_token"]"#,
                 r#"[{"api_token":null                         },"api_token"]"#,
             ),
-            (
-                "{\"api_token\"\n:\t[1,2]\n}",
-                "{\"api_token\"\n:\tnull \n}",
-            ),
+            ("{\"api_token\"\n:\t[1,2]\n}", "{\"api_token\"\n:\tnull \n}"),
         ] {
             every_split(API, input, want);
         }
@@ -897,7 +877,9 @@ mod tests {
         use http_body_util::{BodyExt, StreamBody};
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
             Ok(Frame::data(Bytes::from_static(b"{\"a\":1,\"api_"))),
-            Ok(Frame::data(Bytes::from_static(b"token\":\"abcdef\",\"b\":\"api_tok"))),
+            Ok(Frame::data(Bytes::from_static(
+                b"token\":\"abcdef\",\"b\":\"api_tok",
+            ))),
             Ok(Frame::trailers(http::HeaderMap::from_iter([(
                 http::header::HeaderName::from_static("x-t"),
                 http::HeaderValue::from_static("1"),

@@ -185,7 +185,9 @@ impl Upstream {
                         // 101: the connection now belongs to the upgraded stream.
                         Some(conn) if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
                             let pool = self.pool.clone();
-                            resp.map(|body| ScrubBody::passthrough(PooledBody::new(body, conn, pool)))
+                            resp.map(|body| {
+                                ScrubBody::passthrough(PooledBody::new(body, conn, pool))
+                            })
                         }
                         _ => resp.map(|body| ScrubBody::passthrough(PooledBody::unpooled(body))),
                     });

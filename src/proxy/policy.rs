@@ -1308,17 +1308,18 @@ mod tests {
             let r = p.body_rules(&Method::GET, path);
             assert!(r.scrub.api_token && r.scrub.invite_token, "{path}: {r:?}");
         }
-        assert!(!p.body_rules(&Method::GET, "/admin/invitesx").scrub.invite_token);
+        assert!(
+            !p.body_rules(&Method::GET, "/admin/invitesx")
+                .scrub
+                .invite_token
+        );
         for path in ["/admin/users", "/admin/Users/usr_1", "/admin/users/usr_1/x"] {
             let r = p.body_rules(&Method::POST, path);
             assert!(r.refuse_api_token && r.always_inspect, "{path}: {r:?}");
         }
         assert!(!p.body_rules(&Method::POST, "/admin/users-x").always_inspect);
         // Body rules never refuse a route by themselves.
-        assert_eq!(
-            p.check(&Method::GET, "/admin/users", None),
-            Decision::Allow
-        );
+        assert_eq!(p.check(&Method::GET, "/admin/users", None), Decision::Allow);
         assert_eq!(
             p.check(&Method::GET, "/admin/invites", None),
             Decision::Allow
