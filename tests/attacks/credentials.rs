@@ -288,7 +288,9 @@ async fn api_token_writes_never_reach_medusa() {
     let path = format!("/admin/users/{}", fake_medusa::v1_user_id(1));
     let json = ("content-type", "application/json");
     let padding = "x".repeat(70 * 1024);
-    let attempts: Vec<(&str, Vec<(&str, &str)>, Body, u16)> = vec![
+    // (what, request headers, body, expected status)
+    type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, Body, u16);
+    let attempts: Vec<Attempt> = vec![
         ("plain", vec![json], full(r#"{"api_token":"mine"}"#), 403),
         (
             "escaped key",
