@@ -135,32 +135,37 @@ pub struct Scanner {
     bs_odd: bool,
 }
 
-/// Output of one chunk: input slices and replacement bytes, merged at the end.
+/// Output of one chunk: input slices and replacement bytes, merged at the end. The common
+/// case, one untouched slice of the input, needs no allocation.
 #[derive(Default)]
 struct Out {
-    parts: Vec<Bytes>,
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
 }
 
 impl Out {
     fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.parts.push(b);
+        if b.is_empty() {
+            return;
+        }
+        match self.first {
+            None => self.first = Some(b),
+            Some(_) => self.more.push(b),
         }
     }
 
-    fn into_bytes(mut self) -> Option<Bytes> {
-        match self.parts.len() {
-            0 => None,
-            1 => self.parts.pop(),
-            _ => {
-                let len = self.parts.iter().map(Bytes::len).sum();
-                let mut buf = BytesMut::with_capacity(len);
-                for p in &self.parts {
-                    buf.extend_from_slice(p);
-                }
-                Some(buf.freeze())
-            }
+    fn into_bytes(self) -> Option<Bytes> {
+        let first = self.first?;
+        if self.more.is_empty() {
+            return Some(first);
         }
+        let len = first.len() + self.more.iter().map(Bytes::len).sum::<usize>();
+        let mut buf = BytesMut::with_capacity(len);
+        buf.extend_from_slice(&first);
+        for p in &self.more {
+            buf.extend_from_slice(p);
+        }
+        Some(buf.freeze())
     }
 }
 
