@@ -304,7 +304,8 @@ impl Proxy {
         record.key_fingerprint = caller.key_fingerprint;
 
         // Credentials in bodies (built-in body rules): the request body may be refused in
-        // `prepare`; every answer below goes through this `finish`, which scrubs Medusa's.
+        // `prepare`, and every answer below goes through this `finish`, which scrubs Medusa's
+        // body. It shadows the free `finish`, so no exit below can forget the scrubbing.
         let body_rules = rules.policy.body_rules(&parts.method, parts.uri.path());
         let finish = |resp| {
             finish(resp, body_rules.scrub).unwrap_or_else(|e| {
