@@ -320,6 +320,7 @@ impl Proxy {
             body,
             self.upstream.settings().request_timeout,
             body_rules,
+            rules.max_body,
         )
         .await?
         {

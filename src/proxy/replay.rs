@@ -39,17 +39,19 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// The body rules (`api-token-write`) inspect every body buffered here, since it is in memory
 /// anyway; with `always_inspect` (`/admin/users` and below) every body is buffered, chunked
 /// ones included, and one larger than [`MAX_INSPECTED_BODY`] is refused (413). Other bodies
-/// stream uninspected: they cannot reach the route that sets a user's token.
+/// stream uninspected: they cannot reach the route that sets a user's token. `max_body`
+/// (`policy.max_body`) still caps a chunked body buffered here.
 pub async fn prepare(
     headers: &HeaderMap,
     body: Incoming,
     timeout: std::time::Duration,
     rules: BodyRules,
+    max_body: u64,
 ) -> Result<PreparedBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(PreparedBody::Replayable(Bytes::new()));
     }
-    let limit = MAX_REPLAY_BODY.max(MAX_INSPECTED_BODY);
+    let limit = MAX_REPLAY_BODY.max(MAX_INSPECTED_BODY).min(max_body);
     match content_length(headers) {
         Some(len) if len <= MAX_REPLAY_BODY => {}
         // Refuse a declared oversize body before reading any of it.
@@ -63,10 +65,12 @@ pub async fn prepare(
         .await
         .map_err(|_| ProxyError::BodyTimeout(timeout))?
         .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                ProxyError::InspectedBodyTooLarge(MAX_INSPECTED_BODY)
-            } else {
+            if !e.is::<LengthLimitError>() {
                 ProxyError::BadRequest("the request body could not be read")
+            } else if max_body < MAX_INSPECTED_BODY {
+                ProxyError::PayloadTooLarge(max_body)
+            } else {
+                ProxyError::InspectedBodyTooLarge(MAX_INSPECTED_BODY)
             }
         })?;
     let bytes = collected.to_bytes();

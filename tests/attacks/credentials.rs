@@ -462,3 +462,24 @@ async fn lifting_one_credential_rule_keeps_the_others() {
         .await;
     assert_eq!(r.status, 403);
 }
+
+/// Buffering a chunked body for inspection does not lift a `policy.max_body` below 64 KiB.
+#[tokio::test]
+async fn max_body_still_caps_inspected_chunked_bodies() {
+    let t = Target::in_process(FakeMedusa::start().await, "[policy]\nmax_body = \"1KiB\"").await;
+    t.fake.set_record_requests(true);
+    let path = format!("/admin/users/{}", fake_medusa::v1_user_id(1));
+    let pad = "x".repeat(2048);
+    let body = chunked(vec![Bytes::from(format!(r#"{{"first_name":"{pad}"}}"#))]);
+    let r = t.send("POST", &path, &[], body).await;
+    assert_eq!(r.status, 413);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_body"),
+        "{:?}",
+        r.json()
+    );
+    assert!(t.fake.requests().is_empty());
+}
