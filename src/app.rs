@@ -183,7 +183,9 @@ pub async fn start_with(
             max_streams_per_connection: settings.proxy.max_streams_per_connection,
             idle_timeout: settings.proxy.idle_timeout,
             send_timeout: settings.proxy.send_timeout,
-            release_memory_after: settings.upstream.pool_idle_timeout + Duration::from_secs(1),
+            release_memory_after: Some(
+                settings.upstream.pool_idle_timeout + Duration::from_secs(1),
+            ),
             ..server::Limits::default()
         },
         metrics.connections().clone(),

@@ -59,8 +59,9 @@ pub struct Limits {
     /// Medusa is aborted with it.
     pub send_timeout: Duration,
     /// How long after the last connection closed freed memory is handed back (see
-    /// `release_memory_soon`): past the upstream pool's idle timeout.
-    pub release_memory_after: Duration,
+    /// `release_memory_soon`): past the upstream pool's idle timeout. `None`: never (the ops
+    /// listener, whose scrapes say nothing about the proxy listener's load).
+    pub release_memory_after: Option<Duration>,
 }
 
 /// Request extension: the request head is larger than [`Limits::max_head_bytes`].
@@ -98,7 +99,7 @@ impl Default for Limits {
             h2_send_buf: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
-            release_memory_after: Duration::from_secs(5),
+            release_memory_after: None,
         }
     }
 }
@@ -289,7 +290,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 struct ConnSlot {
     open: Arc<AtomicUsize>,
     gauge: prometheus_client::metrics::gauge::Gauge,
-    release_after: Duration,
+    release_after: Option<Duration>,
 }
 
 impl ConnSlot {
@@ -312,8 +313,10 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         let was = self.open.fetch_sub(1, Ordering::AcqRel);
         self.gauge.dec();
-        if was == 1 {
-            release_memory_soon(self.open.clone(), self.release_after);
+        if was == 1
+            && let Some(after) = self.release_after
+        {
+            release_memory_soon(self.open.clone(), after);
         }
     }
 }
