@@ -16,13 +16,15 @@ else
   fuzz=(cargo fuzz)
   sanitizer=none
 fi
-mkdir -p corpus/canonicalize corpus/config
+mkdir -p corpus/canonicalize corpus/config corpus/scrub
 # Seed corpora: real paths and the example configs.
 printf '/admin/products' > corpus/canonicalize/seed-products
 printf '/admin/auth/token' > corpus/canonicalize/seed-token
 for f in ../config/*.toml; do cp "$f" "corpus/config/seed-$(basename "$f")"; done
+printf '\x05{"user":{"id":"usr_1","api_token":"sekret","metadata":{"api_token":[1,{"a":"\\""}]}}}' > corpus/scrub/seed-user
+printf '\x83{"invites":[{"token":"abc","user_email":"x"}],"note":"\\"api_token\\": no"}' > corpus/scrub/seed-invites
 status=0
-for target in canonicalize config; do
+for target in canonicalize config scrub; do
   echo "== fuzzing $target for ${secs}s"
   log="$(mktemp)"
   if "${fuzz[@]}" run --sanitizer "$sanitizer" "$target" "corpus/$target" -- \
