@@ -312,7 +312,8 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
 }
 
 /// Reload when the config file or a secret file it names changes (directory watches, so
-/// Kubernetes' `..data` symlink swaps are seen).
+/// Kubernetes' `..data` symlink swaps are seen), and only when its bytes differ from what the
+/// last attempt read: a rejected edit is reported once, not at every event until it is fixed.
 fn watch_files(reloader: &Arc<Reloader>) -> Option<FileWatch> {
     let files = reloader.watched_files();
     if files.is_empty() {
@@ -320,7 +321,7 @@ fn watch_files(reloader: &Arc<Reloader>) -> Option<FileWatch> {
     }
     let r = reloader.clone();
     match crate::watch::watch_files(&files, move || {
-        let _ = r.reload("file change");
+        let _ = r.reload_if_changed("file change");
     }) {
         Ok(w) => Some(w),
         Err(e) => {
