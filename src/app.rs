@@ -52,6 +52,21 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// A refusal of the configuration as written (exit status 2), as opposed to a failure of
+    /// the environment the proxy runs in (exit status 1).
+    pub fn is_config(&self) -> bool {
+        match self {
+            StartError::Secret(..)
+            | StartError::Rules(_)
+            | StartError::Tls(_)
+            | StartError::FileDescriptors { .. } => true,
+            // The address may be fine and merely taken; the port may be free a moment later.
+            StartError::Bind { .. } => false,
+        }
+    }
+}
+
 /// A running proxy. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub proxy_addr: SocketAddr,

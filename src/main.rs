@@ -122,9 +122,13 @@ async fn run(settings: Settings, path: PathBuf) -> ExitCode {
     let running = match app::start_with(settings, Some(path)).await {
         Ok(r) => r,
         Err(e) => {
+            // Once, through the log (which may be JSON for a collector); not also on stderr.
             tracing::error!("{e}");
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return if e.is_config() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     let signal = loop {
@@ -227,14 +231,14 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", settings.auth.secret_name);
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     let rules = match Rules::from_settings(&settings) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     for name in rules.policy.lifted() {
@@ -244,12 +248,12 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
     }
     if let Err(e) = Upstream::new(&settings.upstream) {
         eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(2);
     }
     // The limit here is this shell's, which may differ from the service's (LimitNOFILE=).
     if let Err(e) = app::connection_budget(&settings.proxy) {
         eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(2);
     }
     if settings.upstream.pool_idle_timeout >= std::time::Duration::from_secs(5) {
         // Node (Medusa) closes idle keep-alive connections after 5 s by default.

@@ -347,3 +347,104 @@ fn every_example_config_parses() {
         "expected the documented and the local example, found {n}"
     );
 }
+
+/// `(exit code, stdout, stderr)` of the binary.
+fn run_code(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("MEDUSA_AUTH_PROXY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env_remove(PW_VAR);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 15: the README promises exit status 2 for a configuration the proxy refuses; `run`
+/// used to exit 1 for some and print each fatal error twice (a log line and an `error:` line).
+#[test]
+fn every_configuration_refusal_exits_2_and_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::cell::Cell::new(0);
+    // Each case its own folder: config() always writes proxy.toml.
+    let fresh = || {
+        n.set(n.get() + 1);
+        let d = dir.path().join(n.get().to_string());
+        std::fs::create_dir(&d).unwrap();
+        d
+    };
+    let edit = |from: &str, to: &str, upstream: &str| {
+        let cfg = config(&fresh(), upstream, "");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains(from), "{from} not in the test config");
+        std::fs::write(&cfg, text.replacen(from, to, 1)).unwrap();
+        cfg
+    };
+    let pw = [(PW_VAR, "x")];
+    // (what is refused, config, environment, words the one message must hold)
+    let cases: Vec<(&str, PathBuf, &[(&str, &str)], &str)> = vec![
+        (
+            "a remote listener without keys",
+            edit(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"0.0.0.0:0\"",
+                "http://127.0.0.1:9",
+            ),
+            &pw,
+            "is not a loopback address",
+        ),
+        (
+            "a missing secret",
+            config(&fresh(), "http://127.0.0.1:9", ""),
+            &[],
+            PW_VAR,
+        ),
+        (
+            "more connections than file descriptors",
+            edit(
+                "shutdown_grace = \"10s\"",
+                "shutdown_grace = \"10s\"\nmax_connections = 1000000000",
+                "http://127.0.0.1:9",
+            ),
+            &pw,
+            "proxy.max_connections",
+        ),
+        (
+            "an unreadable CA file",
+            edit(
+                "connect_timeout = \"1s\"",
+                "connect_timeout = \"1s\"\nca_file = \"/nonexistent/ca.pem\"",
+                "https://127.0.0.1:9",
+            ),
+            &pw,
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "an unknown key",
+            edit("[ops]", "[ops]\nlisten_on = 1", "http://127.0.0.1:9"),
+            &pw,
+            "unknown field `listen_on`",
+        ),
+    ];
+    let mut refused = 0;
+    for (what, cfg, env, words) in &cases {
+        let cfg = cfg.to_str().unwrap();
+        for sub in ["run", "check"] {
+            let (code, out, err) = run_code(&[sub, "--config", cfg], env);
+            assert_eq!(code, Some(2), "{sub}: {what}: exit {code:?}\n{out}{err}");
+            assert_eq!(
+                err.lines().filter(|l| l.contains(words)).count(),
+                1,
+                "{sub}: {what}: said once, naming {words:?}:\n{err}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2 * cases.len());
+}
