@@ -388,7 +388,8 @@ fn every_configuration_refusal_exits_2_and_is_said_once() {
     };
     let pw = [(PW_VAR, "x")];
     // (what is refused, config, environment, words the one message must hold)
-    let cases: Vec<(&str, PathBuf, &[(&str, &str)], &str)> = vec![
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: Vec<(&str, PathBuf, Env, &str)> = vec![
         (
             "a remote listener without keys",
             edit(
