@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
-use crate::config::Settings;
+use crate::config::{Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::{Proxy, Rules, RulesError};
@@ -122,6 +122,16 @@ pub async fn start_with(
     settings: Settings,
     config_path: Option<PathBuf>,
 ) -> Result<Running, StartError> {
+    start_with_overrides(settings, config_path, Overrides::default()).await
+}
+
+/// Like [`start_with`], with command-line values that keep winning over the file's when it
+/// is reloaded.
+pub async fn start_with_overrides(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) -> Result<Running, StartError> {
     let secret = settings
         .auth
         .secret
@@ -152,7 +162,8 @@ pub async fn start_with(
         settings.auth.flavor,
         settings.auth.email.clone(),
         secret,
-    );
+    )
+    .with_secret_source(&settings.auth.secret);
     let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
@@ -179,6 +190,7 @@ pub async fn start_with(
     ));
     let reloader = Arc::new(Reloader::new(
         config_path,
+        overrides,
         settings.clone(),
         proxy.clone(),
         tokens.clone(),
@@ -229,11 +241,18 @@ pub async fn start_with(
         crate::metrics::ConnMetrics::default(),
     ));
     let watch = watch_files(&reloader);
+    // Which build and which account: the first two questions when a login is refused.
+    let account = match &settings.auth.email {
+        Some(email) => email.clone(),
+        None => format!("API key from {}", settings.auth.secret.describe()),
+    };
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         listen = %proxy_addr,
         ops = %ops_addr,
         upstream = %settings.upstream.url,
         flavor = settings.auth.flavor.as_str(),
+        account = %account,
         "medusa-auth-proxy started"
     );
     Ok(Running {

@@ -16,12 +16,14 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::auth::TokenManager;
-use crate::config::Settings;
+use crate::config::{Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Rules};
 
 pub struct Reloader {
     config_path: Option<PathBuf>,
+    /// The command line's values: they keep winning over the file's after a reload.
+    overrides: Overrides,
     current: Mutex<Settings>,
     /// What the last attempt read: SHA-256 over the config file and the files it names.
     last_attempt: Mutex<[u8; 32]>,
@@ -43,14 +45,16 @@ pub struct Applied {
 impl Reloader {
     pub fn new(
         config_path: Option<PathBuf>,
+        overrides: Overrides,
         settings: Settings,
         proxy: Arc<Proxy>,
         tokens: TokenManager,
         metrics: Arc<Metrics>,
     ) -> Reloader {
-        let last_attempt = Mutex::new(inputs_digest(config_path.as_deref(), &settings));
+        let last_attempt = Mutex::new(inputs_digest(config_path.as_deref(), &overrides, &settings));
         Reloader {
             config_path,
+            overrides,
             last_attempt,
             current: Mutex::new(settings),
             proxy,
@@ -93,7 +97,7 @@ impl Reloader {
     /// Remember what this attempt reads; false when that is what the last one read.
     fn record_attempt(&self) -> bool {
         let current = self.lock().clone();
-        let digest = inputs_digest(self.config_path.as_deref(), &current);
+        let digest = inputs_digest(self.config_path.as_deref(), &self.overrides, &current);
         let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *last, digest) != digest
     }
@@ -128,7 +132,9 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<Applied, String> {
         let new = match &self.config_path {
-            Some(path) => Settings::load(path).map_err(|e| e.to_string())?,
+            Some(path) => {
+                Settings::load_with(Some(path), &self.overrides).map_err(|e| e.to_string())?
+            }
             None => self.lock().clone(),
         };
         // Validate everything before applying anything.
@@ -147,10 +153,9 @@ impl Reloader {
         }
         self.proxy.set_rules(rules);
         self.proxy.set_access_log(new.log.access);
-        let credential_changed = self
-            .tokens
-            .login()
-            .set_credentials(new.auth.email.clone(), secret);
+        let login = self.tokens.login();
+        login.set_secret_source(&new.auth.secret);
+        let credential_changed = login.set_credentials(new.auth.email.clone(), secret);
         if credential_changed {
             // The cached token belongs to the old credential (it may have been revoked).
             let tokens = self.tokens.clone();
@@ -195,7 +200,11 @@ fn named_files(s: &Settings) -> Vec<PathBuf> {
 /// SHA-256 over the config file's bytes and those of the files it names (or, when it does
 /// not parse, the files `current` names). Paths and read errors are hashed too, so a file
 /// that disappears or is renamed in the config is a change.
-fn inputs_digest(config_path: Option<&Path>, current: &Settings) -> [u8; 32] {
+fn inputs_digest(
+    config_path: Option<&Path>,
+    overrides: &Overrides,
+    current: &Settings,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     let feed = |h: &mut Sha256, path: &Path| {
         h.update(path.as_os_str().as_encoded_bytes());
@@ -215,7 +224,7 @@ fn inputs_digest(config_path: Option<&Path>, current: &Settings) -> [u8; 32] {
     let named = match config_path {
         Some(path) => {
             feed(&mut h, path);
-            Settings::load(path)
+            Settings::load_with(Some(path), overrides)
                 .map(|s| named_files(&s))
                 .unwrap_or_else(|_| named_files(current))
         }

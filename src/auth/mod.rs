@@ -147,6 +147,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The user id of the last token obtained (for the "own user" route rule).
     user_id: arc_swap::ArcSwapOption<String>,
+    /// The one `ready` line is logged (the first credential held; later ones are refreshes).
+    ready_logged: AtomicBool,
 }
 
 /// The token cache and its login driver. Cheap to clone.
@@ -208,6 +210,7 @@ impl TokenManager {
                 backoff,
                 next_id: AtomicU64::new(1),
                 rejected_unverified: AtomicBool::new(false),
+                ready_logged: AtomicBool::new(false),
                 relogin: AtomicBool::new(false),
                 user_id: arc_swap::ArcSwapOption::empty(),
                 metrics,
@@ -443,6 +446,9 @@ impl TokenManager {
                     self.inner.metrics.token_expiry(unix_at(token.usable_until));
                     self.inner.cache.insert((), token.clone()).await;
                     self.inner.current.store(Some(token));
+                    if !self.inner.ready_logged.swap(true, Ordering::Relaxed) {
+                        tracing::info!("ready: holding a Medusa credential; forwarding requests");
+                    }
                     self.inner.status.send_replace(Phase::Ready);
                 }
                 Err(error) => {
