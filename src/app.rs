@@ -247,7 +247,7 @@ pub async fn start_with_overrides(
         None => format!("API key from {}", settings.auth.secret.describe()),
     };
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = %env!("CARGO_PKG_VERSION"),
         listen = %proxy_addr,
         ops = %ops_addr,
         upstream = %settings.upstream.url,

@@ -334,23 +334,25 @@ enum TlsFailure {
 fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        let inner = err
+        match err.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(c)) => {
+                return Some(TlsFailure::Certificate(format!("{c:?}")));
+            }
+            // "HTTP/1.1 400 ..." read as a TLS record: its first byte is no content type.
+            Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+                return Some(TlsFailure::NotTls);
+            }
+            _ => {}
+        }
+        // An io::Error's `source()` skips the error it wraps (and the connector nests them:
+        // io::Error(io::Error(rustls::Error))): step into the wrapped one instead.
+        cur = match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
-            match candidate.downcast_ref::<rustls::Error>() {
-                Some(rustls::Error::InvalidCertificate(c)) => {
-                    return Some(TlsFailure::Certificate(format!("{c:?}")));
-                }
-                // "HTTP/1.1 400 ..." read as a TLS record: its first byte is no content type.
-                Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
-                    return Some(TlsFailure::NotTls);
-                }
-                _ => {}
-            }
-        }
-        cur = err.source();
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }

@@ -34,8 +34,28 @@ impl Proc {
         Proc::spawn(cfg, env, None, Some(log_file))
     }
 
+    /// The binary with exactly `args` (no `run --config` added), without `RUST_LOG` and
+    /// `MEDUSA_AUTH_PROXY_CONFIG`, with `env` set.
+    pub fn start_args(args: &[String], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_args(args, env, None, None)
+    }
+
     fn spawn(
         cfg: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        log_file: Option<&Path>,
+    ) -> Proc {
+        let args = [
+            "run".to_owned(),
+            "--config".to_owned(),
+            cfg.display().to_string(),
+        ];
+        Proc::spawn_args(&args, env, nofile, log_file)
+    }
+
+    fn spawn_args(
+        args: &[String],
         env: &[(&str, &str)],
         nofile: Option<u64>,
         log_file: Option<&Path>,
@@ -59,9 +79,9 @@ impl Proc {
                 });
             }
         }
-        cmd.args(["run", "--config"])
-            .arg(cfg)
-            .env_remove("RUST_LOG");
+        cmd.args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("MEDUSA_AUTH_PROXY_CONFIG");
         for (k, v) in env {
             cmd.env(k, v);
         }
