@@ -9,8 +9,11 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
 
 use crate::config::LogFormat;
 
@@ -38,6 +41,10 @@ pub struct AccessLog {
     format: LogFormat,
     buf: Mutex<String>,
     sink: Sink,
+    /// Lines are buffered and the flusher has been told; it writes them out within
+    /// [`FLUSH_EVERY`]. With no traffic nothing is pending and the flusher sleeps.
+    pending: AtomicBool,
+    wake: Notify,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -64,7 +71,24 @@ impl AccessLog {
             format,
             buf: Mutex::new(String::with_capacity(FLUSH_AT * 2)),
             sink,
+            pending: AtomicBool::new(false),
+            wake: Notify::new(),
         }
+    }
+
+    /// The task that writes buffered lines out at most [`FLUSH_EVERY`] after they were
+    /// recorded, and only wakes when there is something to write.
+    pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let log = self.clone();
+        tokio::spawn(async move {
+            loop {
+                log.wake.notified().await;
+                tokio::time::sleep(FLUSH_EVERY).await;
+                // Before the flush: a line recorded from here on wakes the next round.
+                log.pending.store(false, Ordering::Release);
+                log.flush();
+            }
+        })
     }
 
     pub fn record(&self, e: &Entry<'_>) {
@@ -76,6 +100,11 @@ impl AccessLog {
         if buf.len() >= FLUSH_AT {
             (self.sink)(buf.as_bytes());
             buf.clear();
+        }
+        drop(buf);
+        // A load first: under traffic the flag is already set and the line stays shared.
+        if !self.pending.load(Ordering::Acquire) && !self.pending.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
         }
     }
 
@@ -216,6 +245,30 @@ mod tests {
         assert_eq!(v["replayed"], false);
         assert_eq!(lines[1]["path"], "/a\"b\\c\u{1}");
         assert!(lines[1]["client_key"].is_null());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flusher_writes_within_flush_every_and_sleeps_without_lines() {
+        let (log, out) = capture(LogFormat::Text);
+        let log = Arc::new(log);
+        let _flusher = log.spawn_flusher();
+        // Nothing recorded: an hour passes and the flusher never ran a round.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(out.lock().unwrap().is_empty());
+        for round in 1..=3 {
+            log.record(&entry());
+            tokio::time::sleep(FLUSH_EVERY - Duration::from_millis(1)).await;
+            let lines =
+                |out: &Mutex<Vec<u8>>| out.lock().unwrap().split(|b| *b == b'\n').count() - 1;
+            assert_eq!(lines(&out), round - 1, "round {round}: written too early");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            assert_eq!(
+                lines(&out),
+                round,
+                "round {round}: not written within FLUSH_EVERY"
+            );
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
     }
 
     #[test]

@@ -169,16 +169,7 @@ pub async fn start_with_overrides(
     let driver = tokens.spawn_driver(shutdown_rx.clone());
 
     let access_log = Arc::new(AccessLog::stderr(settings.log.format));
-    let flusher = {
-        let log = access_log.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(crate::access_log::FLUSH_EVERY);
-            loop {
-                every.tick().await;
-                log.flush();
-            }
-        })
-    };
+    let flusher = access_log.spawn_flusher();
     let proxy = Arc::new(Proxy::new(
         upstream,
         tokens.clone(),

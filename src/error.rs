@@ -20,6 +20,12 @@ pub enum ProxyError {
     /// Medusa's TLS certificate was not accepted: 502, saying so.
     #[error("{0}")]
     UpstreamCertificate(String),
+    /// Medusa sent a compressed body although the proxy asked for identity: it cannot be
+    /// scanned for credentials (see `crate::scrub`), so it is not passed on: 502.
+    #[error(
+        "Medusa answered with Content-Encoding {0:?}, which the proxy cannot scan for credentials"
+    )]
+    UpstreamEncoded(String),
     /// Medusa did not answer with a response head within `upstream.request_timeout`: 504.
     #[error("Medusa did not answer within {0:?}")]
     UpstreamTimeout(Duration),
@@ -44,6 +50,12 @@ pub enum ProxyError {
     /// The body exceeds `policy.max_body`: 413.
     #[error("request body exceeds policy.max_body ({0} bytes)")]
     PayloadTooLarge(u64),
+    /// A body the `api-token-write` rule must inspect (every body to `/admin/users` and
+    /// below) is larger than it buffers: 413.
+    #[error(
+        "request bodies to /admin/users are inspected for api_token and may not exceed {0} bytes"
+    )]
+    InspectedBodyTooLarge(u64),
     /// The client did not send its (small, buffered) body within `upstream.request_timeout`:
     /// 408, and the connection is closed.
     #[error("the request body did not arrive within {0:?}")]
@@ -60,15 +72,17 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamCertificate(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamCertificate(_)
+            | ProxyError::UpstreamEncoded(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::PayloadTooLarge(_) | ProxyError::InspectedBodyTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -80,11 +94,14 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamCertificate(_) => "upstream_certificate",
+            ProxyError::UpstreamEncoded(_) => "upstream_encoded",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::NoToken { .. } => "no_token",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Forbidden { code, .. } | ProxyError::ProxyAuth { code, .. } => code,
-            ProxyError::PayloadTooLarge(_) => "payload_too_large",
+            ProxyError::PayloadTooLarge(_) | ProxyError::InspectedBodyTooLarge(_) => {
+                "payload_too_large"
+            }
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::BodyTimeout(_) => "request_timeout",
             ProxyError::HeadTooLarge(_) => "header_too_large",

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod sniff;

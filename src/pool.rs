@@ -165,6 +165,9 @@ pub struct Pool<B> {
     idle: Mutex<VecDeque<Idle<B>>>,
     idle_timeout: Duration,
     sweeping: std::sync::atomic::AtomicBool,
+    /// Told when the pool goes from no idle connection to one: the sweeper sleeps on it, so
+    /// an idle proxy with nothing pooled never wakes up.
+    refilled: Arc<tokio::sync::Notify>,
 }
 
 impl<B: Send + 'static> Pool<B> {
@@ -173,6 +176,7 @@ impl<B: Send + 'static> Pool<B> {
             idle: Mutex::new(VecDeque::new()),
             idle_timeout,
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            refilled: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -215,6 +219,9 @@ impl<B: Send + 'static> Pool<B> {
             {
                 idle.pop_front();
             }
+            if idle.is_empty() {
+                self.refilled.notify_one();
+            }
             idle.push_back(Idle { conn, since: now });
         }
         self.start_sweeper();
@@ -226,8 +233,9 @@ impl<B: Send + 'static> Pool<B> {
     }
 
     /// Close connections that stay idle past the timeout even when no request comes to
-    /// notice them. One sweeper per pool, started on first use (inside the runtime); it ends
-    /// with the pool.
+    /// notice them, at the moment the oldest one times out; with none pooled, it sleeps until
+    /// one is (no periodic wake-ups). One sweeper per pool, started on first use (inside the
+    /// runtime); it ends with the pool.
     fn start_sweeper(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -237,15 +245,23 @@ impl<B: Send + 'static> Pool<B> {
             return;
         }
         let weak: Weak<Pool<B>> = Arc::downgrade(self);
-        let period = self.idle_timeout.max(Duration::from_millis(100));
+        let refilled = self.refilled.clone();
         runtime.spawn(async move {
             loop {
-                tokio::time::sleep(period).await;
-                let Some(pool) = weak.upgrade() else { return };
-                let now = Instant::now();
-                pool.lock().retain(|i| {
-                    !i.conn.is_closed() && now.duration_since(i.since) < pool.idle_timeout
-                });
+                let oldest = {
+                    let Some(pool) = weak.upgrade() else { return };
+                    let now = Instant::now();
+                    let mut idle = pool.lock();
+                    idle.retain(|i| {
+                        !i.conn.is_closed() && now.duration_since(i.since) < pool.idle_timeout
+                    });
+                    idle.front().map(|i| i.since + pool.idle_timeout)
+                };
+                match oldest {
+                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    // Not holding the pool while waiting: it may be dropped meanwhile.
+                    None => refilled.notified().await,
+                }
             }
         });
     }

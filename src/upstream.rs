@@ -22,12 +22,15 @@ use tower::ServiceExt;
 use crate::body::LimitedBody;
 use crate::config::UpstreamSettings;
 use crate::pool::{Conn, Pool, PooledBody};
+use crate::scrub::ScrubBody;
 
 /// The request body sent to Medusa: buffered (small, replayable) or streamed from the client.
 pub type UpstreamBody = Either<Full<Bytes>, LimitedBody>;
 
-/// Medusa's response body (its connection returns to the pool when it has been read).
-pub type ResponseBody = PooledBody<UpstreamBody>;
+/// Medusa's response body (its connection returns to the pool when it has been read). It
+/// passes through unchanged unless the proxy switches credential scrubbing on
+/// ([`ScrubBody::scrub`]); logins read it as it is.
+pub type ResponseBody = ScrubBody<PooledBody<UpstreamBody>>;
 
 /// Name of the session cookie Medusa (express-session) sets.
 pub const SESSION_COOKIE: &str = "connect.sid";
@@ -198,9 +201,11 @@ impl Upstream {
                         // 101: the connection now belongs to the upgraded stream.
                         Some(conn) if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
                             let pool = self.pool.clone();
-                            resp.map(|body| PooledBody::new(body, conn, pool))
+                            resp.map(|body| {
+                                ScrubBody::passthrough(PooledBody::new(body, conn, pool))
+                            })
                         }
-                        _ => resp.map(PooledBody::unpooled),
+                        _ => resp.map(|body| ScrubBody::passthrough(PooledBody::unpooled(body))),
                     });
                 }
                 (Err(mut e), _) => match e.take_message() {

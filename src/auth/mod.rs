@@ -305,11 +305,16 @@ impl TokenManager {
                     verdict = verdict.as_str(),
                     "checked the token after a 401 from Medusa"
                 );
-                match verdict {
-                    Verdict::Accepted => token.mark_verified(),
-                    Verdict::Rejected => me.reject(&token).await,
-                    Verdict::Unknown => {}
+                if verdict == Verdict::Accepted {
+                    token.mark_verified();
                 }
+            }
+            if verdict == Verdict::Rejected {
+                // Every caller, not only the one that ran the check: one that reused the
+                // verdict may get here before the checker dropped the token, and must not
+                // find it still cached (it would see "no new token" and answer 503).
+                // Idempotent: only the first removes it.
+                me.reject(&token).await;
             }
             verdict == Verdict::Rejected
         });

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::header::{self, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tokio::sync::Semaphore;
 
 use crate::access_log::AccessLog;
@@ -26,6 +26,7 @@ use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::scrub::Scrub;
 use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
 use policy::{Decision, Policy, PolicyConfig};
 use replay::PreparedBody;
@@ -219,7 +220,10 @@ impl Proxy {
             ProxyError::UpstreamUnreachable(_) => self.metrics.upstream_error("unreachable"),
             ProxyError::UpstreamTimeout(_) => self.metrics.upstream_error("timeout"),
             ProxyError::UpstreamCertificate(_) => self.metrics.upstream_error("certificate"),
-            ProxyError::PayloadTooLarge(_) => self.metrics.denied("payload_too_large"),
+            ProxyError::UpstreamEncoded(_) => self.metrics.upstream_error("encoded"),
+            ProxyError::PayloadTooLarge(_) | ProxyError::InspectedBodyTooLarge(_) => {
+                self.metrics.denied("payload_too_large")
+            }
             ProxyError::Forbidden { code, .. } | ProxyError::ProxyAuth { code, .. } => {
                 self.metrics.denied(code)
             }
@@ -347,11 +351,24 @@ impl Proxy {
         }
         record.key_fingerprint = caller.key_fingerprint;
 
+        // Credentials in bodies (built-in body rules): the request body may be refused in
+        // `prepare`, and every answer below goes through this `finish`, which scrubs Medusa's
+        // body. It shadows the free `finish`, so no exit below can forget the scrubbing.
+        let body_rules = rules.policy.body_rules(&parts.method, parts.uri.path());
+        let finish = |resp| {
+            finish(resp, body_rules.scrub).unwrap_or_else(|e| {
+                self.count_error(&e);
+                tracing::warn!(error = %e, "response refused");
+                e.into_response().map(Either::Right)
+            })
+        };
         let mut too_large = None;
         let (first_body, replay) = match replay::prepare(
             &parts.headers,
             body,
             self.upstream.settings().request_timeout,
+            body_rules,
+            rules.max_body,
         )
         .await?
         {
@@ -480,6 +497,12 @@ impl Proxy {
         token: &Token,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         headers.insert(token.header_name.clone(), token.header.clone());
+        // A compressed answer could not be scanned for credentials (`crate::scrub`), and
+        // compressing on the loopback hop to Medusa buys nothing.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -556,10 +579,31 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn finish(resp: Response<ResponseBody>) -> Response<Either<ResponseBody, Full<Bytes>>> {
-    let (mut parts, body) = resp.into_parts();
+/// Medusa's answer for the client: response hygiene, and the credential fields of `scrub`
+/// replaced in its body as it streams (see `crate::scrub`). A compressed body cannot be
+/// scanned and is refused rather than passed on.
+fn finish(
+    resp: Response<ResponseBody>,
+    scrub: Scrub,
+) -> Result<Response<Either<ResponseBody, Full<Bytes>>>, ProxyError> {
+    let (mut parts, mut body) = resp.into_parts();
     headers::sanitize_response(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+    let content_type = parts.headers.get(header::CONTENT_TYPE);
+    if scrub.any()
+        && !body.is_end_stream()
+        && crate::scrub::scanned_content_type(content_type.map(HeaderValue::as_bytes))
+    {
+        let encodings = parts.headers.get_all(header::CONTENT_ENCODING);
+        if let Some(enc) = encodings
+            .iter()
+            .find(|v| crate::scrub::encoded(v.as_bytes()))
+        {
+            let enc = String::from_utf8_lossy(enc.as_bytes()).into_owned();
+            return Err(ProxyError::UpstreamEncoded(enc));
+        }
+        body.scrub(scrub);
+    }
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 fn upstream_error(e: UpstreamError) -> ProxyError {

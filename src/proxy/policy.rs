@@ -149,7 +149,32 @@ pub struct BuiltinRule {
     pub pattern: &'static str,
     /// Why the route is blocked (for docs and start-up warnings).
     pub description: &'static str,
+    /// What the rule does on the routes it matches.
+    pub kind: RuleKind,
 }
+
+/// What a built-in rule does to a request that matches its methods and pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// Refuse the request (403 `route_denied`); [`Policy::check`] applies these.
+    Route,
+    /// Replace the value of every `api_token` field in Medusa's response (see `crate::scrub`).
+    ScrubApiToken,
+    /// Replace the value of every `token` field in Medusa's response.
+    ScrubInviteToken,
+    /// Refuse (403 `route_denied`) a request whose body sets an `api_token` field. Bodies that
+    /// are buffered anyway (small, with `Content-Length`) are inspected on every matching
+    /// route; on [`ALWAYS_INSPECTED`] every body is, and a larger one is refused (413).
+    RefuseApiTokenWrite,
+}
+
+/// Request bodies under this canonical prefix are always buffered (up to
+/// [`MAX_INSPECTED_BODY`]) and inspected while `api-token-write` applies: v1 sets a user's
+/// static token with `POST /admin/users/{id}`.
+pub const ALWAYS_INSPECTED: &str = "/admin/users";
+
+/// Largest body inspected on [`ALWAYS_INSPECTED`] routes; a larger one is refused there.
+pub const MAX_INSPECTED_BODY: u64 = 64 * 1024;
 
 const OWN_USER_ID: &str = "{own_user_id}";
 const SUBTREE: &str = "**";
@@ -167,6 +192,7 @@ pub const BUILTIN_RULES: &[BuiltinRule] = &[
         name: "v1-auth-session",
         methods: Some(&[Method::POST, Method::DELETE]),
         pattern: "/admin/auth",
+        kind: RuleKind::Route,
         description: "v1 cookie login (POST /admin/auth) hands out a session; DELETE ends the \
                       proxy's own session. GET /admin/auth (\"who am I\") stays allowed.",
     },
@@ -174,24 +200,28 @@ pub const BUILTIN_RULES: &[BuiltinRule] = &[
         name: "v1-auth-token",
         methods: None,
         pattern: "/admin/auth/token/**",
+        kind: RuleKind::Route,
         description: "v1 login: POST /admin/auth/token returns a 24 h admin JWT.",
     },
     BuiltinRule {
         name: "users-password-token",
         methods: None,
         pattern: "/admin/users/password-token/**",
+        kind: RuleKind::Route,
         description: "v1: creates a password-reset token for any user.",
     },
     BuiltinRule {
         name: "users-reset-password",
         methods: None,
         pattern: "/admin/users/reset-password/**",
+        kind: RuleKind::Route,
         description: "v1: sets a user's password with a reset token.",
     },
     BuiltinRule {
         name: "invites-create",
         methods: Some(&[Method::POST]),
         pattern: "/admin/invites",
+        kind: RuleKind::Route,
         description: "Creates an invite; its token lets anyone become an admin (v2 returns \
                       it in the response). Listing and deleting invites stay allowed.",
     },
@@ -199,18 +229,21 @@ pub const BUILTIN_RULES: &[BuiltinRule] = &[
         name: "invites-resend",
         methods: Some(&[Method::POST]),
         pattern: "/admin/invites/*/resend",
+        kind: RuleKind::Route,
         description: "Issues a fresh token for an existing invite (v2 returns it).",
     },
     BuiltinRule {
         name: "invites-accept",
         methods: None,
         pattern: "/admin/invites/accept/**",
+        kind: RuleKind::Route,
         description: "Accepting an invite creates a new admin user.",
     },
     BuiltinRule {
         name: "users-create",
         methods: Some(&[Method::POST]),
         pattern: "/admin/users",
+        kind: RuleKind::Route,
         description: "v1: POST /admin/users creates an admin user with a password of the \
                       caller's choosing.",
     },
@@ -218,6 +251,7 @@ pub const BUILTIN_RULES: &[BuiltinRule] = &[
         name: "own-user",
         methods: Some(&[Method::POST, Method::DELETE]),
         pattern: "/admin/users/{own_user_id}/**",
+        kind: RuleKind::Route,
         description: "Updating the proxy's own user (v1: set its api_token, a static \
                       credential) or deleting it (the proxy loses its login).",
     },
@@ -225,6 +259,7 @@ pub const BUILTIN_RULES: &[BuiltinRule] = &[
         name: "v2-auth",
         methods: None,
         pattern: "/auth/**",
+        kind: RuleKind::Route,
         description: "v2 login, registration, token refresh, password reset and sessions \
                       all live under /auth.",
     },
@@ -232,8 +267,37 @@ pub const BUILTIN_RULES: &[BuiltinRule] = &[
         name: "api-keys-create",
         methods: Some(&[Method::POST]),
         pattern: "/admin/api-keys/**",
+        kind: RuleKind::Route,
         description: "v2: POST /admin/api-keys creates a secret API key (a credential); \
                       POST below it updates or revokes keys. GET and DELETE stay allowed.",
+    },
+    BuiltinRule {
+        name: "api-token-read",
+        methods: None,
+        pattern: "/**",
+        kind: RuleKind::ScrubApiToken,
+        description: "v1 returns every user's static api_token (a credential that works \
+                      directly against Medusa, forever) in user objects: GET /admin/auth, \
+                      /admin/users, and wherever a user is embedded. Its value is replaced \
+                      with null in every response.",
+    },
+    BuiltinRule {
+        name: "api-token-write",
+        methods: None,
+        pattern: "/**",
+        kind: RuleKind::RefuseApiTokenWrite,
+        description: "v1: POST /admin/users/{id} with {\"api_token\": ...} sets any user's \
+                      static token. A request body that sets api_token is refused; bodies \
+                      to /admin/users and below are always inspected (at most 64 KiB).",
+    },
+    BuiltinRule {
+        name: "invite-token-read",
+        methods: None,
+        pattern: "/admin/invites/**",
+        kind: RuleKind::ScrubInviteToken,
+        description: "Invite listings (v1 and v2) carry each invite's token, which creates \
+                      an admin account. Its value is replaced with null on /admin/invites \
+                      and below.",
     },
 ];
 
@@ -521,8 +585,22 @@ pub struct Policy {
     allow: Vec<String>,
     deny: Vec<String>,
     read_only: bool,
+    /// Route rules in force.
     active: Vec<&'static BuiltinRule>,
+    /// Body rules in force (every kind but [`RuleKind::Route`]).
+    content: Vec<&'static BuiltinRule>,
     lifted: Vec<String>,
+}
+
+/// What the body rules in force require for one request (see [`Policy::body_rules`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyRules {
+    /// Fields whose values are replaced in Medusa's response.
+    pub scrub: crate::scrub::Scrub,
+    /// Refuse a request body that sets `api_token`, if it is inspected.
+    pub refuse_api_token: bool,
+    /// Inspect the body whatever its framing (buffering at most [`MAX_INSPECTED_BODY`]).
+    pub always_inspect: bool,
 }
 
 fn canonical_prefixes(field: &'static str, entries: &[String]) -> Result<Vec<String>, PolicyError> {
@@ -571,7 +649,10 @@ impl Policy {
             }
         }
         let is_lifted = |rule: &BuiltinRule| cfg.lift_builtin.iter().any(|n| n == rule.name);
-        let active = BUILTIN_RULES.iter().filter(|r| !is_lifted(r)).collect();
+        let (active, content) = BUILTIN_RULES
+            .iter()
+            .filter(|r| !is_lifted(r))
+            .partition(|r| r.kind == RuleKind::Route);
         let lifted = BUILTIN_RULES
             .iter()
             .filter(|r| is_lifted(r))
@@ -582,6 +663,7 @@ impl Policy {
             deny,
             read_only: cfg.read_only,
             active,
+            content,
             lifted,
         })
     }
@@ -617,6 +699,33 @@ impl Policy {
             return Decision::Deny(DenyReason::ReadOnly);
         }
         Decision::Allow
+    }
+}
+
+impl Policy {
+    /// The body rules for `method raw_path`, a request that [`Policy::check`] allowed (so
+    /// the path canonicalises; if it did not, only the rules for every path apply).
+    pub fn body_rules(&self, method: &Method, raw_path: &str) -> BodyRules {
+        let mut out = BodyRules::default();
+        if self.content.is_empty() {
+            return out;
+        }
+        let canonical = canonicalize(raw_path).unwrap_or_default();
+        for rule in &self.content {
+            if !rule.matches(method, &canonical, None) {
+                continue;
+            }
+            match rule.kind {
+                RuleKind::Route => {}
+                RuleKind::ScrubApiToken => out.scrub.api_token = true,
+                RuleKind::ScrubInviteToken => out.scrub.invite_token = true,
+                RuleKind::RefuseApiTokenWrite => {
+                    out.refuse_api_token = true;
+                    out.always_inspect = prefix_matches(ALWAYS_INSPECTED, &canonical);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -710,8 +819,8 @@ mod tests {
                 );
             }
         }
-        // Every rule is exercised above.
-        for rule in BUILTIN_RULES {
+        // Every route rule is exercised above (body rules: `body_rules_*`).
+        for rule in BUILTIN_RULES.iter().filter(|r| r.kind == RuleKind::Route) {
             assert!(
                 DENIED.iter().any(|(_, _, r)| *r == rule.name),
                 "no test for {}",
@@ -1176,13 +1285,71 @@ mod tests {
             );
             assert!(builtin_rule(rule.name).is_some());
             // Patterns are canonical once placeholders are filled in.
-            let filled = rule
+            let mut filled = rule
                 .pattern
                 .replace(OWN_USER_ID, "id")
                 .replace("/**", "")
                 .replace("/*/", "/id/");
+            if filled.is_empty() {
+                filled.push('/');
+            }
             assert_eq!(canonicalize(&filled), Ok(filled.clone()), "{}", rule.name);
             assert!(!rule.description.is_empty());
+        }
+    }
+
+    #[test]
+    fn body_rules_apply_by_default() {
+        let p = default_policy();
+        let r = p.body_rules(&Method::GET, "/admin/products");
+        assert!(r.scrub.api_token && !r.scrub.invite_token, "{r:?}");
+        assert!(r.refuse_api_token && !r.always_inspect, "{r:?}");
+        for path in ["/admin/invites", "/ADMIN/Invites/", "/admin/invites/inv_1"] {
+            let r = p.body_rules(&Method::GET, path);
+            assert!(r.scrub.api_token && r.scrub.invite_token, "{path}: {r:?}");
+        }
+        assert!(
+            !p.body_rules(&Method::GET, "/admin/invitesx")
+                .scrub
+                .invite_token
+        );
+        for path in ["/admin/users", "/admin/Users/usr_1", "/admin/users/usr_1/x"] {
+            let r = p.body_rules(&Method::POST, path);
+            assert!(r.refuse_api_token && r.always_inspect, "{path}: {r:?}");
+        }
+        assert!(!p.body_rules(&Method::POST, "/admin/users-x").always_inspect);
+        // Body rules never refuse a route by themselves.
+        assert_eq!(p.check(&Method::GET, "/admin/users", None), Decision::Allow);
+        assert_eq!(
+            p.check(&Method::GET, "/admin/invites", None),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn body_rules_lift_one_by_one() {
+        let lift = |names: &[&str]| {
+            policy(PolicyConfig {
+                lift_builtin: names.iter().map(|n| (*n).to_owned()).collect(),
+                ..PolicyConfig::default()
+            })
+        };
+        let p = lift(&["api-token-read"]);
+        assert_eq!(p.lifted(), ["api-token-read"]);
+        let r = p.body_rules(&Method::GET, "/admin/invites");
+        assert!(!r.scrub.api_token && r.scrub.invite_token && r.refuse_api_token);
+        let r = lift(&["invite-token-read"]).body_rules(&Method::GET, "/admin/invites");
+        assert!(r.scrub.api_token && !r.scrub.invite_token);
+        let r = lift(&["api-token-write"]).body_rules(&Method::POST, "/admin/users/usr_1");
+        assert!(!r.refuse_api_token && !r.always_inspect && r.scrub.api_token);
+        let all = lift(&["api-token-read", "api-token-write", "invite-token-read"]);
+        assert_eq!(
+            all.body_rules(&Method::GET, "/admin/invites"),
+            BodyRules::default()
+        );
+        // Lifting them opens no route and closes none.
+        for (method, path, name) in DENIED {
+            assert_eq!(all.check(&m(method), path, Some(OWN)), builtin(name));
         }
     }
 
@@ -1371,7 +1538,9 @@ mod tests {
                     prop_assert!(canonicalize(&path).is_ok());
                     let lib = liberal(&path);
                     prop_assert!(
-                        !BUILTIN_RULES.iter().any(|r| r.matches(&method, &lib, Some(OWN))),
+                        !BUILTIN_RULES
+                            .iter()
+                            .any(|r| r.kind == RuleKind::Route && r.matches(&method, &lib, Some(OWN))),
                         "{} {:?} allowed, but reads as {:?}", method, path, lib
                     );
                 }

@@ -1105,7 +1105,9 @@ async fn admin(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Ok(_) if parts.method == Method::GET && path == "/admin/download" => {
             download(st, conn, &parts.uri, &parts.headers)
         }
-        Ok(a) => lockout_route(st, a, &parts.method, path)
+        // The credential routes answer v1 `GET /admin/auth` too, with the same user id.
+        Ok(a) => credential_routes(st.mode, &parts.method, &parts.uri, &parts.headers)
+            .or_else(|| lockout_route(st, a, &parts.method, path))
             .unwrap_or_else(|| route(st.mode, &parts.method, &parts.uri, len, &sha)),
     };
     (rec.body_len, rec.body_sha256) = (len, sha);
@@ -1393,4 +1395,165 @@ fn lockout_route(st: &State, how: Authed, method: &Method, path: &str) -> Option
         )),
         _ => None,
     }
+}
+
+// ---- Credential-bearing routes (issue 12, "no credential leaves") ----
+//
+// What real Medusa returns with credentials in it: v1 user objects carry `api_token` (a static
+// credential); invite listings (v1 and v2) carry each invite's `token`. Every secret value
+// starts with `SECRET_MARK`, so a test can search a whole body for it.
+//
+// - v1 `GET /admin/auth` -> `{user}`; `GET /admin/users?limit=N` -> `{users: [N users], count}`
+//   (default 3; users with an odd index also carry `api_token` nested in `metadata`, at
+//   several depths); `GET /admin/users/{id}` -> `{user}`; `POST /admin/users/{id}` ->
+//   `{user}` (an update); `GET /admin/notes` -> notes with an embedded `author` user.
+// - v1 and v2 `GET /admin/invites` -> `{invites: [...]}` in the version's shape, with `token`.
+// - Request header `x-fake-chunk-bytes: C` on these routes: the body is sent chunked, in
+//   C-byte frames (no Content-Length). `x-fake-content-encoding: E` labels the response with
+//   `Content-Encoding: E` (the bytes stay plain: only the label matters to the proxy).
+
+/// Every credential value the fake hands out starts with this.
+pub const SECRET_MARK: &str = "SECRET-";
+/// Request header: send the body in frames of this many bytes.
+pub const CHUNK_BYTES_HEADER: &str = "x-fake-chunk-bytes";
+/// Request header: the `Content-Encoding` label to put on the response.
+pub const ENCODING_HEADER: &str = "x-fake-content-encoding";
+
+/// The api_token of v1 user `i` (user 0 is the admin the proxy logs in as).
+pub fn v1_api_token(i: usize) -> String {
+    format!("apitok-{SECRET_MARK}{i:06}-7f3a9c")
+}
+
+/// The id of v1 user `i`.
+pub fn v1_user_id(i: usize) -> String {
+    if i == 0 {
+        USER_ID.to_owned()
+    } else {
+        format!("usr_{i:06}")
+    }
+}
+
+/// v1 user `i` as Medusa 1.20.11 serialises it (api_token included).
+pub fn v1_user(i: usize) -> Value {
+    let mut metadata = json!({"note": "api_token is a field name", "i": i});
+    if i % 2 == 1 {
+        // Deeper copies of the field, in objects and arrays, as a plugin might store them.
+        metadata["nested"] = json!({
+            "api_token": v1_api_token(i),
+            "list": [{"deeper": {"api_token": {"value": v1_api_token(i), "n": [1, 2]}}}],
+        });
+    }
+    json!({
+        "id": v1_user_id(i),
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "updated_at": "2026-01-01T00:00:00.000Z",
+        "deleted_at": null,
+        "role": if i == 0 { "admin" } else { "member" },
+        "email": format!("user{i}@example.com"),
+        "first_name": "First\"quoted\"",
+        "last_name": "Last\\",
+        "api_token": v1_api_token(i),
+        "metadata": metadata,
+    })
+}
+
+/// The invite token of invite `i`.
+pub fn invite_token(i: usize) -> String {
+    format!("invtok-{SECRET_MARK}{i:04}.eyJhbGciOiJIUzI1NiJ9.e30")
+}
+
+/// `GET /admin/invites` in the shape of `mode`.
+pub fn invites_json(mode: Mode) -> Value {
+    let invites: Vec<Value> = (0..3)
+        .map(|i| match mode {
+            Mode::V1 => json!({
+                "id": format!("invite_{i}"),
+                "user_email": format!("new{i}@example.com"),
+                "role": "member",
+                "accepted": false,
+                "token": invite_token(i),
+                "expires_at": "2026-02-01T00:00:00.000Z",
+                "metadata": null,
+            }),
+            Mode::V2 => json!({
+                "id": format!("invite_{i}"),
+                "email": format!("new{i}@example.com"),
+                "accepted": false,
+                "token": invite_token(i),
+                "expires_at": "2026-02-01T00:00:00.000Z",
+                "metadata": null,
+                "created_at": "2026-01-01T00:00:00.000Z",
+            }),
+        })
+        .collect();
+    json!({"invites": invites, "count": 3, "offset": 0, "limit": 50})
+}
+
+/// `GET /admin/users?limit=n` (v1).
+pub fn v1_users_json(n: usize) -> Value {
+    json!({"users": (0..n).map(v1_user).collect::<Vec<_>>(), "count": n})
+}
+
+/// `GET /admin/notes` (v1): notes whose `author` is an embedded user.
+pub fn v1_notes_json() -> Value {
+    json!({"notes": [
+        {"id": "note_1", "resource_type": "order", "resource_id": "order_1",
+         "value": "call back", "author_id": USER_ID, "author": v1_user(0)},
+        {"id": "note_2", "resource_type": "order", "resource_id": "order_1",
+         "value": "done", "author_id": v1_user_id(1), "author": v1_user(1)},
+    ], "count": 2, "offset": 0, "limit": 50})
+}
+
+fn credential_routes(
+    mode: Mode,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
+    // Express matches routes case-insensitively and ignores one trailing slash.
+    let path = uri.path().to_ascii_lowercase();
+    let path = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => &path,
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    let limit = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = match (mode, method, segments.as_slice()) {
+        (Mode::V1, &Method::GET, ["", "admin", "auth"]) => json!({"user": v1_user(0)}),
+        (Mode::V1, &Method::GET, ["", "admin", "users"]) => v1_users_json(limit.unwrap_or(3)),
+        (Mode::V1, &Method::GET | &Method::POST, ["", "admin", "users", id]) => {
+            let i = (0..3).find(|i| v1_user_id(*i).eq_ignore_ascii_case(id))?;
+            json!({"user": v1_user(i)})
+        }
+        (Mode::V1, &Method::GET, ["", "admin", "notes"]) => v1_notes_json(),
+        (_, &Method::GET, ["", "admin", "invites"]) => invites_json(mode),
+        _ => return None,
+    };
+    let text = Bytes::from(body.to_string());
+    let mut r = match header_u64(headers, CHUNK_BYTES_HEADER) {
+        Some(n) => {
+            let n = (n as usize).max(1);
+            let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..text.len())
+                .step_by(n)
+                .map(|at| Ok(Frame::data(text.slice(at..(at + n).min(text.len())))))
+                .collect();
+            let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream::iter(frames))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            r
+        }
+        None => resp(200, Some("application/json; charset=utf-8"), text),
+    };
+    if let Some(enc) = headers.get(ENCODING_HEADER) {
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, enc.clone());
+    }
+    Some(r)
 }

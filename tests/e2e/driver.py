@@ -1034,6 +1034,101 @@ def sc_mkkey(args) -> int:
     return ck.finish("mkkey")
 
 
+def _fields(v, name: str) -> list:
+    """Every value of a JSON field called `name`, at any depth."""
+    out = []
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k == name:
+                out.append(x)
+            out.extend(_fields(x, name))
+    elif isinstance(v, list):
+        for x in v:
+            out.extend(_fields(x, name))
+    return out
+
+
+def sc_creds(args) -> int:
+    """No credential read or minted through the proxy (issue 12). Straight at Medusa, with a
+    token fetched here: give users a static api_token (v1: the admin and a new user) and
+    create an invite, then read GET /admin/auth (v1), /admin/users and /admin/invites through
+    the client under test and find none of those values in the bytes; try to set another
+    user's api_token through it (403, and Medusa's value unchanged). With --via direct the
+    same reads must show the secrets (the scenario is real)."""
+    ck = Checks()
+    ver = args.ver
+    if not wait_ready(args, ck):
+        return ck.finish("creds")
+    direct = Client(args.medusa, auth=TokenAuth(args.medusa, ver, args.email, password(args)),
+                    cookie_jar=ver == "v1")
+    c = make_client(args)
+    tag = uuid.uuid4().hex[:8]
+    other = None
+    if ver == "v1":
+        me = direct.call("GET", "/admin/auth")
+        uid = (me.json() or {}).get("user", {}).get("id")
+        ck.check(me.status == 200 and bool(uid), "direct GET /admin/auth -> the admin", me.brief())
+        r = direct.call("POST", "/admin/users", json_body={
+            "email": f"creds-{tag}@example.com", "password": f"pw-{uuid.uuid4().hex}", "role": "member"})
+        other = ((r.json() or {}).get("user") or {}).get("id")
+        ck.check(r.status == 200 and bool(other), "direct: create a second user", r.brief())
+        for u in (uid, other):
+            if u:
+                r = direct.call("POST", f"/admin/users/{u}", json_body={"api_token": f"e2e_creds_{tag}_{u}"})
+                ck.check(r.status == 200, f"direct: set {u}'s api_token", r.brief() if r.status != 200 else "")
+        r = direct.call("POST", "/admin/invites", json_body={"user": f"invitee-{tag}@example.com", "role": "member"})
+    else:
+        r = direct.call("POST", "/admin/invites", json_body={"email": f"invitee-{tag}@example.com"})
+    ck.check(r.status == 200, "direct: create an invite", r.brief() if r.status != 200 else "")
+
+    paths = (["/admin/auth"] if ver == "v1" else []) + ["/admin/users", "/admin/invites"]
+    secrets: set[str] = set()
+    for path in paths:
+        r = direct.call("GET", path)
+        ck.check(r.status == 200, f"direct GET {path} -> 200", r.brief() if r.status != 200 else "")
+        j = r.json()
+        found = [x for x in _fields(j, "api_token") if isinstance(x, str) and x]
+        if path == "/admin/invites":
+            found += [x for x in _fields(j, "token") if isinstance(x, str) and x]
+        secrets.update(found)
+        ck.figure(f"direct_secrets{path.replace('/', '_')}", len(found))
+    want = 2 + 1 if ver == "v1" else 1  # two api_tokens, at least one invite token
+    ck.check(len(secrets) >= want, f"Medusa hands out credentials directly (>= {want} distinct values)",
+             f"{len(secrets)} found")
+
+    leaked = 0
+    for path in paths:
+        r = c.call("GET", path)
+        hit = [x for x in secrets if x.encode() in r.body]
+        leaked += len(hit)
+        if args.via != "proxy":
+            continue
+        ck.check(r.status == 200, f"GET {path} via proxy -> 200", r.brief() if r.status != 200 else "")
+        ck.check(not hit, f"GET {path} via proxy: no credential value in the body",
+                 f"{len(hit)} of {len(secrets)} values present" if hit else f"{len(r.body)} bytes checked")
+        j = r.json()
+        names = ["api_token"] + (["token"] if path == "/admin/invites" else [])
+        vals = [x for n in names for x in _fields(j, n)]
+        ck.check(all(x is None for x in vals), f"GET {path} via proxy: every credential field is null",
+                 f"{len(vals)} fields")
+    if args.via != "proxy":
+        ck.check(leaked > 0, "directly the reads show the credentials (the check is meaningful)", f"{leaked}")
+        return ck.finish("creds")
+
+    target = other or "usr_e2e_missing"
+    r = c.call("POST", f"/admin/users/{target}", json_body={"api_token": f"e2e_evil_{tag}"})
+    ck.check(r.status == 403 and (r.json() or {}).get("error") == "route_denied",
+             "POST /admin/users/{id} {api_token} via proxy -> 403 route_denied", r.brief())
+    r = c.call("POST", f"/admin/users/{target}", body=b'{"api\\u005ftoken": "x"}',
+               headers={"Content-Type": "application/json"})
+    ck.check(r.status == 403, "the same with the key spelled api\\u005ftoken -> 403", r.brief())
+    if ver == "v1" and other:
+        r = direct.call("GET", f"/admin/users/{other}")
+        tok = ((r.json() or {}).get("user") or {}).get("api_token")
+        ck.check(tok == f"e2e_creds_{tag}_{other}", "Medusa's api_token of that user is unchanged", str(tok)[:40])
+    return ck.finish("creds")
+
+
 def sc_smoke(args) -> int:
     """A few proxied calls, and (with --expect-log) a line the proxy must have logged, e.g.
     which flavor `auto` detected."""
@@ -1069,7 +1164,7 @@ def sc_nologin(args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["crud", "soak", "rotate", "outage", "rss", "mkkey", "nologin", "smoke"])
+    ap.add_argument("scenario", choices=["crud", "soak", "rotate", "outage", "rss", "mkkey", "nologin", "smoke", "creds"])
     ap.add_argument("--ver", choices=["v1", "v2"], required=True)
     ap.add_argument("--via", default="proxy", choices=["proxy", "none", "direct", "direct-nocookie"])
     ap.add_argument("--proxy", help="proxy base URL, e.g. http://127.0.0.1:PORT")
@@ -1113,6 +1208,7 @@ def main() -> int:
     fn = {
         "crud": sc_crud, "soak": sc_soak, "rotate": sc_rotate, "outage": sc_outage,
         "rss": sc_rss, "mkkey": sc_mkkey, "nologin": sc_nologin, "smoke": sc_smoke,
+        "creds": sc_creds,
     }[args.scenario]
     say(f"scenario {args.scenario} (Medusa {args.ver}, via {args.via})")
     return fn(args)

@@ -256,6 +256,7 @@ body_v1() {
     mapfile_args v1
     mport=$("$CTL" port v1)
     scenario v1-crud "${DRIVER[@]}" crud "${TARGET[@]}" --unauth "http://127.0.0.1:$mport" --expect-logins 0
+    scenario v1-creds "${DRIVER[@]}" creds "${TARGET[@]}"
     pid=$(e2e_service_pid medusa-v1)
     scenario v1-rss "${DRIVER[@]}" rss "${TARGET[@]}" --medusa-pid "$pid" \
         --memstat-file "$E2E_STATE/medusa-v1.memstat.json"
@@ -280,6 +281,7 @@ body_v2_long() {
     mapfile_args v2
     mport=$("$CTL" port v2)
     scenario v2-crud "${DRIVER[@]}" crud "${TARGET[@]}" --unauth "http://127.0.0.1:$mport" --expect-logins 0
+    scenario v2-creds "${DRIVER[@]}" creds "${TARGET[@]}"
     scenario v2-rotate "${DRIVER[@]}" rotate "${TARGET[@]}" --seconds 5
     scenario v2-outage "${DRIVER[@]}" outage "${TARGET[@]}" --max-logins 1
 }
