@@ -541,13 +541,50 @@ async fn login_refusals_say_what_to_change_and_never_the_secret() {
         checked += 1;
     }
 
+    // auto, against a server where neither version's login route exists (Medusa under a path
+    // prefix, or not Medusa at all): both routes named, the prefix suggested.
+    let nothing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nothing_url = format!("http://{}", nothing.local_addr().unwrap());
+    let answered = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut n = 0;
+        while let Ok((mut s, _)) = nothing.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            n += 1;
+            if n == 2 {
+                return n;
+            }
+        }
+        n
+    });
+    let (_, text) = check_login(&nothing_url, "flavor = \"auto\"", &pw).await;
+    for words in [
+        "/admin/auth/token answered 404",
+        "POST /auth/user/emailpass",
+        "path prefix",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+        checked += 1;
+    }
+    assert_eq!(
+        answered.await.unwrap(),
+        2,
+        "the v2 probe, then the v1 login"
+    );
+
     // https:// to a plain-HTTP port: one plain sentence, no rustls internals.
     let (_, text) = check_login(&v1.url().replace("http://", "https://"), "", &pw).await;
     assert!(text.contains("does not speak TLS"), "{text}");
     assert!(!text.contains("InvalidContentType"), "{text}");
     checked += 1;
 
-    assert_eq!(checked, 11);
+    assert_eq!(checked, 14);
 }
 
 /// Issue 15: the start-up line names the version and the account, one `ready` line follows
