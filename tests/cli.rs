@@ -880,3 +880,38 @@ async fn run_from_flags_serves_and_flags_override_the_file() {
     assert_eq!(resp.status(), 200);
     assert_eq!(fake.logins(), 2, "one login per process");
 }
+
+/// Issue 15: the run log names the refused account, the URL and where the password came from;
+/// `/readyz` and the 503 (which anyone reaching the ports may read) say only what failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_login_is_named_in_the_log_and_summarised_on_readyz() {
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "wrong-password-for-this-test";
+    let p = Proc::start(&config(dir.path(), &fake.url(), ""), &[(PW_VAR, wrong)]);
+    let (proxy, ops) = p.urls().await;
+    let line = p.wait_line("login to Medusa failed").await;
+    for words in [
+        fake_medusa::DEFAULT_EMAIL,
+        PW_VAR,
+        &format!("{}/admin/auth/token", fake.url()),
+    ] {
+        assert!(line.contains(words), "{words:?} not in {line}");
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for url in [format!("{ops}/readyz"), format!("{proxy}/admin/products")] {
+        let resp = client
+            .request(Request::get(&url).body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{url}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("invalid credentials"), "{url}: {body}");
+        assert!(
+            !body.contains(fake_medusa::DEFAULT_EMAIL) && !body.contains(PW_VAR),
+            "{url}: {body}"
+        );
+    }
+    assert!(!p.log().contains(wrong), "the password was logged");
+}

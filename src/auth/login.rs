@@ -86,6 +86,21 @@ impl LoginError {
         )
     }
 
+    /// The error for `/readyz`, which anyone who reaches the ops port may read: without the
+    /// account's email or where its password lives (the log line has those).
+    pub fn public_summary(&self) -> String {
+        match self {
+            LoginError::InvalidCredentials { status, .. }
+            | LoginError::InvalidKey { status, .. } => {
+                format!(
+                    "invalid credentials (Medusa answered {status}); the proxy's log names the \
+                     account and where its secret comes from"
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// Short label for metrics and readiness.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -252,7 +252,8 @@ impl TokenManager {
                 let now = Instant::now();
                 if *until > now {
                     return Err(ProxyError::NoToken {
-                        reason: format!("login failed: {error}"),
+                        // Callers see the summary; the account is named in the log only.
+                        reason: format!("login failed: {}", error.public_summary()),
                         retry_after: *until - now,
                     });
                 }
@@ -381,7 +382,9 @@ impl TokenManager {
             return Ok(t.usable_until.saturating_duration_since(Instant::now()));
         }
         Err(match &*self.inner.status.borrow() {
-            Phase::BackingOff { error, .. } => format!("login failed: {error}"),
+            Phase::BackingOff { error, .. } => {
+                format!("login failed: {}", error.public_summary())
+            }
             Phase::LoggingIn | Phase::Ready => "no token yet: logging in to Medusa".to_owned(),
         })
     }
