@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -209,6 +210,9 @@ pub async fn start_with_overrides(
             max_streams_per_connection: settings.proxy.max_streams_per_connection,
             idle_timeout: settings.proxy.idle_timeout,
             send_timeout: settings.proxy.send_timeout,
+            release_memory_after: Some(
+                settings.upstream.pool_idle_timeout + Duration::from_secs(1),
+            ),
             ..server::Limits::default()
         },
         metrics.connections().clone(),

@@ -61,8 +61,14 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream error kinds (`retried`: a broken keep-alive connection, an idempotent request sent
 /// again; `resent`: a pooled connection closed before taking the request, which went out on
 /// another one, nothing of it having been written).
-pub const UPSTREAM_ERROR_KINDS: [&str; 5] =
-    ["unreachable", "timeout", "certificate", "retried", "resent"];
+pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "unreachable",
+    "timeout",
+    "certificate",
+    "encoded",
+    "retried",
+    "resent",
+];
 
 /// Connection-level counters the accept loop updates (`server` knows nothing else of metrics).
 #[derive(Clone, Debug, Default)]
