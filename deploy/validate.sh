@@ -16,9 +16,13 @@
 #             sidecar = init container with restartPolicy Always and a /readyz startupProbe,
 #             a non-loopback listener has client keys, Host names for its Service and a
 #             NetworkPolicy, hardened securityContext
-#   check     `medusa-auth-proxy check --config` accepts the TOML of every rendered ConfigMap
-#             and deploy/systemd/config.toml, with secret paths rewritten to temporary fake
-#             files (check resolves secrets; the real paths only exist in the pod / service)
+#   check     `medusa-auth-proxy check --no-secrets --config` accepts the TOML of every
+#             rendered ConfigMap and deploy/systemd/config.toml (the secrets themselves only
+#             exist in the pod / service)
+#   rules     `promtool check rules` accepts the groups of deploy/kubernetes/monitoring's
+#             PrometheusRule (promtool from Debian's prometheus package: if it is not on PATH,
+#             `apt-get download prometheus` and only promtool is unpacked, so no Prometheus
+#             service is installed or started)
 #   systemd   `systemd-analyze verify` accepts the unit (ExecStart pointed at the built
 #             binary), `systemd-analyze security --offline` rates it OK, and the unit fits
 #             deploy/systemd/config.toml (credential path, stop timeout)
@@ -110,8 +114,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
-import shutil
 import sys
 
 import yaml
@@ -178,45 +180,6 @@ def cmd_extract(render, outdir, prefix):
     return 0
 
 
-# ---- rewrite: secret paths -> temporary fake files, env vars -> fake values ---------------------
-def cmd_rewrite(src, dst, secretdir, envfile):
-    line_re = re.compile(r"""^(\s*)([A-Za-z0-9_-]+)(\s*=\s*)(["'])(.*?)\4(.*)$""")
-    section, out, env = "", [], []
-    for line in open(src).read().splitlines(keepends=True):
-        sec = re.match(r"^\s*\[([^\]]+)\]", line)
-        if sec:
-            section = sec.group(1).strip()
-        m = line_re.match(line)
-        if m and (section, m.group(2)) in SECRET_KEYS:
-            key, old = m.group(2), m.group(5)
-            fake = os.path.join(secretdir, f"{section}.{key}")
-            if key == "client_keys_file":
-                content = "# fake client key written by deploy/validate.sh\n" + secrets.token_hex(32) + "\n"
-                open(fake, "w").write(content)
-            elif key == "ca_file":
-                bundle = next((p for p in ("/etc/ssl/certs/ca-certificates.crt",
-                                           "/etc/pki/tls/certs/ca-bundle.crt") if os.path.exists(p)), None)
-                if bundle is None:
-                    print(f"{section}.{key}: no system CA bundle to stand in for {old}", file=sys.stderr)
-                    return 1
-                shutil.copyfile(bundle, fake)
-            else:
-                open(fake, "w").write("fake-secret-written-by-validate-sh\n")
-            os.chmod(fake, 0o400)
-            print(f"rewrote {section}.{key}: {old} -> {fake} (fake {SECRET_KEYS[(section, key)]})")
-            line = f'{m.group(1)}{key}{m.group(3)}"{fake}"{m.group(6)}\n'
-        elif m and (section, m.group(2)) in ENV_KEYS:
-            env.append(m.group(5))
-            print(f"set {section}.{m.group(2)}: ${m.group(5)} = a fake value")
-        out.append(line)
-    open(dst, "w").write("".join(out))
-    with open(envfile, "w") as f:
-        for name in env:
-            f.write(f"{name}\n")
-    return 0
-
-
-# ---- wiring: rendered pods vs. the proxy's config ------------------------------------------------
 def resolve_mount(container, volumes, path):
     """Which ConfigMap/Secret key a file path inside the container comes from."""
     for m in container.get("volumeMounts", []):
@@ -653,7 +616,7 @@ def cmd_docker(dockerfile, ignorefile, metadata_json, *renders):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    sys.exit({"extract": cmd_extract, "rewrite": cmd_rewrite, "wiring": cmd_wiring,
+    sys.exit({"extract": cmd_extract, "wiring": cmd_wiring,
               "unit": cmd_unit, "docker": cmd_docker}[cmd](*args))
 PYTHON
 
@@ -741,23 +704,18 @@ resolve_bin || true
 check_config() { # label file
   local label=$1 src=$2 base
   base=$WORK/check/$(basename "$src")
-  mkdir -p "$WORK/check" "$base.secrets"
+  mkdir -p "$WORK/check"
   if [[ -z $BIN ]]; then
     fail "check $label: no proxy binary ($bin_error)"
     return
   fi
-  if ! "$PY" "$HELPER" rewrite "$src" "$base.rewritten.toml" "$base.secrets" "$base.env" >"$base.log" 2>&1; then
-    fail "check $label: could not prepare fake secrets"
-    indent <"$base.log"
-    return
-  fi
-  local envs=()
-  while IFS= read -r name; do envs+=("$name=fake-secret-written-by-validate-sh"); done <"$base.env"
-  if env ${envs[@]+"${envs[@]}"} "$BIN" check --config "$base.rewritten.toml" >>"$base.log" 2>&1; then
+  # --no-secrets: everything but the secrets' values, which exist only in the pod / service.
+  if "$BIN" check --no-secrets --config "$src" >"$base.log" 2>&1; then
     pass "check $label: $(grep -m1 '^config ok' "$base.log" || echo 'config ok')"
-    grep -v '^config ok' "$base.log" | indent
+    # Warnings, if any (grep finds nothing to print for a clean config).
+    { grep -v '^config ok' "$base.log" || true; } | indent
   else
-    fail "check $label: medusa-auth-proxy check --config refused it"
+    fail "check $label: medusa-auth-proxy check --no-secrets --config refused it"
     indent <"$base.log"
   fi
 }
@@ -846,6 +804,46 @@ if [[ -n $PY ]]; then
   fi
 else
   fail "docker: no Python venv ($venv_error)"
+fi
+
+# ---- (f) alert rules -------------------------------------------------------------------------
+RULES=$DEPLOY/kubernetes/monitoring/prometheusrule.yaml
+PROMTOOL=""
+promtool_error=""
+resolve_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    PROMTOOL=$(command -v promtool)
+    return 0
+  fi
+  # The package would also install and start a Prometheus server; promtool alone is a static
+  # binary inside it.
+  local dir=$TMPBASE/medusa-auth-proxy-validate-promtool
+  if [[ ! -x $dir/usr/bin/promtool ]]; then
+    mkdir -p "$dir"
+    if ! (cd "$dir" && apt-get download prometheus) >"$WORK/promtool.log" 2>&1; then
+      (DEBIAN_FRONTEND=noninteractive apt-get update -qq && cd "$dir" && apt-get download prometheus) >>"$WORK/promtool.log" 2>&1 ||
+        { promtool_error="apt-get download prometheus failed: $(tail -n 2 "$WORK/promtool.log" | tr '\n' ' ')"; return 1; }
+    fi
+    dpkg-deb -x "$dir"/prometheus_*.deb "$dir" >>"$WORK/promtool.log" 2>&1 ||
+      { promtool_error="dpkg-deb -x failed"; return 1; }
+    rm -f "$dir"/prometheus_*.deb
+  fi
+  PROMTOOL=$dir/usr/bin/promtool
+}
+resolve_promtool || true
+if [[ -z $PROMTOOL ]]; then
+  fail "rules: no promtool ($promtool_error)"
+elif [[ -z $PY ]]; then
+  fail "rules: no Python venv ($venv_error)"
+elif "$PY" -c 'import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+assert doc["kind"] == "PrometheusRule", doc["kind"]
+yaml.safe_dump({"groups": doc["spec"]["groups"]}, open(sys.argv[2], "w"))' "$RULES" "$WORK/rules.yaml" >"$WORK/rules.log" 2>&1 &&
+  "$PROMTOOL" check rules "$WORK/rules.yaml" >>"$WORK/rules.log" 2>&1; then
+  pass "rules: promtool check rules accepts the PrometheusRule ($(grep -o '[0-9]* rules found' "$WORK/rules.log"))"
+else
+  fail "rules: promtool check rules refused deploy/kubernetes/monitoring/prometheusrule.yaml"
+  indent <"$WORK/rules.log"
 fi
 
 echo "deploy/validate.sh: $passed passed, $failed failed"

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
-use crate::config::Settings;
+use crate::config::{Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::{Proxy, Rules, RulesError};
@@ -51,6 +51,21 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StartError {
+    /// A refusal of the configuration as written (exit status 2), as opposed to a failure of
+    /// the environment the proxy runs in (exit status 1).
+    pub fn is_config(&self) -> bool {
+        match self {
+            StartError::Secret(..)
+            | StartError::Rules(_)
+            | StartError::Tls(_)
+            | StartError::FileDescriptors { .. } => true,
+            // The address may be fine and merely taken; the port may be free a moment later.
+            StartError::Bind { .. } => false,
+        }
+    }
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Running::shutdown`].
@@ -108,6 +123,16 @@ pub async fn start_with(
     settings: Settings,
     config_path: Option<PathBuf>,
 ) -> Result<Running, StartError> {
+    start_with_overrides(settings, config_path, Overrides::default()).await
+}
+
+/// Like [`start_with`], with command-line values that keep winning over the file's when it
+/// is reloaded.
+pub async fn start_with_overrides(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) -> Result<Running, StartError> {
     let secret = settings
         .auth
         .secret
@@ -138,7 +163,8 @@ pub async fn start_with(
         settings.auth.flavor,
         settings.auth.email.clone(),
         secret,
-    );
+    )
+    .with_secret_source(&settings.auth.secret);
     let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
@@ -156,6 +182,7 @@ pub async fn start_with(
     ));
     let reloader = Arc::new(Reloader::new(
         config_path,
+        overrides,
         settings.clone(),
         proxy.clone(),
         tokens.clone(),
@@ -209,11 +236,18 @@ pub async fn start_with(
         crate::metrics::ConnMetrics::default(),
     ));
     let watch = watch_files(&reloader);
+    // Which build and which account: the first two questions when a login is refused.
+    let account = match &settings.auth.email {
+        Some(email) => email.clone(),
+        None => format!("API key from {}", settings.auth.secret.describe()),
+    };
     tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
         listen = %proxy_addr,
         ops = %ops_addr,
         upstream = %settings.upstream.url,
         flavor = settings.auth.flavor.as_str(),
+        account = %account,
         "medusa-auth-proxy started"
     );
     Ok(Running {
@@ -307,7 +341,8 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
 }
 
 /// Reload when the config file or a secret file it names changes (directory watches, so
-/// Kubernetes' `..data` symlink swaps are seen).
+/// Kubernetes' `..data` symlink swaps are seen), and only when its bytes differ from what the
+/// last attempt read: a rejected edit is reported once, not at every event until it is fixed.
 fn watch_files(reloader: &Arc<Reloader>) -> Option<FileWatch> {
     let files = reloader.watched_files();
     if files.is_empty() {
@@ -315,7 +350,7 @@ fn watch_files(reloader: &Arc<Reloader>) -> Option<FileWatch> {
     }
     let r = reloader.clone();
     match crate::watch::watch_files(&files, move || {
-        let _ = r.reload("file change");
+        let _ = r.reload_if_changed("file change");
     }) {
         Ok(w) => Some(w),
         Err(e) => {

@@ -277,7 +277,113 @@ pub struct OpsSettings {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:7001";
 
+/// Values given on the command line (`run --upstream URL --email E --password-env NAME`):
+/// they win over the file's, or stand in for a file altogether (the laptop case).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub upstream_url: Option<String>,
+    pub flavor: Option<String>,
+    pub email: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub ops_listen: Option<String>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+
+    /// Write the flags into a parsed config file's table, so that one validation covers both.
+    fn apply(&self, table: &mut toml::Table, file_given: bool) {
+        fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                // A file with `auth = 3` is refused by validation anyway; the flag wins here.
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                t.insert(key.to_owned(), value);
+            }
+        }
+        let text = |v: &str| toml::Value::String(v.to_owned());
+        if let Some(v) = &self.upstream_url {
+            set(table, "upstream", "url", text(v));
+        }
+        match &self.flavor {
+            Some(v) => set(table, "auth", "flavor", text(v)),
+            // Without a file there is no version to keep: detect it.
+            None if !file_given => set(table, "auth", "flavor", text("auto")),
+            None => {}
+        }
+        if let Some(v) = &self.email {
+            set(table, "auth", "email", text(v));
+        }
+        if self.password_env.is_some() || self.password_file.is_some() {
+            // A password flag replaces whatever secret the file names.
+            if let Some(toml::Value::Table(auth)) = table.get_mut("auth") {
+                for key in [
+                    "password_env",
+                    "password_file",
+                    "api_key_env",
+                    "api_key_file",
+                ] {
+                    auth.remove(key);
+                }
+            }
+        }
+        if let Some(v) = &self.password_env {
+            set(table, "auth", "password_env", text(v));
+        }
+        if let Some(v) = &self.password_file {
+            set(table, "auth", "password_file", text(&v.to_string_lossy()));
+        }
+        if let Some(v) = &self.listen {
+            set(table, "proxy", "listen", text(v));
+        }
+        if let Some(v) = &self.ops_listen {
+            set(table, "ops", "listen", text(v));
+        }
+    }
+}
+
 impl Settings {
+    /// The config file (if any) with the command line's values over it.
+    pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        if overrides.is_empty()
+            && let Some(path) = path
+        {
+            return Settings::load(path);
+        }
+        let (text, shown) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+                path.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("<command line>")),
+        };
+        let syntax = |e: &dyn std::fmt::Display| ConfigError::Syntax {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| syntax(&e))?;
+        overrides.apply(&mut table, path.is_some());
+        let merged = toml::to_string(&table).map_err(|e| syntax(&e))?;
+        Settings::from_toml(&merged).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: shown.clone(),
+                message,
+            },
+            other => other,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

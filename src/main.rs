@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use medusa_auth_proxy::app;
 use medusa_auth_proxy::auth::jwt;
 use medusa_auth_proxy::auth::login::Login;
-use medusa_auth_proxy::config::{LogFormat, LogSettings, Settings};
+use medusa_auth_proxy::config::{LogFormat, LogSettings, Overrides, Settings};
 use medusa_auth_proxy::proxy::Rules;
 use medusa_auth_proxy::server::Drained;
 use medusa_auth_proxy::upstream::Upstream;
@@ -15,7 +15,15 @@ use medusa_auth_proxy::upstream::Upstream;
 /// Authenticating reverse proxy for the Medusa admin API: tools talk plain HTTP to it, it
 /// logs in to Medusa and injects the admin token. Tools never hold a credential.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:
+  medusa-auth-proxy init --upstream http://127.0.0.1:9000 --email admin@example.com \\
+      --password-env MEDUSA_ADMIN_PASSWORD --output proxy.toml
+  medusa-auth-proxy check --config proxy.toml --login
+  medusa-auth-proxy --config proxy.toml"
+)]
 struct Cli {
     /// Config file (TOML).
     #[arg(
@@ -32,16 +40,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy (the default).
-    Run,
+    /// Run the proxy (the default), from a config file, from flags, or both (flags win).
+    #[command(after_help = "Examples:
+  medusa-auth-proxy run --config proxy.toml
+  read -rs MEDUSA_ADMIN_PASSWORD && export MEDUSA_ADMIN_PASSWORD   # typed, not echoed
+  medusa-auth-proxy run --upstream http://127.0.0.1:9000 --email admin@example.com \\
+      --password-env MEDUSA_ADMIN_PASSWORD")]
+    Run(RunArgs),
     /// Validate the config file and that every secret resolves.
+    #[command(after_help = "Examples:
+  medusa-auth-proxy check --config proxy.toml
+  medusa-auth-proxy check --config proxy.toml --login      # also log in once
+  medusa-auth-proxy check --config deploy/systemd/config.toml --no-secrets   # CI")]
     Check {
         /// Also log in to Medusa once and print the token's remaining lifetime (never the token).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_secrets")]
         login: bool,
+        /// Validate everything except the secrets' values (password, API key, client keys
+        /// file): for CI of manifests whose secrets live elsewhere.
+        #[arg(long)]
+        no_secrets: bool,
     },
+    /// Write a commented config file for the answers given as flags.
+    #[command(after_help = "Examples:
+  medusa-auth-proxy init --upstream http://127.0.0.1:9000 --email admin@example.com \\
+      --password-env MEDUSA_ADMIN_PASSWORD --output proxy.toml
+  medusa-auth-proxy init --upstream https://medusa.example.com --flavor v2-secret-key \\
+      --api-key-file /run/secrets/medusa-key --output proxy.toml")]
+    Init(InitArgs),
     /// Wait until a running proxy is ready (GET /readyz answers 200); for scripts and for
     /// clusters without native sidecars.
+    #[command(after_help = "Example:
+  medusa-auth-proxy wait --ops http://127.0.0.1:7001 --timeout 30s && ./my-tool")]
     Wait {
         /// The proxy's ops listener.
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7001")]
@@ -52,35 +82,125 @@ enum Command {
     },
 }
 
+/// `run`'s flags: each replaces the config file's value (or stands in for a file).
+#[derive(Debug, Default, clap::Args)]
+struct RunArgs {
+    /// Medusa's base URL (upstream.url).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// auth.flavor: auto, v1, v2 (without a config file: auto).
+    #[arg(long)]
+    flavor: Option<String>,
+    /// The Medusa account's email (auth.email).
+    #[arg(long, value_name = "EMAIL")]
+    email: Option<String>,
+    /// The environment variable holding the password (auth.password_env). The password itself
+    /// is never a flag: it would land in shell history and `ps`.
+    #[arg(long, value_name = "NAME", conflicts_with = "password_file")]
+    password_env: Option<String>,
+    /// The file holding the password (auth.password_file).
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<PathBuf>,
+    /// Address tools connect to (proxy.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Address of /healthz, /readyz and /metrics (ops.listen).
+    #[arg(long, value_name = "ADDR")]
+    ops_listen: Option<String>,
+}
+
+impl RunArgs {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            upstream_url: self.upstream,
+            flavor: self.flavor,
+            email: self.email,
+            password_env: self.password_env,
+            password_file: self.password_file,
+            listen: self.listen,
+            ops_listen: self.ops_listen,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Medusa's base URL, e.g. http://127.0.0.1:9000.
+    #[arg(long, value_name = "URL")]
+    upstream: String,
+    /// auto (detect v1 or v2), v1, v2, v1-api-token, v2-secret-key.
+    #[arg(long, default_value = "auto")]
+    flavor: String,
+    /// The proxy's Medusa account (login flavors).
+    #[arg(long, value_name = "EMAIL")]
+    email: Option<String>,
+    /// Environment variable that will hold the password (login flavors).
+    #[arg(long, value_name = "NAME", group = "password")]
+    password_env: Option<String>,
+    /// File that will hold the password (login flavors).
+    #[arg(long, value_name = "PATH", group = "password")]
+    password_file: Option<PathBuf>,
+    /// Environment variable that will hold the API key (v1-api-token, v2-secret-key).
+    #[arg(long, value_name = "NAME", group = "api_key")]
+    api_key_env: Option<String>,
+    /// File that will hold the API key (v1-api-token, v2-secret-key).
+    #[arg(long, value_name = "PATH", group = "api_key")]
+    api_key_file: Option<PathBuf>,
+    /// Address tools connect to.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Write here instead of stdout; an existing file is never overwritten.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match runtime_builder().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    let (config, overrides, checking) = match command {
+        Command::Init(args) => return init(args),
+        Command::Wait { ops, timeout } => {
+            return match runtime() {
+                Ok(rt) => rt.block_on(wait(&ops, timeout)),
+                Err(code) => code,
+            };
+        }
+        Command::Run(args) => (cli.config, args.overrides(), None),
+        Command::Check { login, no_secrets } => {
+            (cli.config, Overrides::default(), Some((login, no_secrets)))
         }
     };
-    if let Some(Command::Wait { ops, timeout }) = &cli.command {
-        return runtime.block_on(wait(ops, *timeout));
-    }
-    let Some(path) = cli.config else {
-        eprintln!("error: --config FILE is required (or set MEDUSA_AUTH_PROXY_CONFIG)");
+    if config.is_none() && (checking.is_some() || overrides.upstream_url.is_none()) {
+        eprintln!(
+            "error: --config FILE is required (or set MEDUSA_AUTH_PROXY_CONFIG); `run` also \
+             works from flags: --upstream URL --email EMAIL --password-env NAME \
+             (see `medusa-auth-proxy run --help`)"
+        );
         return ExitCode::from(2);
-    };
-    let settings = match Settings::load(&path) {
+    }
+    let settings = match Settings::load_with(config.as_deref(), &overrides) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     init_tracing(&settings.log);
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => runtime.block_on(run(settings, path)),
-        Command::Check { login } => runtime.block_on(check(settings, login)),
-        Command::Wait { .. } => ExitCode::FAILURE,
+    match checking {
+        None => runtime.block_on(run(settings, config, overrides)),
+        Some((login, no_secrets)) => runtime.block_on(check(settings, login, no_secrets)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    runtime_builder().enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// One worker thread (`TOKIO_WORKER_THREADS=1`, the usual sidecar setting) gets the
@@ -117,14 +237,18 @@ fn init_tracing(log: &LogSettings) {
     }
 }
 
-async fn run(settings: Settings, path: PathBuf) -> ExitCode {
+async fn run(settings: Settings, path: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     let grace = settings.proxy.shutdown_grace;
-    let running = match app::start_with(settings, Some(path)).await {
+    let running = match app::start_with_overrides(settings, path, overrides).await {
         Ok(r) => r,
         Err(e) => {
+            // Once, through the log (which may be JSON for a collector); not also on stderr.
             tracing::error!("{e}");
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return if e.is_config() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     let signal = loop {
@@ -222,19 +346,28 @@ async fn wait(ops: &str, timeout: std::time::Duration) -> ExitCode {
     }
 }
 
-async fn check(settings: Settings, login: bool) -> ExitCode {
-    let password = match settings.auth.secret.load() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {}: {e}", settings.auth.secret_name);
-            return ExitCode::FAILURE;
+async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
+    let password = if no_secrets {
+        None
+    } else {
+        match settings.auth.secret.load() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("error: {}: {e}", settings.auth.secret_name);
+                return ExitCode::from(2);
+            }
         }
     };
-    let rules = match Rules::from_settings(&settings) {
+    let rules = if no_secrets {
+        Rules::validate_without_secrets(&settings)
+    } else {
+        Rules::from_settings(&settings)
+    };
+    let rules = match rules {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     for name in rules.policy.lifted() {
@@ -244,12 +377,12 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
     }
     if let Err(e) = Upstream::new(&settings.upstream) {
         eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(2);
     }
     // The limit here is this shell's, which may differ from the service's (LimitNOFILE=).
     if let Err(e) = app::connection_budget(&settings.proxy) {
         eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(2);
     }
     if settings.upstream.pool_idle_timeout >= std::time::Duration::from_secs(5) {
         // Node (Medusa) closes idle keep-alive connections after 5 s by default.
@@ -258,16 +391,38 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
             humantime::format_duration(settings.upstream.pool_idle_timeout)
         );
     }
+    if !medusa_auth_proxy::proxy::access::is_loopback_listen(settings.proxy.listen)
+        && !rules.access.allow_cidrs.is_empty()
+        && rules
+            .access
+            .allow_cidrs
+            .iter()
+            .all(|c| c.is_loopback_only())
+    {
+        // Peers outside allow_cidrs are closed at accept: such a listener serves nobody remote.
+        println!(
+            "WARNING: proxy.listen = \"{}\" accepts connections from other machines, but \
+             [access] allow_cidrs admits only loopback peers, so every remote caller will be \
+             refused: add their network to allow_cidrs (e.g. \"10.0.0.0/8\"), or listen on \
+             127.0.0.1",
+            settings.proxy.listen
+        );
+    }
     println!(
-        "config ok: proxy {} -> {} (flavor {}), ops {}",
+        "config ok: proxy {} -> {} (flavor {}), ops {}{}",
         settings.proxy.listen,
         settings.upstream.url,
         settings.auth.flavor.as_str(),
-        settings.ops.listen
+        settings.ops.listen,
+        if no_secrets {
+            "; secrets not read (--no-secrets)"
+        } else {
+            ""
+        }
     );
-    if !login {
+    let (true, Some(password)) = (login, password) else {
         return ExitCode::SUCCESS;
-    }
+    };
     let upstream = match Upstream::new(&settings.upstream) {
         Ok(u) => u,
         Err(e) => {
@@ -280,7 +435,8 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
         settings.auth.flavor,
         settings.auth.email.clone(),
         password,
-    );
+    )
+    .with_secret_source(&settings.auth.secret);
     let timeout = settings.auth.login_timeout;
     let cred = match tokio::time::timeout(timeout, login.obtain(None)).await {
         Err(_) => {
@@ -317,6 +473,138 @@ async fn check(settings: Settings, login: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: login answered, but {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `init`: a commented config for the answers given, validated before it is written.
+fn init(args: InitArgs) -> ExitCode {
+    let quote = |v: &str| toml::Value::String(v.to_owned()).to_string();
+    let flavor = args.flavor.as_str();
+    let is_static = matches!(flavor, "v1-api-token" | "v2-secret-key");
+    let mut auth = String::new();
+    if is_static {
+        let secret = match (&args.api_key_env, &args.api_key_file) {
+            (Some(name), None) => format!(
+                "# The API key is read from this environment variable at start-up (never put\n\
+                 # it in this file).\napi_key_env = {}\n",
+                quote(name)
+            ),
+            (None, Some(path)) => format!(
+                "# The API key is read from this file (one trailing newline is trimmed) and\n\
+                 # re-read when it changes.\napi_key_file = {}\n",
+                quote(&path.to_string_lossy())
+            ),
+            _ => {
+                eprintln!("error: flavor {flavor} needs --api-key-env NAME or --api-key-file PATH");
+                return ExitCode::from(2);
+            }
+        };
+        auth.push_str(&secret);
+    } else {
+        let Some(email) = &args.email else {
+            eprintln!("error: flavor {flavor} logs in: --email EMAIL is required");
+            return ExitCode::from(2);
+        };
+        auth.push_str(&format!(
+            "# The proxy's own Medusa account: give it only the rights your tools need.\n\
+             email = {}\n",
+            quote(email)
+        ));
+        let secret = match (&args.password_env, &args.password_file) {
+            (Some(name), None) => format!(
+                "# The password is read from this environment variable at start-up (never put\n\
+                 # it in this file or on a command line).\npassword_env = {}\n",
+                quote(name)
+            ),
+            (None, Some(path)) => format!(
+                "# The password is read from this file (one trailing newline is trimmed) and\n\
+                 # re-read when it changes.\npassword_file = {}\n",
+                quote(&path.to_string_lossy())
+            ),
+            _ => {
+                eprintln!(
+                    "error: flavor {flavor} logs in: --password-env NAME or --password-file PATH is required"
+                );
+                return ExitCode::from(2);
+            }
+        };
+        auth.push_str(&secret);
+    }
+    let target = args
+        .output
+        .as_ref()
+        .map_or_else(|| "FILE".to_owned(), |p| p.display().to_string());
+    let text = format!(
+        "# medusa-auth-proxy configuration, written by `medusa-auth-proxy init`.\n\
+         #   check it:  medusa-auth-proxy check --config {target} --login\n\
+         #   run it:    medusa-auth-proxy --config {target}\n\
+         # Every key is documented in config/example.toml; unknown keys are errors. Changes to\n\
+         # this file (and to a secret file it names) are applied live.\n\
+         \n\
+         [proxy]\n\
+         # Where tools connect. A loopback address serves this machine only; any other needs\n\
+         # [access] client_keys_file or allow_cidrs (`check` says which).\n\
+         listen = {listen}\n\
+         \n\
+         [upstream]\n\
+         # Medusa's base URL, with its path prefix if it is served under one.\n\
+         url = {url}\n\
+         \n\
+         [auth]\n\
+         # \"auto\" detects Medusa v1 or v2 at the first login; \"v1\", \"v2\" fix it;\n\
+         # \"v1-api-token\" and \"v2-secret-key\" use a static key instead of a login.\n\
+         flavor = {flavor_q}\n\
+         {auth}\
+         \n\
+         [ops]\n\
+         # /healthz, /readyz (200 once a credential is held) and /metrics.\n\
+         listen = \"127.0.0.1:7001\"\n",
+        listen = quote(&args.listen),
+        url = quote(&args.upstream),
+        flavor_q = quote(flavor),
+    );
+    // What init writes must pass `check`: validate it the same way before writing it.
+    let validated = Settings::from_toml(&text).and_then(|s| {
+        Rules::validate_without_secrets(&s)
+            .map(|_| ())
+            .map_err(|e| medusa_auth_proxy::config::ConfigError::Invalid {
+                key: "access",
+                problem: e.to_string(),
+            })
+    });
+    if let Err(e) = validated {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let Some(path) = &args.output else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "wrote {}; next: medusa-auth-proxy check --config {} --login",
+                path.display(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "error: {} exists; init never overwrites a file (remove it, or choose another --output)",
+                path.display()
+            );
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", path.display());
             ExitCode::FAILURE
         }
     }

@@ -5,18 +5,28 @@
 //! is applied by swapping the rule set and the credential atomically: connections and
 //! in-flight requests are untouched. Settings that cannot change in a running process are
 //! reported as needing a restart.
+//!
+//! A file change whose bytes (config and the files it names) equal the last attempt's is not
+//! attempted again: a rejected config stays rejected until someone edits it, and saying so once
+//! is enough.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use crate::auth::TokenManager;
-use crate::config::Settings;
+use crate::config::{Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Rules};
 
 pub struct Reloader {
     config_path: Option<PathBuf>,
+    /// The command line's values: they keep winning over the file's after a reload.
+    overrides: Overrides,
     current: Mutex<Settings>,
+    /// What the last attempt read: SHA-256 over the config file and the files it names.
+    last_attempt: Mutex<[u8; 32]>,
     proxy: Arc<Proxy>,
     tokens: TokenManager,
     metrics: Arc<Metrics>,
@@ -35,13 +45,17 @@ pub struct Applied {
 impl Reloader {
     pub fn new(
         config_path: Option<PathBuf>,
+        overrides: Overrides,
         settings: Settings,
         proxy: Arc<Proxy>,
         tokens: TokenManager,
         metrics: Arc<Metrics>,
     ) -> Reloader {
+        let last_attempt = Mutex::new(inputs_digest(config_path.as_deref(), &overrides, &settings));
         Reloader {
             config_path,
+            overrides,
+            last_attempt,
             current: Mutex::new(settings),
             proxy,
             tokens,
@@ -53,8 +67,7 @@ impl Reloader {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let s = self.lock();
         let mut files: Vec<PathBuf> = self.config_path.iter().cloned().collect();
-        files.extend(s.auth.secret.file().map(|p| p.to_path_buf()));
-        files.extend(s.access.client_keys_file.clone());
+        files.extend(named_files(&s));
         files
     }
 
@@ -62,8 +75,34 @@ impl Reloader {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Re-read and apply. `trigger` is for the log ("SIGHUP", "file change").
+    /// For a file change: reload unless the files read the same as at the last attempt
+    /// (`None` then, and nothing is logged above debug).
+    pub fn reload_if_changed(&self, trigger: &str) -> Option<Result<Applied, String>> {
+        if !self.record_attempt() {
+            tracing::debug!(trigger, "files unchanged since the last reload attempt");
+            return None;
+        }
+        Some(self.apply(trigger))
+    }
+
+    /// Re-read and apply, whatever the files' contents. `trigger` is for the log ("SIGHUP",
+    /// "file change").
     pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
+        // An explicit reload counts as an attempt too, so the file events of the same edit
+        // that follow it do not repeat it.
+        self.record_attempt();
+        self.apply(trigger)
+    }
+
+    /// Remember what this attempt reads; false when that is what the last one read.
+    fn record_attempt(&self) -> bool {
+        let current = self.lock().clone();
+        let digest = inputs_digest(self.config_path.as_deref(), &self.overrides, &current);
+        let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *last, digest) != digest
+    }
+
+    fn apply(&self, trigger: &str) -> Result<Applied, String> {
         let result = self.try_reload();
         match &result {
             Ok(applied) if !applied.changed => {
@@ -93,7 +132,9 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<Applied, String> {
         let new = match &self.config_path {
-            Some(path) => Settings::load(path).map_err(|e| e.to_string())?,
+            Some(path) => {
+                Settings::load_with(Some(path), &self.overrides).map_err(|e| e.to_string())?
+            }
             None => self.lock().clone(),
         };
         // Validate everything before applying anything.
@@ -112,10 +153,9 @@ impl Reloader {
         }
         self.proxy.set_rules(rules);
         self.proxy.set_access_log(new.log.access);
-        let credential_changed = self
-            .tokens
-            .login()
-            .set_credentials(new.auth.email.clone(), secret);
+        let login = self.tokens.login();
+        login.set_secret_source(&new.auth.secret);
+        let credential_changed = login.set_credentials(new.auth.email.clone(), secret);
         if credential_changed {
             // The cached token belongs to the old credential (it may have been revoked).
             let tokens = self.tokens.clone();
@@ -142,6 +182,58 @@ impl Reloader {
             needs_restart,
         })
     }
+}
+
+/// The secret and key files a config names.
+fn named_files(s: &Settings) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = s
+        .auth
+        .secret
+        .file()
+        .map(Path::to_path_buf)
+        .into_iter()
+        .collect();
+    files.extend(s.access.client_keys_file.clone());
+    files
+}
+
+/// SHA-256 over the config file's bytes and those of the files it names (or, when it does
+/// not parse, the files `current` names). Paths and read errors are hashed too, so a file
+/// that disappears or is renamed in the config is a change.
+fn inputs_digest(
+    config_path: Option<&Path>,
+    overrides: &Overrides,
+    current: &Settings,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let feed = |h: &mut Sha256, path: &Path| {
+        h.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                h.update([1]);
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes[..]);
+            }
+            Err(e) => {
+                h.update([0]);
+                h.update(format!("{:?}", e.kind()).as_bytes());
+            }
+        }
+    };
+    let named = match config_path {
+        Some(path) => {
+            feed(&mut h, path);
+            Settings::load_with(Some(path), overrides)
+                .map(|s| named_files(&s))
+                .unwrap_or_else(|_| named_files(current))
+        }
+        None => named_files(current),
+    };
+    for f in &named {
+        feed(&mut h, f);
+    }
+    h.finalize().into()
 }
 
 fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {

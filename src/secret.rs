@@ -91,6 +91,15 @@ impl SecretSource {
         }
     }
 
+    /// Where the value comes from, for messages: the variable's name or the file's path, never
+    /// the value.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Env(name) => format!("environment variable {name}"),
+            SecretSource::File(path) => format!("file {}", path.display()),
+        }
+    }
+
     /// The file to watch for rotation, if any.
     pub fn file(&self) -> Option<&Path> {
         match self {

@@ -54,6 +54,14 @@ pub enum UpstreamError {
     /// The request could not be built (a path that is not a valid URI).
     #[error("invalid request URI")]
     InvalidUri,
+    /// `https://` to a port that answered the TLS handshake with something else (usually
+    /// plain HTTP): rustls calls that a corrupt message, which tells an operator nothing.
+    #[error(
+        "{authority} does not speak TLS (upstream.url is https://, but this port answered \
+         the TLS handshake with something else, probably plain HTTP): use http:// or \
+         Medusa's TLS port"
+    )]
+    NotTls { authority: String },
 }
 
 /// Why the upstream client could not be built.
@@ -127,6 +135,14 @@ impl Upstream {
 
     /// The request target sent to Medusa (origin-form: `/base/path?query`) for a client's
     /// path and query, byte for byte after the base path.
+    /// `path` as a full URL on Medusa (scheme, authority, base path), for messages.
+    pub fn url_for(&self, path: &str) -> String {
+        format!(
+            "{}://{}{}{path}",
+            self.settings.scheme, self.settings.authority, self.settings.base_path
+        )
+    }
+
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         let mut pq = String::with_capacity(self.settings.base_path.len() + path_and_query.len());
         pq.push_str(&self.settings.base_path);
@@ -212,8 +228,11 @@ impl Upstream {
             .clone()
             .oneshot(self.origin.clone())
             .await
-            .map_err(|e| match certificate_error(&*e) {
-                Some(c) => UpstreamError::Certificate(c),
+            .map_err(|e| match tls_error(&*e) {
+                Some(TlsFailure::Certificate(c)) => UpstreamError::Certificate(c),
+                Some(TlsFailure::NotTls) => UpstreamError::NotTls {
+                    authority: self.settings.authority.to_string(),
+                },
                 None => UpstreamError::Connect {
                     authority: self.settings.authority.to_string(),
                     detail: error_chain(&*e),
@@ -311,21 +330,34 @@ fn tls_config(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, TlsSe
 
 /// The certificate problem, if this error is a TLS certificate rejection. `io::Error` hides
 /// its inner error from `source()`, so look inside each one explicitly.
-fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+enum TlsFailure {
+    Certificate(String),
+    /// The peer's first bytes were not a TLS record.
+    NotTls,
+}
+
+fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        let inner = err
+        match err.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(c)) => {
+                return Some(TlsFailure::Certificate(format!("{c:?}")));
+            }
+            // "HTTP/1.1 400 ..." read as a TLS record: its first byte is no content type.
+            Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+                return Some(TlsFailure::NotTls);
+            }
+            _ => {}
+        }
+        // An io::Error's `source()` skips the error it wraps (and the connector nests them:
+        // io::Error(io::Error(rustls::Error))): step into the wrapped one instead.
+        cur = match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
-            if let Some(rustls::Error::InvalidCertificate(c)) =
-                candidate.downcast_ref::<rustls::Error>()
-            {
-                return Some(format!("{c:?}"));
-            }
-        }
-        cur = err.source();
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }

@@ -2,11 +2,13 @@
 //!
 //! We watch the *directory*, not the file. Kubernetes updates a mounted Secret or ConfigMap by
 //! writing a new timestamped directory and atomically swapping the `..data` symlink: the
-//! file's own inode never changes and an inotify watch on it would never fire. Any event in
-//! the directory triggers a re-read; the caller compares contents, so spurious events cost a
-//! read and nothing else.
+//! file's own inode never changes and an inotify watch on it would never fire. Of the events
+//! in those directories only the ones about a watched file's name, or the `..data` swap, count:
+//! anything else there (the proxy's own log file when stderr goes next to the config, an
+//! editor's swap file) would otherwise trigger a reload whose log line triggers the next one.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,28 +18,73 @@ use tokio::sync::mpsc;
 /// Events are coalesced for this long: an editor or Kubernetes writes several in a burst.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// The name kubelet swaps atomically to publish a new version of a mounted volume.
+const KUBERNETES_DATA: &str = "..data";
+
 /// Keeps the watch alive; drop it to stop watching.
 pub struct FileWatch {
     _watcher: notify::RecommendedWatcher,
 }
 
-/// Call `on_change` (on the tokio runtime) after any change in the directories of `files`.
+/// The files a watch is about, as (directory, name): the form inotify reports paths in.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    files: BTreeSet<(PathBuf, OsString)>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Targets {
+    pub fn new(files: &[PathBuf]) -> Targets {
+        let files: BTreeSet<(PathBuf, OsString)> = files
+            .iter()
+            .filter_map(|f| Some((parent_dir(f), f.file_name()?.to_owned())))
+            .collect();
+        let dirs = files.iter().map(|(d, _)| d.clone()).collect();
+        Targets { files, dirs }
+    }
+
+    /// Does `event` say something about a watched file?
+    pub fn concerns(&self, event: &notify::Event) -> bool {
+        // Reading the files (which the reload itself does) produces access events.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
+        // The kernel's queue overflowed: we cannot know what changed, so look.
+        if event.need_rescan() {
+            return true;
+        }
+        event.paths.iter().any(|p| {
+            let Some(name) = p.file_name() else {
+                return false;
+            };
+            let dir = parent_dir(p);
+            (name == KUBERNETES_DATA && self.dirs.contains(&dir))
+                || self.files.contains(&(dir, name.to_owned()))
+        })
+    }
+
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.dirs.iter()
+    }
+}
+
+/// Call `on_change` (on the tokio runtime) after a change to one of `files`, or a Kubernetes
+/// `..data` swap in the directory of one.
 pub fn watch_files<F>(files: &[PathBuf], on_change: F) -> notify::Result<FileWatch>
 where
     F: Fn() + Send + 'static,
 {
+    let targets = Targets::new(files);
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let filter = targets.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only changes count. Reading the files (which the reload itself does) produces
-        // access events; reacting to those would reload forever.
         if let Ok(event) = res
-            && !matches!(event.kind, notify::EventKind::Access(_))
+            && filter.concerns(&event)
         {
             let _ = tx.send(());
         }
     })?;
-    let dirs: BTreeSet<PathBuf> = files.iter().map(|f| parent_dir(f)).collect();
-    for dir in &dirs {
+    for dir in targets.dirs() {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
     tokio::spawn(async move {
@@ -62,6 +109,74 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn event(kind: notify::EventKind, paths: &[&str]) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        e
+    }
+
+    fn modify() -> notify::EventKind {
+        notify::EventKind::Modify(notify::event::ModifyKind::Data(
+            notify::event::DataChange::Any,
+        ))
+    }
+
+    #[test]
+    fn only_the_watched_names_and_the_kubernetes_swap_count() {
+        let t = Targets::new(&[
+            PathBuf::from("/etc/p/config.toml"),
+            PathBuf::from("/run/secrets/password"),
+        ]);
+        let concerned = [
+            event(modify(), &["/etc/p/config.toml"]),
+            event(modify(), &["/run/secrets/password"]),
+            // An editor's atomic save: rename of a temporary file over the config.
+            event(
+                notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                    notify::event::RenameMode::Both,
+                )),
+                &["/etc/p/.config.toml.tmp", "/etc/p/config.toml"],
+            ),
+            event(
+                notify::EventKind::Create(notify::event::CreateKind::File),
+                &["/etc/p/config.toml"],
+            ),
+            event(
+                notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                    notify::event::RenameMode::To,
+                )),
+                &["/run/secrets/..data"],
+            ),
+        ];
+        let unconcerned = [
+            // The proxy's own log next to the config: the loop of issue 15.
+            event(modify(), &["/etc/p/proxy.log"]),
+            event(modify(), &["/etc/p/.config.toml.swp"]),
+            event(modify(), &["/etc/p/config.toml.bak"]),
+            event(modify(), &["/run/secrets/other-secret"]),
+            // `..data` counts only in a directory holding a watched file.
+            event(modify(), &["/elsewhere/..data"]),
+            // The same name in another directory.
+            event(modify(), &["/etc/config.toml"]),
+            event(
+                notify::EventKind::Access(notify::event::AccessKind::Read),
+                &["/etc/p/config.toml"],
+            ),
+        ];
+        let yes = concerned.iter().filter(|e| t.concerns(e)).count();
+        let no = unconcerned.iter().filter(|e| t.concerns(e)).count();
+        assert_eq!((yes, no), (concerned.len(), 0));
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        let t = Targets::new(&[PathBuf::from("config.toml")]);
+        assert!(t.concerns(&event(modify(), &["./config.toml"])));
+        assert!(!t.concerns(&event(modify(), &["./proxy.log"])));
+    }
 
     #[tokio::test]
     async fn kubernetes_style_symlink_swap_is_noticed() {

@@ -347,3 +347,571 @@ fn every_example_config_parses() {
         "expected the documented and the local example, found {n}"
     );
 }
+
+/// `(exit code, stdout, stderr)` of the binary.
+fn run_code(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("MEDUSA_AUTH_PROXY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env_remove(PW_VAR);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 15: the README promises exit status 2 for a configuration the proxy refuses; `run`
+/// used to exit 1 for some and print each fatal error twice (a log line and an `error:` line).
+#[test]
+fn every_configuration_refusal_exits_2_and_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::cell::Cell::new(0);
+    // Each case its own folder: config() always writes proxy.toml.
+    let fresh = || {
+        n.set(n.get() + 1);
+        let d = dir.path().join(n.get().to_string());
+        std::fs::create_dir(&d).unwrap();
+        d
+    };
+    let edit = |from: &str, to: &str, upstream: &str| {
+        let cfg = config(&fresh(), upstream, "");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains(from), "{from} not in the test config");
+        std::fs::write(&cfg, text.replacen(from, to, 1)).unwrap();
+        cfg
+    };
+    let pw = [(PW_VAR, "x")];
+    // (what is refused, config, environment, words the one message must hold)
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: Vec<(&str, PathBuf, Env, &str)> = vec![
+        (
+            "a remote listener without keys",
+            edit(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"0.0.0.0:0\"",
+                "http://127.0.0.1:9",
+            ),
+            &pw,
+            "is not a loopback address",
+        ),
+        (
+            "a missing secret",
+            config(&fresh(), "http://127.0.0.1:9", ""),
+            &[],
+            PW_VAR,
+        ),
+        (
+            "more connections than file descriptors",
+            edit(
+                "shutdown_grace = \"10s\"",
+                "shutdown_grace = \"10s\"\nmax_connections = 1000000000",
+                "http://127.0.0.1:9",
+            ),
+            &pw,
+            "proxy.max_connections",
+        ),
+        (
+            "an unreadable CA file",
+            edit(
+                "connect_timeout = \"1s\"",
+                "connect_timeout = \"1s\"\nca_file = \"/nonexistent/ca.pem\"",
+                "https://127.0.0.1:9",
+            ),
+            &pw,
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "an unknown key",
+            edit("[ops]", "[ops]\nlisten_on = 1", "http://127.0.0.1:9"),
+            &pw,
+            "unknown field `listen_on`",
+        ),
+    ];
+    let mut refused = 0;
+    for (what, cfg, env, words) in &cases {
+        let cfg = cfg.to_str().unwrap();
+        for sub in ["run", "check"] {
+            let (code, out, err) = run_code(&[sub, "--config", cfg], env);
+            assert_eq!(code, Some(2), "{sub}: {what}: exit {code:?}\n{out}{err}");
+            assert_eq!(
+                err.lines().filter(|l| l.contains(words)).count(),
+                1,
+                "{sub}: {what}: said once, naming {words:?}:\n{err}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2 * cases.len());
+}
+
+/// `check --login` against `upstream` with `[auth]` extra lines (a fresh folder each time).
+async fn check_login(upstream: &str, auth_extra: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), upstream, auth_extra);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // A `flavor` line replaces nothing (the test config has none); a password_file replaces
+    // the env var.
+    let text = if auth_extra.contains("password_file") {
+        text.replace(&format!("password_env = \"{PW_VAR}\""), "")
+    } else {
+        text
+    };
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_code(&["check", "--login", "--config", &cfg], &env)
+    })
+    .await
+    .unwrap();
+    drop(dir);
+    (code.unwrap_or(-1), format!("{out}{err}"))
+}
+
+/// Issue 15: each refusal names what to change (URL, account, where the secret came from,
+/// flavor, prefix, TLS), and never a secret's value.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_refusals_say_what_to_change_and_never_the_secret() {
+    let v1 = FakeMedusa::start().await;
+    let v2 = FakeMedusa::start_v2().await;
+    let wrong = "wrong-password-for-this-test";
+    let mut checked = 0;
+
+    // Wrong password from an environment variable: URL, email, variable named.
+    let (code, text) = check_login(&v1.url(), "", &[(PW_VAR, wrong)]).await;
+    let url = format!("{}/admin/auth/token", v1.url());
+    for words in [
+        url.as_str(),
+        fake_medusa::DEFAULT_EMAIL,
+        &format!("environment variable {PW_VAR}"),
+        "auth.email",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+        checked += 1;
+    }
+    assert_eq!(code, 1, "{text}");
+    assert!(!text.contains(wrong), "the password was printed:\n{text}");
+
+    // The same from a file: the path named, not the content.
+    let pw_dir = tempfile::tempdir().unwrap();
+    let pw_file = pw_dir.path().join("medusa-password");
+    std::fs::write(&pw_file, wrong).unwrap();
+    let (_, text) = check_login(
+        &v1.url(),
+        &format!("password_file = \"{}\"", pw_file.display()),
+        &[],
+    )
+    .await;
+    assert!(
+        text.contains(&format!("file {}", pw_file.display())),
+        "{text}"
+    );
+    assert!(!text.contains(wrong), "the password was printed:\n{text}");
+    checked += 1;
+
+    // flavor v1 against Medusa v2: v2 answers v1's login route 401, so the refusal says
+    // the version may be wrong.
+    let pw = [(PW_VAR, fake_medusa::DEFAULT_PASSWORD)];
+    let (_, text) = check_login(&v2.url(), "flavor = \"v1\"", &pw).await;
+    assert!(
+        text.contains("invalid credentials") && text.contains("flavor = \"auto\""),
+        "{text}"
+    );
+    checked += 1;
+
+    // flavor v2 against Medusa v1: 404 on the login route, naming the flavor and the fixes.
+    let (_, text) = check_login(&v1.url(), "flavor = \"v2\"", &pw).await;
+    for words in [
+        "/auth/user/emailpass answered 404",
+        "auth.flavor \"v2\"",
+        "\"auto\"",
+        "path prefix",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+        checked += 1;
+    }
+
+    // auto, against a server where neither version's login route exists (Medusa under a path
+    // prefix, or not Medusa at all): both routes named, the prefix suggested.
+    let nothing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nothing_url = format!("http://{}", nothing.local_addr().unwrap());
+    let answered = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut n = 0;
+        while let Ok((mut s, _)) = nothing.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            n += 1;
+            if n == 2 {
+                return n;
+            }
+        }
+        n
+    });
+    let (_, text) = check_login(&nothing_url, "flavor = \"auto\"", &pw).await;
+    for words in [
+        "/admin/auth/token answered 404",
+        "POST /auth/user/emailpass",
+        "path prefix",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+        checked += 1;
+    }
+    assert_eq!(
+        answered.await.unwrap(),
+        2,
+        "the v2 probe, then the v1 login"
+    );
+
+    // https:// to a plain-HTTP port: one plain sentence, no rustls internals.
+    let (_, text) = check_login(&v1.url().replace("http://", "https://"), "", &pw).await;
+    assert!(text.contains("does not speak TLS"), "{text}");
+    assert!(!text.contains("InvalidContentType"), "{text}");
+    checked += 1;
+
+    assert_eq!(checked, 14);
+}
+
+/// Issue 15: the start-up line names the version and the account, one `ready` line follows
+/// the first credential, and a 403 for a Host names that Host.
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_ready_and_refused_host_are_named() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(&config(dir.path(), &fake.url(), ""), &[]);
+    let line = p.wait_line("medusa-auth-proxy started").await;
+    assert!(
+        line.contains(&format!("version={}", env!("CARGO_PKG_VERSION")))
+            && line.contains(&format!("account={}", fake_medusa::DEFAULT_EMAIL)),
+        "{line}"
+    );
+    let addr = p.addr().await;
+    p.wait_line("ready").await;
+    // Two requests, and a token refresh would not log `ready` again.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..2 {
+        let resp = client
+            .request(
+                Request::get(format!("http://{addr}/admin/products"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(p.count_lines("ready: holding a Medusa credential"), 1);
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /admin/products HTTP/1.1\r\nHost: tools.internal.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("tools.internal.example") && answer.contains("allow_hosts"),
+        "{answer}"
+    );
+    // Junk in Host is never echoed.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /admin/products HTTP/1.1\r\nHost: <script>x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(!answer.contains("<script>"), "{answer}");
+    let line = p.wait_line("host=\"tools.internal.example\"").await;
+    assert!(line.contains("request denied"), "{line}");
+}
+
+/// Issue 15: `check` warns about a listener other machines can reach that refuses them all.
+#[test]
+fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "a-client-key-of-32-characters-xx\n").unwrap();
+    let cfg = config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &format!("[access]\nclient_keys_file = \"{}\"", keys.display()),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"0.0.0.0:0\"",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run_code(
+        &["check", "--config", cfg.to_str().unwrap()],
+        &[(PW_VAR, "x")],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("WARNING") && out.contains("allow_cidrs") && out.contains("0.0.0.0:0"),
+        "{out}"
+    );
+}
+
+/// Issue 15: every subcommand's `--help` ends with an example.
+#[test]
+fn every_subcommand_help_has_an_example() {
+    let mut n = 0;
+    for sub in ["run", "check", "init", "wait"] {
+        let (code, out, err) = run_code(&[sub, "--help"], &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("Example") && out.contains(&format!("medusa-auth-proxy {sub}")),
+            "{sub}: {out}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
+
+/// Issue 15: `init` writes a config that `check` passes, for a login flavor of each version and
+/// for a static key; it never overwrites a file.
+#[test]
+fn init_writes_configs_that_pass_check_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, "sk_test_0123456789abcdef\n").unwrap();
+    let key_file = key_file.to_str().unwrap().to_owned();
+    let login = [
+        "--email",
+        "proxy@example.com",
+        "--password-env",
+        "MAP_INIT_PASSWORD",
+    ];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("v1", [&["--flavor", "v1"][..], &login].concat()),
+        ("v2", [&["--flavor", "v2"][..], &login].concat()),
+        ("auto", login.to_vec()),
+        (
+            "v2-secret-key",
+            vec!["--flavor", "v2-secret-key", "--api-key-file", &key_file],
+        ),
+    ];
+    let mut passed = 0;
+    for (flavor, flags) in &cases {
+        let out = dir.path().join(format!("{flavor}.toml"));
+        let out_s = out.to_str().unwrap();
+        let mut args = vec![
+            "init",
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--output",
+            out_s,
+        ];
+        args.extend(flags.iter().copied());
+        let (code, _, err) = run_code(&args, &[]);
+        assert_eq!(code, Some(0), "init {flavor}: {err}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains(&format!("flavor = \"{flavor}\"")), "{text}");
+        assert!(
+            text.lines().filter(|l| l.starts_with('#')).count() >= 5,
+            "not commented"
+        );
+        let (code, out_text, err) = run_code(
+            &["check", "--config", out_s],
+            &[("MAP_INIT_PASSWORD", "not-the-real-one")],
+        );
+        assert_eq!(
+            code,
+            Some(0),
+            "check of init {flavor}: {out_text}{err}\n{text}"
+        );
+        // A second init to the same file is refused, and the file is left as it was.
+        let (code, _, err) = run_code(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("exists"), "{err}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+        passed += 1;
+    }
+    assert_eq!(passed, cases.len());
+    // Without --output: the config on stdout; a login flavor without a password source refused.
+    let (code, out, _) = run_code(
+        &[
+            "init",
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--email",
+            "a@b.c",
+            "--password-env",
+            "P",
+        ],
+        &[],
+    );
+    assert!(code == Some(0) && out.contains("[auth]"), "{out}");
+    let (code, _, err) = run_code(
+        &[
+            "init",
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--email",
+            "a@b.c",
+        ],
+        &[],
+    );
+    assert!(code == Some(2) && err.contains("--password-env"), "{err}");
+}
+
+/// Issue 15: `check --no-secrets` passes every shipped config without their secrets (CI of
+/// manifests), and still refuses a broken one.
+#[test]
+fn check_no_secrets_passes_every_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = Vec::new();
+    let mut dirs = vec![root.join("config"), root.join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                configs.push(path);
+            }
+        }
+    }
+    for cfg in &configs {
+        let (code, out, err) = run_code(
+            &["check", "--no-secrets", "--config", cfg.to_str().unwrap()],
+            &[],
+        );
+        assert_eq!(code, Some(0), "{}: {out}{err}", cfg.display());
+        assert!(out.contains("secrets not read"), "{out}");
+    }
+    assert!(configs.len() >= 5, "found only {configs:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "ftp://127.0.0.1:9", "");
+    let (code, _, err) = run_code(
+        &["check", "--no-secrets", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    assert!(code == Some(2) && err.contains("upstream.url"), "{err}");
+}
+
+/// Issue 15: `run` from flags alone serves a request; with `--config`, flags win.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_from_flags_serves_and_flags_override_the_file() {
+    let fake = FakeMedusa::start().await;
+    let url = fake.url();
+    let run_args = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "--upstream",
+            url.as_str(),
+            "--email",
+            fake_medusa::DEFAULT_EMAIL,
+            "--password-env",
+            PW_VAR,
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let env = [(PW_VAR, fake_medusa::DEFAULT_PASSWORD)];
+
+    // No file at all.
+    let p = Proc::start_args(&run_args(&[]), &env);
+    let line = p.wait_line("medusa-auth-proxy started").await;
+    assert!(line.contains("flavor=\"auto\""), "{line}");
+    let addr = p.addr().await;
+    let resp = client
+        .request(
+            Request::get(format!("http://{addr}/admin/products"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(p);
+
+    // A file pointing at a dead Medusa with a wrong account: the flags replace both.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(fake_medusa::DEFAULT_EMAIL, "someone-else@example.com")
+        .replace(
+            &format!("password_env = \"{PW_VAR}\""),
+            "password_file = \"/nonexistent/pw\"",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let p = Proc::start_args(&run_args(&["--config", cfg.to_str().unwrap()]), &env);
+    let line = p.wait_line("medusa-auth-proxy started").await;
+    assert!(
+        line.contains(&format!("upstream={url}"))
+            && line.contains(&format!("account={}", fake_medusa::DEFAULT_EMAIL))
+            // The file's flavor (unset: v1) is kept: no --flavor flag.
+            && line.contains("flavor=\"v1\""),
+        "{line}"
+    );
+    let addr = p.addr().await;
+    let resp = client
+        .request(
+            Request::get(format!("http://{addr}/admin/products"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fake.logins(), 2, "one login per process");
+}
+
+/// Issue 15: the run log names the refused account, the URL and where the password came from;
+/// `/readyz` and the 503 (which anyone reaching the ports may read) say only what failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_login_is_named_in_the_log_and_summarised_on_readyz() {
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "wrong-password-for-this-test";
+    let p = Proc::start(&config(dir.path(), &fake.url(), ""), &[(PW_VAR, wrong)]);
+    let (proxy, ops) = p.urls().await;
+    let line = p.wait_line("login to Medusa failed").await;
+    for words in [
+        fake_medusa::DEFAULT_EMAIL,
+        PW_VAR,
+        &format!("{}/admin/auth/token", fake.url()),
+    ] {
+        assert!(line.contains(words), "{words:?} not in {line}");
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for url in [format!("{ops}/readyz"), format!("{proxy}/admin/products")] {
+        let resp = client
+            .request(Request::get(&url).body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{url}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("invalid credentials"), "{url}: {body}");
+        assert!(
+            !body.contains(fake_medusa::DEFAULT_EMAIL) && !body.contains(PW_VAR),
+            "{url}: {body}"
+        );
+    }
+    assert!(!p.log().contains(wrong), "the password was logged");
+}

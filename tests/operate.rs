@@ -226,6 +226,71 @@ async fn reload_applies_good_config_rejects_bad_and_reports_restarts() {
     assert_eq!(s.fake.logins(), 1, "no credential change, no new login");
 }
 
+/// Issue 15: with the log written next to the config (`--config A/c.toml 2> A/proxy.log`), each
+/// reload's own log line was a change in the watched folder: one edit gave 32 reloads in 5 s and
+/// a broken edit ~6.6 rejections a second until fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_next_to_the_config_does_not_cause_a_reload_loop() {
+    let s = setup("").await;
+    let log = s.dir.path().join("proxy.log");
+    let p = Proc::start_logging_to(&s.cfg, &[], &log);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+
+    // One edit, live and restart-only keys both (the restart warning kept the loop going).
+    write_config(
+        &s.cfg,
+        &s.fake.url(),
+        &s.pw,
+        "[policy]\nread_only = true\n[log]\nlevel = \"info,hyper=warn\"",
+    );
+    p.wait_lines("configuration reloaded", 1).await;
+
+    // One broken edit.
+    std::fs::write(&s.cfg, "[proxy]\nlisten = 7\n").unwrap();
+    p.wait_lines("configuration reload rejected", 1).await;
+
+    // Other files in the folder: an editor's swap file, notes, the log itself.
+    std::fs::write(s.dir.path().join(".proxy.toml.swp"), "x").unwrap();
+    std::fs::write(s.dir.path().join("notes.txt"), "y").unwrap();
+
+    // The fix: one more reload.
+    write_config(
+        &s.cfg,
+        &s.fake.url(),
+        &s.pw,
+        "[policy]\nread_only = true\n[log]\nlevel = \"info,hyper=warn\"\naccess = false",
+    );
+    p.wait_lines("configuration reloaded", 2).await;
+    // The same bytes again (an editor saving an unchanged buffer): nothing to do, nothing logged.
+    std::fs::write(
+        &s.cfg,
+        std::fs::read(&s.cfg).unwrap(), // rewritten, byte for byte
+    )
+    .unwrap();
+
+    // A loop shows only over time; at its measured ~6/s, two seconds without a new line show it
+    // is gone. Every step above waited on a condition, not on this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        p.count_lines("configuration reloaded"),
+        2,
+        "one reload per real change (the edit, then the fix); log:\n{text}"
+    );
+    assert_eq!(
+        p.count_lines("configuration reload rejected"),
+        1,
+        "one rejection for one broken edit; log:\n{text}"
+    );
+    assert_eq!(
+        post(&c, &format!("{proxy}/admin/products")).await,
+        403,
+        "the edit is in force"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_with_new_password_logs_in_again() {
     let s = setup("").await;

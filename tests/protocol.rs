@@ -191,12 +191,10 @@ async fn start_proxy_with(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n[upstream]\nurl = \"http://{upstream}\"\n[auth]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n{extra}",
         pw.display()
     );
-    (
-        app::start(Settings::from_toml(&toml).unwrap())
-            .await
-            .unwrap(),
-        dir,
-    )
+    let mut settings = Settings::from_toml(&toml).unwrap();
+    // In-process, access lines would go to the test binary's stderr uncaptured.
+    settings.log.access = false;
+    (app::start(settings).await.unwrap(), dir)
 }
 
 /// Send raw bytes and read until `until` appears in what came back.

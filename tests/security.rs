@@ -73,7 +73,9 @@ async fn start(proxy_extra: &str, sections: &str) -> H {
     let dir = tempfile::tempdir().unwrap();
     let settings =
         Settings::from_toml(&toml(&fake.url(), dir.path(), proxy_extra, sections)).unwrap();
-    let proxy = app::start(settings).await.expect("proxy starts");
+    let proxy = app::start(common::harness::quiet(settings))
+        .await
+        .expect("proxy starts");
     H {
         fake,
         proxy,
@@ -635,7 +637,7 @@ async fn https_upstream_with_private_ca_and_certificate_failures() {
             ca_file.display()
         ),
     );
-    let proxy = app::start(Settings::from_toml(&text).unwrap())
+    let proxy = app::start(common::harness::quiet(Settings::from_toml(&text).unwrap()))
         .await
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -652,7 +654,7 @@ async fn https_upstream_with_private_ca_and_certificate_failures() {
 
     // Without the private CA the certificate is refused, and both the error and readiness say so.
     let text = toml(&url, dir.path(), "", "");
-    let proxy = app::start(Settings::from_toml(&text).unwrap())
+    let proxy = app::start(common::harness::quiet(Settings::from_toml(&text).unwrap()))
         .await
         .unwrap();
     let ops = format!("http://{}/readyz", proxy.ops_addr);

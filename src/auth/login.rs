@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::config::Flavor;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretSource};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// A login answer larger than this is not a token answer.
@@ -21,10 +21,34 @@ const MAX_LOGIN_RESPONSE: usize = 64 * 1024;
 /// (retrying cannot help and may lock the account), transient failures start short.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoginError {
-    /// Medusa rejected the email/password (401, or 400 for a malformed login).
-    #[error("invalid credentials (Medusa answered {0})")]
-    InvalidCredentials(u16),
-    /// Medusa answered the login with another status (5xx, 404, ...).
+    /// Medusa rejected the email/password (401, or 400 for a malformed login). Says what to
+    /// change: which account, which URL, where the password came from (never the password).
+    #[error(
+        "invalid credentials: Medusa at {url} refused the login for {email:?} (answered \
+         {status}); the password came from {secret_from}. Set auth.email to the account that \
+         password belongs to, or give that account's password there{hint}"
+    )]
+    InvalidCredentials {
+        status: u16,
+        url: String,
+        email: String,
+        secret_from: String,
+        hint: &'static str,
+    },
+    /// Medusa rejected a static API key (401/403).
+    #[error(
+        "invalid credentials: Medusa at {url} refused the API key from {secret_from} \
+         (answered {status}); put a valid key there, or check auth.flavor"
+    )]
+    InvalidKey {
+        status: u16,
+        url: String,
+        secret_from: String,
+    },
+    /// The login route does not exist where we looked: wrong flavor or a missing path prefix.
+    #[error("{url} answered 404: {advice}")]
+    LoginNotFound { url: String, advice: &'static str },
+    /// Medusa answered the login with another status (5xx, ...).
     #[error("Medusa answered the login with status {0}")]
     Status(u16),
     /// A static key's check request got an unexpected status.
@@ -56,16 +80,37 @@ impl LoginError {
     pub fn is_bad_credentials(&self) -> bool {
         matches!(
             self,
-            LoginError::InvalidCredentials(_) | LoginError::NeedsInteraction(_)
+            LoginError::InvalidCredentials { .. }
+                | LoginError::InvalidKey { .. }
+                | LoginError::NeedsInteraction(_)
         )
+    }
+
+    /// The error for `/readyz`, which anyone who reaches the ops port may read: without the
+    /// account's email or where its password lives (the log line has those).
+    pub fn public_summary(&self) -> String {
+        match self {
+            LoginError::InvalidCredentials { status, .. }
+            | LoginError::InvalidKey { status, .. } => {
+                format!(
+                    "invalid credentials (Medusa answered {status}); the proxy's log names the \
+                     account and where its secret comes from"
+                )
+            }
+            other => other.to_string(),
+        }
     }
 
     /// Short label for metrics and readiness.
     pub fn kind(&self) -> &'static str {
         match self {
-            LoginError::InvalidCredentials(_) => "invalid_credentials",
+            LoginError::InvalidCredentials { .. } | LoginError::InvalidKey { .. } => {
+                "invalid_credentials"
+            }
             LoginError::NeedsInteraction(_) => "needs_interaction",
-            LoginError::Status(_) | LoginError::KeyCheckStatus(_) => "bad_status",
+            LoginError::Status(_)
+            | LoginError::KeyCheckStatus(_)
+            | LoginError::LoginNotFound { .. } => "bad_status",
             LoginError::Upstream(_) => "unreachable",
             LoginError::Timeout(_) => "timeout",
             LoginError::BadResponse(_) => "bad_response",
@@ -203,6 +248,8 @@ pub struct Login {
     resolved: AtomicU8,
     email: ArcSwap<String>,
     secret: ArcSwap<Secret>,
+    /// Where the secret came from ("environment variable X", "file P"), for messages.
+    secret_from: ArcSwap<String>,
 }
 
 impl std::fmt::Debug for Login {
@@ -247,7 +294,18 @@ impl Login {
             resolved: AtomicU8::new(flavor_code(flavor)),
             email: ArcSwap::from_pointee(email.unwrap_or_default()),
             secret: ArcSwap::from_pointee(secret),
+            secret_from: ArcSwap::from_pointee("the configured secret".to_owned()),
         }
+    }
+
+    /// Name where the secret comes from in refusal messages (see [`SecretSource::describe`]).
+    pub fn with_secret_source(self, source: &SecretSource) -> Self {
+        self.set_secret_source(source);
+        self
+    }
+
+    pub fn set_secret_source(&self, source: &SecretSource) {
+        self.secret_from.store(Arc::new(source.describe()));
     }
 
     /// The flavor in use: the configured one, or for `auto` what the probe found (`Auto`
@@ -319,7 +377,16 @@ impl Login {
                 flavor = "v1",
                 "auto: Medusa v1 detected ({V2_LOGIN} answered 404)"
             );
-            return self.login_v1().await;
+            return self.login_v1().await.map_err(|e| match e {
+                LoginError::LoginNotFound { url, .. } => LoginError::LoginNotFound {
+                    url,
+                    advice: "neither Medusa v2's login route (POST /auth/user/emailpass) nor \
+                             v1's (POST /admin/auth/token) exists there (auth.flavor \"auto\"). \
+                             Is upstream.url Medusa's base URL? If Medusa is served under a path \
+                             prefix, add it (e.g. \"http://host:9000/prefix\")",
+                },
+                other => other,
+            });
         }
         self.resolved
             .store(flavor_code(Flavor::V2), Ordering::Relaxed);
@@ -327,12 +394,13 @@ impl Login {
             flavor = "v2",
             "auto: Medusa v2 detected ({V2_LOGIN} exists)"
         );
+        self.classify_login(Flavor::V2, V2_LOGIN, status)?;
         v2_answer(status, &body, Obtained::Login)
     }
 
     async fn login_v1(&self) -> Result<Credential, LoginError> {
         let (status, body) = self.post_login(V1_LOGIN).await?;
-        classify_status(status)?;
+        self.classify_login(Flavor::V1, V1_LOGIN, status)?;
         let value = token_field(&body, "access_token")?;
         Ok(Credential {
             value,
@@ -344,7 +412,52 @@ impl Login {
 
     async fn login_v2(&self) -> Result<Credential, LoginError> {
         let (status, body) = self.post_login(V2_LOGIN).await?;
+        self.classify_login(Flavor::V2, V2_LOGIN, status)?;
         v2_answer(status, &body, Obtained::Login)
+    }
+
+    /// A login answer's status, as an error that says what to change.
+    fn classify_login(
+        &self,
+        flavor: Flavor,
+        path: &str,
+        status: StatusCode,
+    ) -> Result<(), LoginError> {
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST {
+            return Err(LoginError::InvalidCredentials {
+                status: status.as_u16(),
+                url: self.url_of(path),
+                email: self.email.load().to_string(),
+                secret_from: self.secret_from.load().to_string(),
+                // Medusa v2 answers v1's login route 401, not 404 (every /admin route needs
+                // authentication there), so a v1 refusal may be the wrong version.
+                hint: match flavor {
+                    Flavor::V1 => {
+                        ". If this Medusa is v2 (it answers 401 on v1's login route too), set auth.flavor = \"auto\" or \"v2\""
+                    }
+                    _ => "",
+                },
+            });
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Err(LoginError::LoginNotFound {
+                url: self.url_of(path),
+                advice: match flavor {
+                    Flavor::V2 => {
+                        "no Medusa v2 login route there (auth.flavor \"v2\"). If this Medusa is v1, set auth.flavor = \"auto\" or \"v1\"; if it is served under a path prefix, add it to upstream.url"
+                    }
+                    _ => {
+                        "no Medusa v1 login route there (auth.flavor \"v1\"). If this Medusa is v2, set auth.flavor = \"auto\" or \"v2\"; if it is served under a path prefix, add it to upstream.url"
+                    }
+                },
+            });
+        }
+        classify_status(status)
+    }
+
+    /// The full URL of `path` on Medusa, for messages.
+    fn url_of(&self, path: &str) -> String {
+        self.upstream.url_for(path)
     }
 
     async fn refresh_v2(&self, current: &Secret) -> Result<Credential, LoginError> {
@@ -370,7 +483,11 @@ impl Login {
             .send(Method::GET, check_route(flavor), Some(header), Bytes::new())
             .await?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(LoginError::InvalidCredentials(status.as_u16()));
+            return Err(LoginError::InvalidKey {
+                status: status.as_u16(),
+                url: self.url_of(check_route(flavor)),
+                secret_from: self.secret_from.load().to_string(),
+            });
         }
         if !status.is_success() {
             return Err(LoginError::KeyCheckStatus(status.as_u16()));
@@ -456,10 +573,8 @@ impl Login {
     }
 }
 
+/// What is left once [`Login::classify_login`] has named the refusals.
 fn classify_status(status: StatusCode) -> Result<(), LoginError> {
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST {
-        return Err(LoginError::InvalidCredentials(status.as_u16()));
-    }
     if !status.is_success() {
         return Err(LoginError::Status(status.as_u16()));
     }
@@ -547,7 +662,7 @@ mod tests {
             v2_answer(StatusCode::UNAUTHORIZED, b"{}", Obtained::Login)
                 .err()
                 .unwrap(),
-            LoginError::InvalidCredentials(401)
+            LoginError::Status(401)
         ));
         assert!(matches!(
             v2_answer(StatusCode::OK, b"<html>", Obtained::Login)

@@ -147,6 +147,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The user id of the last token obtained (for the "own user" route rule).
     user_id: arc_swap::ArcSwapOption<String>,
+    /// The one `ready` line is logged (the first credential held; later ones are refreshes).
+    ready_logged: AtomicBool,
 }
 
 /// The token cache and its login driver. Cheap to clone.
@@ -208,6 +210,7 @@ impl TokenManager {
                 backoff,
                 next_id: AtomicU64::new(1),
                 rejected_unverified: AtomicBool::new(false),
+                ready_logged: AtomicBool::new(false),
                 relogin: AtomicBool::new(false),
                 user_id: arc_swap::ArcSwapOption::empty(),
                 metrics,
@@ -249,7 +252,8 @@ impl TokenManager {
                 let now = Instant::now();
                 if *until > now {
                     return Err(ProxyError::NoToken {
-                        reason: format!("login failed: {error}"),
+                        // Callers see the summary; the account is named in the log only.
+                        reason: format!("login failed: {}", error.public_summary()),
                         retry_after: *until - now,
                     });
                 }
@@ -378,7 +382,9 @@ impl TokenManager {
             return Ok(t.usable_until.saturating_duration_since(Instant::now()));
         }
         Err(match &*self.inner.status.borrow() {
-            Phase::BackingOff { error, .. } => format!("login failed: {error}"),
+            Phase::BackingOff { error, .. } => {
+                format!("login failed: {}", error.public_summary())
+            }
             Phase::LoggingIn | Phase::Ready => "no token yet: logging in to Medusa".to_owned(),
         })
     }
@@ -448,6 +454,9 @@ impl TokenManager {
                     self.inner.metrics.token_expiry(unix_at(token.usable_until));
                     self.inner.cache.insert((), token.clone()).await;
                     self.inner.current.store(Some(token));
+                    if !self.inner.ready_logged.swap(true, Ordering::Relaxed) {
+                        tracing::info!("ready: holding a Medusa credential; forwarding requests");
+                    }
                     self.inner.status.send_replace(Phase::Ready);
                 }
                 Err(error) => {

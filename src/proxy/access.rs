@@ -371,6 +371,23 @@ fn check_host(allow: &HostList, headers: &HeaderMap, uri: &Uri) -> Result<(), De
     Ok(())
 }
 
+/// The host name a refused request asked for (`Host`, else the target's authority), when it
+/// is one host name and looks like one: only those characters are ever echoed back, so a
+/// refusal cannot be made to carry arbitrary text.
+pub fn refused_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let text = match single(headers, &header::HOST) {
+        Ok(Some(v)) => v.to_str().ok()?,
+        Ok(None) => uri.authority()?.as_str(),
+        Err(()) => return None,
+    };
+    let plausible = !text.is_empty()
+        && text.len() <= 255
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        });
+    plausible.then(|| text.to_owned())
+}
+
 fn check_origin(allow: &[String], headers: &HeaderMap) -> Result<(), Denied> {
     match single(headers, &header::ORIGIN).map_err(|_| Denied::Origin)? {
         Some(value) => {
@@ -789,6 +806,12 @@ impl ClientKeys {
     }
 
     /// Reads and parses `path`. Every error starts with the path; none contains file text.
+    /// Stands in for a keys file that was deliberately not read (`check --no-secrets`): the
+    /// rules around it validate as if it held keys, and it admits nobody.
+    pub fn unread() -> ClientKeys {
+        ClientKeys { keys: Vec::new() }
+    }
+
     pub fn load(path: &Path) -> Result<ClientKeys, String> {
         let shown = path.display();
         let mut bytes =

@@ -51,6 +51,17 @@ pub struct RulesError(pub String);
 impl Rules {
     /// Validate `[access]` and `[policy]` (reads `client_keys_file`).
     pub fn from_settings(s: &Settings) -> Result<Rules, RulesError> {
+        Rules::build(s, true)
+    }
+
+    /// Validate like [`Rules::from_settings`] without reading `client_keys_file`, for
+    /// `check --no-secrets` (CI of manifests whose secrets live elsewhere). The result admits
+    /// no client key: never serve with it.
+    pub fn validate_without_secrets(s: &Settings) -> Result<Rules, RulesError> {
+        Rules::build(s, false)
+    }
+
+    fn build(s: &Settings, read_keys: bool) -> Result<Rules, RulesError> {
         let mut allow_cidrs = Vec::new();
         for c in &s.access.allow_cidrs {
             allow_cidrs.push(
@@ -60,6 +71,7 @@ impl Rules {
         }
         let client_keys =
             match &s.access.client_keys_file {
+                Some(_) if !read_keys => Some(access::ClientKeys::unread()),
                 Some(path) => Some(access::ClientKeys::load(path).map_err(|e| {
                     RulesError(format!("config key `access.client_keys_file`: {e}"))
                 })?),
@@ -249,7 +261,18 @@ impl Proxy {
         }
         let caller =
             access::check(&rules.access, peer.ip(), &parts.headers, &parts.uri).map_err(|d| {
-                tracing::info!(peer = %peer, reason = d.code(), "request denied");
+                // The refused name is what the operator must add to allow_hosts (or tell the
+                // tool to stop using): say it, in the log and to the caller who sent it.
+                let host = match d {
+                    access::Denied::Host => access::refused_host(&parts.headers, &parts.uri),
+                    _ => None,
+                };
+                tracing::info!(
+                    peer = %peer,
+                    reason = d.code(),
+                    host = host.as_deref().unwrap_or(""),
+                    "request denied"
+                );
                 match d.status() {
                     StatusCode::PROXY_AUTHENTICATION_REQUIRED => ProxyError::ProxyAuth {
                         code: d.code(),
@@ -257,7 +280,13 @@ impl Proxy {
                     },
                     _ => ProxyError::Forbidden {
                         code: d.code(),
-                        message: d.message().to_owned(),
+                        message: match host {
+                            Some(h) => format!(
+                                "the Host {h:?} is not in [access] allow_hosts: add it there, or \
+                                 call the proxy by a name that is"
+                            ),
+                            None => d.message().to_owned(),
+                        },
                     },
                 }
             })?;
@@ -583,9 +612,9 @@ fn upstream_error(e: UpstreamError) -> ProxyError {
         UpstreamError::InvalidUri => {
             ProxyError::BadRequest("the request target is not a valid URI")
         }
-        e @ (UpstreamError::Connect { .. } | UpstreamError::Io(_)) => {
-            ProxyError::UpstreamUnreachable(e.to_string())
-        }
+        e @ (UpstreamError::Connect { .. }
+        | UpstreamError::Io(_)
+        | UpstreamError::NotTls { .. }) => ProxyError::UpstreamUnreachable(e.to_string()),
         e @ UpstreamError::Certificate(_) => ProxyError::UpstreamCertificate(e.to_string()),
     }
 }

@@ -86,7 +86,9 @@ impl Target {
         let dir = tempfile::tempdir().unwrap();
         let text = config(&fake, dir.path(), tail);
         let settings = medusa_auth_proxy::config::Settings::from_toml(&text).unwrap();
-        let app = medusa_auth_proxy::app::start(settings).await.unwrap();
+        let app = medusa_auth_proxy::app::start(crate::common::harness::quiet(settings))
+            .await
+            .unwrap();
         Target {
             addr: app.proxy_addr,
             client: Client::builder(TokioExecutor::new()).build_http(),

@@ -60,6 +60,15 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// `settings` without the access log, for a proxy run in-process. Its lines go straight to
+/// the test process's stderr (the test harness captures only `print!`-style output), so
+/// `cargo test` printed ~33,000 of them between the test names. Access logging itself is
+/// tested against the binary (tests/operate.rs), where stderr is read.
+pub fn quiet(mut settings: Settings) -> Settings {
+    settings.log.access = false;
+    settings
+}
+
 /// The proxy, run in-process in front of `fake`.
 pub struct Harness {
     pub fake: FakeMedusa,
@@ -89,7 +98,7 @@ impl Harness {
     /// Starts the proxy from the config `toml` in front of `fake`. `dir` holds the files the
     /// config names; it lives as long as the harness.
     pub async fn start(fake: FakeMedusa, dir: tempfile::TempDir, toml: &str) -> Harness {
-        let settings = Settings::from_toml(toml).expect("test config");
+        let settings = quiet(Settings::from_toml(toml).expect("test config"));
         let proxy = app::start(settings).await.expect("proxy starts");
         Harness {
             fake,

@@ -1,7 +1,7 @@
 //! The proxy binary as a child process, its stderr collected line by line.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
 pub struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set when stderr goes to a file (as `2> file` would): the log is read from there.
+    log_file: Option<PathBuf>,
 }
 
 impl Proc {
@@ -23,6 +25,41 @@ impl Proc {
     /// Like [`Proc::start`], with soft and hard `RLIMIT_NOFILE` set to `nofile` (as
     /// `ulimit -n` does) when given.
     pub fn start_limited(cfg: &Path, env: &[(&str, &str)], nofile: Option<u64>) -> Proc {
+        Proc::spawn(cfg, env, nofile, None)
+    }
+
+    /// Like [`Proc::start`], with stderr appended to `log_file` (`2>> log_file`), as an
+    /// operator who keeps the log next to the config does.
+    pub fn start_logging_to(cfg: &Path, env: &[(&str, &str)], log_file: &Path) -> Proc {
+        Proc::spawn(cfg, env, None, Some(log_file))
+    }
+
+    /// The binary with exactly `args` (no `run --config` added), without `RUST_LOG` and
+    /// `MEDUSA_AUTH_PROXY_CONFIG`, with `env` set.
+    pub fn start_args(args: &[String], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_args(args, env, None, None)
+    }
+
+    fn spawn(
+        cfg: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        log_file: Option<&Path>,
+    ) -> Proc {
+        let args = [
+            "run".to_owned(),
+            "--config".to_owned(),
+            cfg.display().to_string(),
+        ];
+        Proc::spawn_args(&args, env, nofile, log_file)
+    }
+
+    fn spawn_args(
+        args: &[String],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        log_file: Option<&Path>,
+    ) -> Proc {
         // The attack suite's figures can be taken on a release build.
         let bin = std::env::var("MEDUSA_AUTH_PROXY_BIN").unwrap_or_else(|_| BIN.to_owned());
         let mut cmd = Command::new(bin);
@@ -42,11 +79,25 @@ impl Proc {
                 });
             }
         }
-        cmd.args(["run", "--config"])
-            .arg(cfg)
-            .env_remove("RUST_LOG");
+        cmd.args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("MEDUSA_AUTH_PROXY_CONFIG");
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(path) = log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            let child = cmd.stderr(file).stdout(Stdio::null()).spawn().unwrap();
+            return Proc {
+                child,
+                lines,
+                log_file: Some(path.to_path_buf()),
+            };
         }
         let mut child = cmd
             .stderr(Stdio::piped())
@@ -54,39 +105,48 @@ impl Proc {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Proc { child, lines }
+        Proc {
+            child,
+            lines,
+            log_file: None,
+        }
+    }
+
+    /// Every complete stderr line so far.
+    fn lines(&self) -> Vec<String> {
+        match &self.log_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                // A line still being written has no newline yet: leave it for the next read.
+                let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+                complete.lines().map(str::to_owned).collect()
+            }
+            None => self.lines.lock().unwrap().clone(),
+        }
     }
 
     /// All of stderr so far.
     pub fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.lines().join("\n")
     }
 
     /// How many log lines so far contain `needle`.
     pub fn count_lines(&self, needle: &str) -> usize {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter(|l| l.contains(needle)).count()
+        self.lines().iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Wait for a log line containing `needle`; return it.
     pub async fn wait_line(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
             }
             assert!(
                 Instant::now() < deadline,
