@@ -635,4 +635,104 @@ mod tests {
         // "GET /admin/x?a=1 HTTP/1.1\r\n" + "host: localhost\r\n" + "x-a: bb\r\n" + "\r\n"
         assert_eq!(head_size(&req), 27 + 17 + 9 + 2);
     }
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(20),
+            ..Limits::default()
+        }
+    }
+
+    fn state() -> ConnState {
+        ConnState::new(Arc::new(Flags::default()))
+    }
+
+    #[test]
+    fn a_connection_without_a_request_head_gets_header_read_timeout() {
+        let (s, l, mut stall) = (state(), limits(), Stall::default());
+        let at = |secs| s.start + Duration::from_secs(secs);
+        assert_eq!(
+            verdict(&s, false, &l, &mut stall, at(9)),
+            Verdict::LookAgainAt(at(10))
+        );
+        assert_eq!(
+            verdict(&s, false, &l, &mut stall, at(10)),
+            Verdict::Close(Why::HeaderTimeout)
+        );
+        // A complete HTTP/2 preface: from then on it is an idle connection.
+        assert_eq!(
+            verdict(&s, true, &l, &mut stall, at(10)),
+            Verdict::LookAgainAt(at(60))
+        );
+        assert_eq!(
+            verdict(&s, true, &l, &mut stall, at(60)),
+            Verdict::Close(Why::Idle)
+        );
+    }
+
+    #[test]
+    fn idle_counts_from_the_end_of_the_last_request() {
+        let (s, l, mut stall) = (state(), limits(), Stall::default());
+        s.requests.store(3, Ordering::Relaxed);
+        s.idle_since_ms.store(30_000, Ordering::Relaxed);
+        let at = |secs| s.start + Duration::from_secs(secs);
+        assert_eq!(
+            verdict(&s, false, &l, &mut stall, at(89)),
+            Verdict::LookAgainAt(at(90))
+        );
+        assert_eq!(
+            verdict(&s, false, &l, &mut stall, at(90)),
+            Verdict::Close(Why::Idle)
+        );
+        // A request in flight is never idle, however long it takes Medusa.
+        s.in_flight.store(1, Ordering::Relaxed);
+        assert_eq!(
+            verdict(&s, false, &l, &mut stall, at(500)),
+            Verdict::LookAgainAt(at(505))
+        );
+    }
+
+    #[test]
+    fn only_a_response_the_client_takes_nothing_of_times_out() {
+        let (s, l, mut stall) = (state(), limits(), Stall::default());
+        s.requests.store(1, Ordering::Relaxed);
+        s.in_flight.store(1, Ordering::Relaxed);
+        let at = |secs| s.start + Duration::from_secs(secs);
+        // A frame handed to hyper and not taken: the stall starts being watched at 0.
+        s.waiting.store(1, Ordering::Relaxed);
+        s.frames.store(7, Ordering::Relaxed);
+        assert!(matches!(
+            verdict(&s, false, &l, &mut stall, at(0)),
+            Verdict::LookAgainAt(_)
+        ));
+        assert!(matches!(
+            verdict(&s, false, &l, &mut stall, at(19)),
+            Verdict::LookAgainAt(_)
+        ));
+        // Progress (the client took a frame) starts the clock again.
+        s.frames.store(8, Ordering::Relaxed);
+        assert!(matches!(
+            verdict(&s, false, &l, &mut stall, at(20)),
+            Verdict::LookAgainAt(_)
+        ));
+        assert!(matches!(
+            verdict(&s, false, &l, &mut stall, at(39)),
+            Verdict::LookAgainAt(_)
+        ));
+        assert_eq!(
+            verdict(&s, false, &l, &mut stall, at(40)),
+            Verdict::Close(Why::SendTimeout)
+        );
+        // Waiting on Medusa (no frame held) is not the client's stall.
+        let mut stall = Stall::default();
+        s.waiting.store(0, Ordering::Relaxed);
+        for t in [0, 30, 60, 90] {
+            assert!(matches!(
+                verdict(&s, false, &l, &mut stall, at(t)),
+                Verdict::LookAgainAt(_)
+            ));
+        }
+    }
 }
