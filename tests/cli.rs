@@ -50,20 +50,10 @@ fn spawn(cfg: &Path, env: &[(&str, &str)]) -> Proc {
     Proc::start(cfg, &all)
 }
 
+/// `(success, stdout, stderr)` of the binary.
 fn run_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("MEDUSA_AUTH_PROXY_CONFIG")
-        .env_remove(PW_VAR);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = run_code(args, env);
+    (code == Some(0), out, err)
 }
 
 #[test]
