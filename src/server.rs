@@ -68,10 +68,6 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct HeadTooLarge(pub usize);
 
-/// Request extension: the TCP peer of the connection the request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
-
 /// The size of a request head as sent (request line, header lines, final empty line), from
 /// its parsed form: what the limit is about.
 pub fn head_size<B>(req: &Request<B>) -> usize {
@@ -205,7 +201,6 @@ where
                         {
                             req.extensions_mut().insert(HeadTooLarge(limits.max_head_bytes));
                         }
-                        req.extensions_mut().insert(Peer(peer));
                         let connect = req.method() == http::Method::CONNECT;
                         let fut = handler(req, peer);
                         let framing = framing.clone();
