@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
+use common::harness::fetch;
 use common::process::{BIN, Proc};
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -827,15 +828,8 @@ async fn run_from_flags_serves_and_flags_override_the_file() {
     let line = p.wait_line("medusa-auth-proxy started").await;
     assert!(line.contains("flavor=\"auto\""), "{line}");
     let addr = p.addr().await;
-    let resp = client
-        .request(
-            Request::get(format!("http://{addr}/admin/products"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, _) = fetch(&client, &format!("http://{addr}/admin/products")).await;
+    assert_eq!(status, 200);
     drop(p);
 
     // A file pointing at a dead Medusa with a wrong account: the flags replace both.
@@ -859,15 +853,8 @@ async fn run_from_flags_serves_and_flags_override_the_file() {
         "{line}"
     );
     let addr = p.addr().await;
-    let resp = client
-        .request(
-            Request::get(format!("http://{addr}/admin/products"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, _) = fetch(&client, &format!("http://{addr}/admin/products")).await;
+    assert_eq!(status, 200);
     assert_eq!(fake.logins(), 2, "one login per process");
 }
 

@@ -8,10 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::fake_medusa::FakeMedusa;
-use common::harness::{self, client};
+use common::harness::{self, client, fetch};
 use common::process::Proc;
-use http::Request;
-use http_body_util::{BodyExt, Full};
 
 /// Voluntary context switches summed over the threads of `pid`.
 fn wakeups(pid: u32) -> u64 {
@@ -44,19 +42,10 @@ async fn an_idle_proxy_sleeps() {
     let p = Proc::start(&cfg, &[]);
     let (proxy, _) = p.urls().await;
     // Traffic first: a request (an access line, a pooled connection), then nothing.
-    {
-        let c = client();
-        let r = c
-            .request(
-                Request::get(format!("{proxy}/admin/products"))
-                    .body(Full::default())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let _ = r.into_body().collect().await;
-    }
+    assert_eq!(
+        fetch(&client(), &format!("{proxy}/admin/products")).await.0,
+        200
+    );
     // The client's connection is gone with its client; the pooled one closes after 300 ms.
     fake.wait_until(|f| f.connections() >= 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

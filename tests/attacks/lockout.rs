@@ -6,23 +6,35 @@
 //! Against the binary and the fake Medusa in both shapes. The tests count what Medusa saw
 //! (logins, token checks) rather than timing anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 
 use crate::common::fake_medusa::{self, ALWAYS_401, FakeMedusa, Mode};
-use crate::common::harness::{HttpClient, client, config_text, login_auth, password_file};
+use crate::common::harness::{
+    HttpClient, client, config_text, fetch as get, login_auth, password_file,
+};
 use crate::common::process::Proc;
 
-/// The proxy binary in front of `fake`, `/store/` allowed, logging in with the fake's
-/// password from a file under `dir` (returned so a test can rotate it).
-async fn proxy(fake: &FakeMedusa, dir: &Path) -> (Proc, String, String, PathBuf) {
-    let pw = password_file(dir);
-    let flavor = match fake.mode() {
+/// The proxy binary in front of a fake Medusa of `mode`, `/store/` allowed, logging in with
+/// the fake's password from a file (`pw`, so a test can rotate it); already answering 200.
+/// Bind `_p` and `_dir` when destructuring (`..` would drop the proxy and its folder at once).
+struct Served {
+    fake: FakeMedusa,
+    base: String,
+    pw: PathBuf,
+    c: HttpClient,
+    _p: Proc,
+    _dir: tempfile::TempDir,
+}
+
+async fn served(mode: Mode) -> Served {
+    let fake = FakeMedusa::start_mode(mode).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path());
+    let flavor = match mode {
         Mode::V1 => "v1",
         Mode::V2 => "v2",
     };
@@ -33,19 +45,20 @@ async fn proxy(fake: &FakeMedusa, dir: &Path) -> (Proc, String, String, PathBuf)
         &auth,
         "[policy]\nallow_paths = [\"/admin/\", \"/store/\"]\n",
     );
-    let cfg = dir.join("proxy.toml");
+    let cfg = dir.path().join("proxy.toml");
     std::fs::write(&cfg, text).unwrap();
     let p = Proc::start(&cfg, &[]);
-    let (base, ops) = p.urls().await;
-    (p, base, ops, pw)
-}
-
-/// Status and body of `GET url`.
-async fn get(c: &HttpClient, url: &str) -> (StatusCode, Bytes) {
-    let req = Request::get(url).body(Full::default()).unwrap();
-    let resp = c.request(req).await.expect("the proxy answers");
-    let status = resp.status();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
+    let (base, _) = p.urls().await;
+    let c = client();
+    wait_200(&c, &format!("{base}/admin/products")).await;
+    Served {
+        fake,
+        base,
+        pw,
+        c,
+        _p: p,
+        _dir: dir,
+    }
 }
 
 /// Polls `url` every 20 ms until it answers 200; panics after 10 s.
@@ -70,11 +83,14 @@ fn medusa_401(mode: Mode) -> &'static [u8] {
 /// One mode of the lockout attack: `ALWAYS_401` once a second for 30 s while another client
 /// sends `/admin/products` every 100 ms.
 async fn a_401_route_every_second(mode: Mode) {
-    let fake = FakeMedusa::start_mode(mode).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_p, base, _, _) = proxy(&fake, dir.path()).await;
-    let c = client();
-    wait_200(&c, &format!("{base}/admin/products")).await;
+    let Served {
+        fake,
+        base,
+        c,
+        _p,
+        _dir,
+        ..
+    } = served(mode).await;
     assert_eq!(fake.logins(), 1);
 
     let attacker = {
@@ -127,11 +143,14 @@ async fn a_401_route_hit_every_second_for_30s_costs_no_login_and_no_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_401s_cost_one_check_and_no_login() {
     for mode in [Mode::V1, Mode::V2] {
-        let fake = FakeMedusa::start_mode(mode).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (_p, base, _, _) = proxy(&fake, dir.path()).await;
-        let c = client();
-        wait_200(&c, &format!("{base}/admin/products")).await;
+        let Served {
+            fake,
+            base,
+            c,
+            _p,
+            _dir,
+            ..
+        } = served(mode).await;
         let url = Arc::new(format!("{base}{ALWAYS_401}"));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
@@ -155,11 +174,15 @@ async fn fifty_concurrent_401s_cost_one_check_and_no_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_rotated_before_the_new_password_token_served_a_request_is_a_relogin() {
     for mode in [Mode::V1, Mode::V2] {
-        let fake = FakeMedusa::start_mode(mode).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (_p, base, _, pw) = proxy(&fake, dir.path()).await;
-        let c = client();
-        wait_200(&c, &format!("{base}/admin/products")).await;
+        let Served {
+            fake,
+            base,
+            c,
+            pw,
+            _p,
+            _dir,
+            ..
+        } = served(mode).await;
         // The password is rotated: the proxy notices the file and logs in with the new one.
         fake.set_credentials(fake_medusa::DEFAULT_EMAIL, "rotated-password-456");
         std::fs::write(&pw, "rotated-password-456\n").unwrap();
@@ -176,11 +199,14 @@ async fn secret_rotated_before_the_new_password_token_served_a_request_is_a_relo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_token_rejected_too_backs_off() {
     for mode in [Mode::V1, Mode::V2] {
-        let fake = FakeMedusa::start_mode(mode).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (_p, base, _, _) = proxy(&fake, dir.path()).await;
-        let c = client();
-        wait_200(&c, &format!("{base}/admin/products")).await;
+        let Served {
+            fake,
+            base,
+            c,
+            _p,
+            _dir,
+            ..
+        } = served(mode).await;
         // Medusa issues tokens and rejects every one of them.
         fake.set_reject_all(true);
         let (status, _) = get(&c, &format!("{base}/admin/products?n=1")).await;

@@ -69,6 +69,14 @@ pub fn quiet(mut settings: Settings) -> Settings {
     settings
 }
 
+/// Status and body of `GET url` through `c`; panics if nothing answers.
+pub async fn fetch(c: &HttpClient, url: &str) -> (StatusCode, Bytes) {
+    let req = Request::get(url).body(Full::default()).unwrap();
+    let resp = c.request(req).await.expect("the proxy answers");
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
 /// The proxy, run in-process in front of `fake`.
 pub struct Harness {
     pub fake: FakeMedusa,
