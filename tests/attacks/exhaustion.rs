@@ -296,7 +296,9 @@ async fn silent_connections_cannot_exhaust_file_descriptors() {
     // The test itself holds 1,100 sockets.
     raise_own_fd_limit(4096);
     let s = setup(
-        "max_concurrent_requests = 64\nmax_connections = 700\nheader_read_timeout = \"3s\"",
+        // A header timeout longer than the 1,100 connects take on a slow, shared machine
+        // (seen: over 3 s): none is closed before the count below is read.
+        "max_concurrent_requests = 64\nmax_connections = 700\nheader_read_timeout = \"12s\"",
         "",
         "",
     )
@@ -324,14 +326,22 @@ async fn silent_connections_cannot_exhaust_file_descriptors() {
 
     // Allowed peers: at most max_connections are kept, the rest closed at accept.
     let mut insiders = Vec::new();
+    let connecting = Instant::now();
     for _ in 0..1100 {
         if let Ok(c) = connect_from("127.0.0.1", to).await {
             insiders.push(c);
         }
     }
-    // Accepted as fast as the proxy takes them from the backlog: the 701st on is refused.
+    println!(
+        "{} allowed connections made in {:?}",
+        insiders.len(),
+        connecting.elapsed()
+    );
+    assert!(insiders.len() > 800, "only {} connected", insiders.len());
+    // Accepted as fast as the proxy takes them from the backlog: every one past the 700th
+    // is refused (none has timed out yet).
     let full = "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"}";
-    wait_metric(&ops, full, 390.0).await;
+    wait_metric(&ops, full, (insiders.len() - 700) as f64).await;
     assert!(
         p.open_fds() <= 700 + 64 + 128,
         "open fds {} beyond the budget",
@@ -339,7 +349,7 @@ async fn silent_connections_cannot_exhaust_file_descriptors() {
     );
     // Medusa stays reachable for the proxy's own connections: once the silent ones are
     // closed (header_read_timeout), the allowed caller is served again.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let req = Request::get(format!("{proxy}/admin/products"))
             .body(Full::<Bytes>::default())
