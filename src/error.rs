@@ -67,11 +67,83 @@ pub enum ProxyError {
     /// More than `proxy.max_concurrent_requests` in flight: 503 at once.
     #[error("too many requests in flight (proxy.max_concurrent_requests = {0})")]
     Overloaded(usize),
+    /// Medusa rejected the token (confirmed) and the login that followed brought no new one
+    /// in time: 503, retry in a second.
+    #[error("Medusa rejected the token and no new one is available")]
+    TokenRejected,
+    /// A bug of the proxy's: 500 (never a panic).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Who is at fault for a failure. The status code, the JSON `error` code and the metric
+/// label of every [`ProxyError`] follow from its class and variant in this one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The request itself is malformed, too large or too slow (4xx).
+    Client,
+    /// The caller may not use the proxy (peer, host, origin, client key): 403/407.
+    Access,
+    /// The route or body is not allowed by policy: 403 (and 413 for inspected bodies).
+    Policy,
+    /// Medusa could not be reached, timed out or answered unusably: 502/504.
+    Medusa,
+    /// No Medusa token can be had right now: 503 with `Retry-After`.
+    Credential,
+    /// The proxy's own limits or bugs: 503 overloaded, 500.
+    Proxy,
+}
+
+/// The metric a failure counts in: `upstream_errors_total{kind}` or
+/// `requests_denied_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Medusa's fault: `upstream_errors_total{kind}`.
+    Upstream(&'static str),
+    /// Refused by the proxy: `requests_denied_total{reason}`.
+    Denied(&'static str),
 }
 
 impl ProxyError {
+    /// Who is at fault.
+    pub fn class(&self) -> Class {
+        match self {
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamCertificate(_)
+            | ProxyError::UpstreamEncoded(_)
+            | ProxyError::UpstreamTimeout(_) => Class::Medusa,
+            ProxyError::NoToken { .. } | ProxyError::TokenRejected => Class::Credential,
+            ProxyError::BadRequest(_)
+            | ProxyError::PayloadTooLarge(_)
+            | ProxyError::BodyTimeout(_)
+            | ProxyError::HeadTooLarge(_) => Class::Client,
+            ProxyError::ProxyAuth { .. } => Class::Access,
+            ProxyError::Forbidden { code, .. } if *code == "route_denied" => Class::Policy,
+            ProxyError::Forbidden { code, .. } if code.starts_with("api_token") => Class::Policy,
+            ProxyError::Forbidden { .. } => Class::Access,
+            ProxyError::InspectedBodyTooLarge(_) => Class::Policy,
+            ProxyError::Overloaded(_) | ProxyError::Internal(_) => Class::Proxy,
+        }
+    }
+
+    /// The metric this failure counts in, with its label.
+    pub fn counted(&self) -> Counted {
+        match self.class() {
+            Class::Medusa => Counted::Upstream(match self {
+                ProxyError::UpstreamTimeout(_) => "timeout",
+                ProxyError::UpstreamCertificate(_) => "certificate",
+                ProxyError::UpstreamEncoded(_) => "encoded",
+                _ => "unreachable",
+            }),
+            _ => Counted::Denied(self.code()),
+        }
+    }
+
+    /// The HTTP status of the proxy's answer.
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::TokenRejected => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamCertificate(_)
             | ProxyError::UpstreamEncoded(_) => StatusCode::BAD_GATEWAY,
@@ -96,7 +168,8 @@ impl ProxyError {
             ProxyError::UpstreamCertificate(_) => "upstream_certificate",
             ProxyError::UpstreamEncoded(_) => "upstream_encoded",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
-            ProxyError::NoToken { .. } => "no_token",
+            ProxyError::NoToken { .. } | ProxyError::TokenRejected => "no_token",
+            ProxyError::Internal(_) => "internal",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Forbidden { code, .. } | ProxyError::ProxyAuth { code, .. } => code,
             ProxyError::PayloadTooLarge(_) | ProxyError::InspectedBodyTooLarge(_) => {
@@ -121,7 +194,7 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::Overloaded(_) = &self {
+        if let ProxyError::Overloaded(_) | ProxyError::TokenRejected = &self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -132,6 +205,33 @@ impl ProxyError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp
+    }
+}
+
+impl From<crate::upstream::UpstreamError> for ProxyError {
+    fn from(e: crate::upstream::UpstreamError) -> ProxyError {
+        use crate::upstream::UpstreamError;
+        match e {
+            UpstreamError::Timeout(d) => ProxyError::UpstreamTimeout(d),
+            UpstreamError::InvalidUri => {
+                ProxyError::BadRequest("the request target is not a valid URI")
+            }
+            e @ (UpstreamError::Connect { .. }
+            | UpstreamError::Io(_)
+            | UpstreamError::NotTls { .. }) => ProxyError::UpstreamUnreachable(e.to_string()),
+            e @ UpstreamError::Certificate(_) => ProxyError::UpstreamCertificate(e.to_string()),
+        }
+    }
+}
+
+impl<E: Into<ProxyError>> From<crate::proxy::inject::CredentialError<E>> for ProxyError {
+    fn from(e: crate::proxy::inject::CredentialError<E>) -> ProxyError {
+        use crate::proxy::inject::CredentialError;
+        match e {
+            CredentialError::Token(e) => e.into(),
+            CredentialError::Rejected => ProxyError::TokenRejected,
+            CredentialError::Inner(e) => e.into(),
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 pub mod access_log;
 pub mod app;
 pub mod auth;
-pub mod body;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -17,6 +16,7 @@ pub mod reload;
 pub mod scrub;
 pub mod secret;
 pub mod server;
+pub mod stack;
 pub mod sniff;
 pub mod upstream;
 pub mod watch;

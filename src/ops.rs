@@ -1,6 +1,5 @@
 //! The ops listener: liveness, readiness, metrics.
 
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -23,7 +22,7 @@ impl Ops {
         Ops { tokens, metrics }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::auth::TokenManager;
 use crate::config::{Overrides, Settings};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Rules};
+use crate::config::Rules;
+use crate::stack::Handles;
 
 pub struct Reloader {
     config_path: Option<PathBuf>,
@@ -27,7 +28,7 @@ pub struct Reloader {
     current: Mutex<Settings>,
     /// What the last attempt read: SHA-256 over the config file and the files it names.
     last_attempt: Mutex<[u8; 32]>,
-    proxy: Arc<Proxy>,
+    proxy: Handles,
     tokens: TokenManager,
     metrics: Arc<Metrics>,
 }
@@ -47,7 +48,7 @@ impl Reloader {
         config_path: Option<PathBuf>,
         overrides: Overrides,
         settings: Settings,
-        proxy: Arc<Proxy>,
+        proxy: Handles,
         tokens: TokenManager,
         metrics: Arc<Metrics>,
     ) -> Reloader {

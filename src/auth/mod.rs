@@ -44,6 +44,9 @@ use backoff::Backoff;
 use check::{CHECK_EVERY, CheckGate};
 use login::{Login, LoginError, Obtained, Verdict};
 
+/// Why no token can be had (provisional alias; see the `auth` branch).
+pub type TokenError = ProxyError;
+
 /// A token as cached: the ready-made header value plus what the lifecycle needs.
 pub struct Token {
     /// Identity of this token within the process, for "invalidate only if still cached".
@@ -222,6 +225,15 @@ impl TokenManager {
     pub fn spawn_driver(&self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move { me.drive(shutdown).await })
+    }
+
+    /// The current token if one is cached and usable now, without waiting: the request
+    /// path's fast path (no allocation, no await). `None`: call [`TokenManager::token`].
+    pub fn cached(&self) -> Option<Arc<Token>> {
+        match &*self.inner.current.load() {
+            Some(t) if Instant::now() < t.usable_until => Some(t.clone()),
+            _ => None,
+        }
     }
 
     /// The current token, waiting for an in-flight login if none is cached. Never starts a
