@@ -3,6 +3,7 @@
 //! Module map (dependencies point down):
 //! `app` -> `proxy`, `ops` -> `auth` -> `upstream` -> `config`, `error`, `secret`; `server`.
 
+pub mod access;
 pub mod access_log;
 pub mod app;
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

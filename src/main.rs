@@ -391,7 +391,7 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
             humantime::format_duration(settings.upstream.pool_idle_timeout)
         );
     }
-    if !medusa_auth_proxy::proxy::access::is_loopback_listen(settings.proxy.listen)
+    if !medusa_auth_proxy::access::is_loopback_listen(settings.proxy.listen)
         && !rules.access.allow_cidrs.is_empty()
         && rules
             .access

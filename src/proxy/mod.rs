@@ -2,9 +2,7 @@
 //! Medusa -> response hygiene. On a 401 for our token: invalidate it (if still cached), wait
 //! for the next token, and replay once if the body was buffered for that.
 
-pub mod access;
 pub mod headers;
-pub mod policy;
 pub mod replay;
 
 use std::net::SocketAddr;
@@ -20,15 +18,16 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::Semaphore;
 
+use crate::access;
 use crate::access_log::AccessLog;
 use crate::auth::{Token, TokenManager};
 use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::policy::{Decision, Policy, PolicyConfig};
 use crate::scrub::Scrub;
 use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
-use policy::{Decision, Policy, PolicyConfig};
 use replay::PreparedBody;
 
 /// Body of every response the proxy sends: Medusa's, streamed, or one of our own; it holds
