@@ -2,6 +2,7 @@
 //!
 //! Module map (dependencies point down):
 //! `app` -> `proxy`, `ops` -> `auth` -> `upstream` -> `config`, `error`, `secret`; `server`.
+//! `config` validates into the pure decision modules `access` and `policy`.
 
 pub mod access;
 pub mod access_log;

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::auth::TokenManager;
-use crate::config::{Overrides, Settings};
+use crate::config::{Overrides, Rules, Settings};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Rules};
+use crate::proxy::Proxy;
 
 pub struct Reloader {
     config_path: Option<PathBuf>,

@@ -117,8 +117,8 @@ pub(super) fn parse_host_pattern(entry: &str) -> Result<HostPattern, String> {
     }
 }
 
-/// `allow_hosts`, each entry parsed once (a malformed entry is kept as its error, which
-/// [`super::AccessConfig::validate`] reports and which never matches).
+/// `allow_hosts`, each entry parsed once. A malformed entry is kept as its error, which
+/// [`HostList::first_error`] reports (the config refuses it) and which never matches.
 ///
 /// ```
 /// use medusa_auth_proxy::access::HostList;

@@ -63,21 +63,6 @@ pub struct AccessConfig {
     pub client_keys: Option<ClientKeys>,
 }
 
-impl AccessConfig {
-    /// Checks every `allow_hosts` and `allow_origins` entry, naming the first bad one (with
-    /// the list it is in). [`check`] never matches a malformed entry, so without this call a
-    /// typo silently denies; with it, the typo is a start-up error.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(e) = self.allow_hosts.first_error() {
-            return Err(format!("allow_hosts: {e}"));
-        }
-        for entry in &self.allow_origins {
-            host::validate_origin_entry(entry).map_err(|e| format!("allow_origins: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
 /// Why a request was refused. Each maps to one status and one JSON `error` code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -329,7 +314,8 @@ pub fn is_loopback_listen(addr: SocketAddr) -> bool {
 }
 
 /// Refuses, when a config is loaded, a listener that strangers could reach and use as the
-/// Medusa admin: non-loopback, no client keys, and no allow_cidrs entry beyond loopback.
+/// Medusa admin: non-loopback, no client keys, and no allow_cidrs entry beyond loopback. The
+/// message quotes `listen` and says what to set; the config layer names the key.
 /// `allow_unauthenticated_remote = true` is the operator saying so on purpose (e.g. a network
 /// policy outside the proxy does the restricting).
 pub fn remote_exposure_ok(
@@ -345,7 +331,7 @@ pub fn remote_exposure_ok(
         return Ok(());
     }
     Err(format!(
-        "proxy.listen = \"{listen}\" is not a loopback address, but [access] has no \
+        "\"{listen}\" is not a loopback address, but [access] has no \
          client_keys_file and no non-loopback allow_cidrs entry: anyone who can reach the \
          listener would act as the Medusa admin. In [access], set client_keys_file, or add a \
          non-loopback allow_cidrs entry (e.g. the pod or office network), or set \

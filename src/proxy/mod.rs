@@ -22,10 +22,10 @@ use crate::access;
 use crate::access_log::AccessLog;
 use crate::auth::{Token, TokenManager};
 use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
-use crate::config::Settings;
+use crate::config::Rules;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::policy::{Decision, Policy, PolicyConfig};
+use crate::policy::{Decision, Policy};
 use crate::scrub::Scrub;
 use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
 use replay::PreparedBody;
@@ -33,82 +33,6 @@ use replay::PreparedBody;
 /// Body of every response the proxy sends: Medusa's, streamed, or one of our own; it holds
 /// the request's concurrency slot until it ends.
 pub type ProxyBody = Tracked<Either<ResponseBody, Full<Bytes>>>;
-
-/// Everything a reload may change about who may call and what they may reach.
-#[derive(Debug)]
-pub struct Rules {
-    pub access: access::AccessConfig,
-    pub policy: Policy,
-    pub max_body: u64,
-}
-
-/// A rule set that cannot be used, naming the config key.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RulesError(pub String);
-
-impl Rules {
-    /// Validate `[access]` and `[policy]` (reads `client_keys_file`).
-    pub fn from_settings(s: &Settings) -> Result<Rules, RulesError> {
-        Rules::build(s, true)
-    }
-
-    /// Validate like [`Rules::from_settings`] without reading `client_keys_file`, for
-    /// `check --no-secrets` (CI of manifests whose secrets live elsewhere). The result admits
-    /// no client key: never serve with it.
-    pub fn validate_without_secrets(s: &Settings) -> Result<Rules, RulesError> {
-        Rules::build(s, false)
-    }
-
-    fn build(s: &Settings, read_keys: bool) -> Result<Rules, RulesError> {
-        let mut allow_cidrs = Vec::new();
-        for c in &s.access.allow_cidrs {
-            allow_cidrs.push(
-                c.parse::<access::Cidr>()
-                    .map_err(|e| RulesError(format!("config key `access.allow_cidrs`: {e}")))?,
-            );
-        }
-        let client_keys =
-            match &s.access.client_keys_file {
-                Some(_) if !read_keys => Some(access::ClientKeys::unread()),
-                Some(path) => Some(access::ClientKeys::load(path).map_err(|e| {
-                    RulesError(format!("config key `access.client_keys_file`: {e}"))
-                })?),
-                None => None,
-            };
-        let allow_hosts = match &s.access.allow_hosts {
-            Some(hosts) => hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            None => access::default_allow_hosts(s.proxy.listen),
-        };
-        let access = access::AccessConfig {
-            allow_cidrs,
-            allow_hosts: allow_hosts.into(),
-            allow_origins: s.access.allow_origins.clone(),
-            client_keys,
-        };
-        access
-            .validate()
-            .map_err(|e| RulesError(format!("config key `[access]`: {e}")))?;
-        access::remote_exposure_ok(
-            s.proxy.listen,
-            &access,
-            s.access.allow_unauthenticated_remote,
-        )
-        .map_err(RulesError)?;
-        let policy = Policy::new(PolicyConfig {
-            allow_paths: s.policy.allow_paths.clone(),
-            deny_paths: s.policy.deny_paths.clone(),
-            read_only: s.policy.read_only,
-            lift_builtin: s.policy.unsafe_lift_builtin_denies.clone(),
-        })
-        .map_err(|e| RulesError(format!("config: {e}")))?;
-        Ok(Rules {
-            access,
-            policy,
-            max_body: s.policy.max_body,
-        })
-    }
-}
 
 pub struct Proxy {
     upstream: Arc<Upstream>,
