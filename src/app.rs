@@ -12,10 +12,9 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
-use crate::config::{Overrides, Settings};
+use crate::config::{ConfigError, Overrides, Rules, Settings};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::config::{Rules, RulesError};
 use crate::reload::{Applied, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
@@ -27,7 +26,7 @@ pub enum StartError {
     #[error("{0}: {1}")]
     Secret(&'static str, SecretError),
     #[error(transparent)]
-    Rules(#[from] RulesError),
+    Rules(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::upstream::TlsSetupError),
     #[error(

@@ -2,7 +2,9 @@
 //!
 //! Module map (dependencies point down):
 //! `app` -> `proxy`, `ops` -> `auth` -> `upstream` -> `config`, `error`, `secret`; `server`.
+//! `config` validates into the pure decision modules `access` and `policy`.
 
+pub mod access;
 pub mod access_log;
 pub mod app;
 pub mod auth;
@@ -10,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::auth::TokenManager;
-use crate::config::{Overrides, Settings};
+use crate::config::{Overrides, Rules, Settings};
 use crate::metrics::Metrics;
-use crate::config::Rules;
 use crate::stack::Handles;
 
 pub struct Reloader {

@@ -10,8 +10,8 @@ use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use super::policy::{BodyRules, MAX_INSPECTED_BODY};
 use crate::error::ProxyError;
+use crate::policy::{BodyRules, MAX_INSPECTED_BODY};
 
 /// Largest body buffered for a replay.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
