@@ -11,7 +11,6 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
-pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod scrub;

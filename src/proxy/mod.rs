@@ -26,10 +26,25 @@ use crate::body::{BodyStats, LimitedBody, RequestRecord, Tracked};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::scrub::Scrub;
-use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
+use crate::scrub::{Scrub, ScrubBody};
+use crate::upstream::{Replayable, Resent, Upstream, UpstreamError, error_chain};
 use policy::{Decision, Policy, PolicyConfig};
 use replay::PreparedBody;
+
+/// The request body sent to Medusa: buffered (small, replayable) or streamed from the client.
+pub type UpstreamBody = Either<Full<Bytes>, LimitedBody>;
+
+/// Medusa's response body as the proxy passes it on (its connection returns to the pool when
+/// it has been read). It passes through unchanged unless credential scrubbing is switched on
+/// ([`ScrubBody::scrub`]).
+pub type ResponseBody = ScrubBody<crate::upstream::ResponseBody<UpstreamBody>>;
+
+/// A body streamed from the client is gone once sent: never sent twice.
+impl Replayable for LimitedBody {
+    fn replay(&self) -> Option<Self> {
+        None
+    }
+}
 
 /// Body of every response the proxy sends: Medusa's, streamed, or one of our own; it holds
 /// the request's concurrency slot until it ends.
@@ -112,7 +127,7 @@ impl Rules {
 }
 
 pub struct Proxy {
-    upstream: Arc<Upstream>,
+    upstream: Upstream<UpstreamBody>,
     tokens: TokenManager,
     rules: ArcSwap<Rules>,
     slots: Arc<Semaphore>,
@@ -133,7 +148,7 @@ struct ReplayParts {
 
 impl Proxy {
     pub fn new(
-        upstream: Arc<Upstream>,
+        upstream: Upstream<UpstreamBody>,
         tokens: TokenManager,
         rules: Rules,
         max_concurrent: usize,
@@ -395,7 +410,6 @@ impl Proxy {
             }
         };
 
-        let idempotent = is_idempotent(&parts.method);
         let sent = self
             .send(parts.method, uri, parts.headers, first_body, &token)
             .await;
@@ -408,19 +422,13 @@ impl Proxy {
                 // The body broke off at the cap; Medusa saw an incomplete message.
                 return Err(ProxyError::PayloadTooLarge(rules.max_body));
             }
-            // The connection broke before a response head arrived: typically a pooled
-            // keep-alive connection Medusa closed just as we wrote to it. Sending again is
-            // safe only for an idempotent method whose body we still hold, and only once.
-            Err(UpstreamError::Io(e)) => match replay.clone().filter(|_| idempotent) {
-                Some(again) => {
-                    tracing::debug!(error = %e, "upstream connection broke; retrying an idempotent request once");
-                    self.metrics.upstream_error("retried");
-                    self.resend(again, &token).await.map_err(upstream_error)?
-                }
-                None => return Err(upstream_error(UpstreamError::Io(e))),
-            },
             other => other.map_err(upstream_error)?,
         };
+        // The upstream client sent it once more after a broken connection (an idempotent
+        // request whose body it still held).
+        if resp.extensions().get::<Resent>().is_some() {
+            self.metrics.upstream_error("retried");
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(self.tunnel(resp, client_upgrade, &token, slot.take()));
         }
@@ -509,7 +517,8 @@ impl Proxy {
         // Medusa speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        self.upstream.send(req).await
+        let resp = self.upstream.send(req).await?;
+        Ok(resp.map(ScrubBody::passthrough))
     }
 
     /// Send a buffered request again (after a broken connection or a 401).
@@ -571,14 +580,6 @@ impl Proxy {
     }
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    // RFC 9110 §9.2.2.
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// Medusa's answer for the client: response hygiene, and the credential fields of `scrub`
 /// replaced in its body as it streams (see `crate::scrub`). A compressed body cannot be
 /// scanned and is refused rather than passed on.
@@ -609,12 +610,12 @@ fn finish(
 fn upstream_error(e: UpstreamError) -> ProxyError {
     match e {
         UpstreamError::Timeout(d) => ProxyError::UpstreamTimeout(d),
-        UpstreamError::InvalidUri => {
+        UpstreamError::InvalidUri(_) => {
             ProxyError::BadRequest("the request target is not a valid URI")
         }
         e @ (UpstreamError::Connect { .. }
-        | UpstreamError::Io(_)
-        | UpstreamError::NotTls { .. }) => ProxyError::UpstreamUnreachable(e.to_string()),
-        e @ UpstreamError::Certificate(_) => ProxyError::UpstreamCertificate(e.to_string()),
+        | UpstreamError::ConnectionBroken(_)
+        | UpstreamError::NotTls { .. }) => ProxyError::UpstreamUnreachable(error_chain(&e)),
+        e @ UpstreamError::Certificate { .. } => ProxyError::UpstreamCertificate(error_chain(&e)),
     }
 }

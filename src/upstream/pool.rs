@@ -71,7 +71,7 @@ where
             // Only now, with hyper's dispatcher and its request channel dropped.
             drop(alive);
             if let Err(e) = result {
-                tracing::debug!(error = %crate::upstream::error_chain(&e), "connection to Medusa ended with an error");
+                tracing::debug!(error = %super::chain::error_chain(&e), "connection to Medusa ended with an error");
             }
         });
         Ok(Conn { tx, ended })
