@@ -424,11 +424,6 @@ impl Proxy {
             }
             other => other.map_err(upstream_error)?,
         };
-        // The upstream client sent it once more after a broken connection (an idempotent
-        // request whose body it still held).
-        if resp.extensions().get::<Resent>().is_some() {
-            self.metrics.upstream_error("retried");
-        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(self.tunnel(resp, client_upgrade, &token, slot.take()));
         }
@@ -518,6 +513,11 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
         let resp = self.upstream.send(req).await?;
+        // The upstream client sent it once more after a broken connection (an idempotent
+        // request whose body it still held).
+        if resp.extensions().get::<Resent>().is_some() {
+            self.metrics.upstream_error("retried");
+        }
         Ok(resp.map(ScrubBody::passthrough))
     }
 

@@ -47,6 +47,14 @@ impl SessionCookieLayer {
     }
 }
 
+#[cfg(test)]
+impl SessionCookieLayer {
+    /// Whether both layers hold the same session.
+    pub(crate) fn shares_session_with(&self, other: &SessionCookieLayer) -> bool {
+        Arc::ptr_eq(&self.session, &other.session)
+    }
+}
+
 impl<S> Layer<S> for SessionCookieLayer {
     type Service = SessionCookie<S>;
 

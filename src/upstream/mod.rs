@@ -37,7 +37,7 @@ use client::{Client, Hook, Target};
 pub use chain::error_chain;
 pub use cookie::{SESSION_COOKIE, SessionCookie, SessionCookieFuture, SessionCookieLayer};
 pub use error::{BoxError, UpstreamError};
-pub use pool::{PooledBody, UPSTREAM_READ_BUF};
+pub use pool::PooledBody;
 pub use resend::{Replayable, Resend, ResendFuture, ResendLayer, Resent, is_idempotent};
 pub use tls::TlsSetupError;
 
@@ -274,5 +274,27 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full};
+
+    #[test]
+    fn a_client_for_another_body_shares_the_session_and_the_settings() {
+        let s = crate::config::Settings::from_toml(
+            "[upstream]\nurl=\"http://127.0.0.1:9/base\"\n[auth]\nemail=\"a\"\npassword_env=\"P\"",
+        )
+        .unwrap();
+        let proxied: Upstream<Full<Bytes>> = Upstream::new(&s.upstream).unwrap();
+        let logins: Upstream<Empty<Bytes>> = proxied.for_body();
+        assert!(proxied.session.shares_session_with(&logins.session));
+        assert!(Arc::ptr_eq(&proxied.target, &logins.target));
+        assert_eq!(logins.url_for("/x"), "http://127.0.0.1:9/base/x");
+        // Built separately: a session of its own.
+        let other: Upstream<Full<Bytes>> = Upstream::new(&s.upstream).unwrap();
+        assert!(!other.session.shares_session_with(&proxied.session));
     }
 }
