@@ -240,9 +240,8 @@ where
                     authority: authority(),
                     source,
                 },
-                Some(TlsFailure::NotTls(source)) => UpstreamError::NotTls {
+                Some(TlsFailure::NotTls) => UpstreamError::NotTls {
                     authority: authority(),
-                    source,
                 },
                 None => UpstreamError::Connect {
                     authority: authority(),

@@ -44,17 +44,14 @@ pub enum UpstreamError {
         source: rustls::Error,
     },
     /// `https://` to a port that answered the TLS handshake with something else (usually
-    /// plain HTTP): rustls calls that a corrupt message, which tells an operator nothing.
+    /// plain HTTP). rustls calls that a corrupt message, which tells an operator nothing, so
+    /// it is not kept as the source: this message is the whole story.
     #[error(
         "{authority} does not speak TLS (upstream.url is https://, but this port answered \
          the TLS handshake with something else, probably plain HTTP): use http:// or \
          Medusa's TLS port"
     )]
-    NotTls {
-        authority: Authority,
-        #[source]
-        source: rustls::Error,
-    },
+    NotTls { authority: Authority },
     /// The request could not be built (a path that is not a valid URI).
     #[error("invalid request URI")]
     InvalidUri(#[source] http::uri::InvalidUri),

@@ -102,7 +102,7 @@ pub(crate) enum TlsFailure {
     /// Medusa's certificate was not accepted (`rustls::Error::InvalidCertificate`).
     Certificate(rustls::Error),
     /// The peer's first bytes were not a TLS record (usually plain HTTP on that port).
-    NotTls(rustls::Error),
+    NotTls,
 }
 
 /// The TLS failure behind a connector error, if there is one. `io::Error` hides its inner
@@ -115,10 +115,8 @@ pub(crate) fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<TlsFa
                 return Some(TlsFailure::Certificate(tls.clone()));
             }
             // "HTTP/1.1 400 ..." read as a TLS record: its first byte is no content type.
-            Some(
-                tls @ rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
-            ) => {
-                return Some(TlsFailure::NotTls(tls.clone()));
+            Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+                return Some(TlsFailure::NotTls);
             }
             _ => {}
         }
@@ -151,7 +149,7 @@ mod tests {
         ));
         let plain = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
         let nested = std::io::Error::other(plain);
-        assert!(matches!(tls_failure(&nested), Some(TlsFailure::NotTls(_))));
+        assert!(matches!(tls_failure(&nested), Some(TlsFailure::NotTls)));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(tls_failure(&refused).is_none());
     }
