@@ -155,10 +155,13 @@ pub async fn start_with_overrides(
     let ops_addr = local(&ops_listener, "ops.listen", settings.ops.listen)?;
 
     let metrics = Metrics::new();
-    let upstream =
-        Upstream::counting(&settings.upstream, metrics.upstream_error_counter("resent"))?;
+    // Requests a pooled connection never took, sent again on another.
+    let resent = metrics.upstream_error_counter("resent");
+    let upstream: Upstream<crate::proxy::limit::ProxyBody> = Upstream::counting(&settings.upstream, move || {
+        resent.inc();
+    })?;
     let login = Login::new(
-        upstream.clone(),
+        upstream.for_body(),
         settings.auth.flavor,
         settings.auth.email.clone(),
         secret,

@@ -213,13 +213,13 @@ impl From<crate::upstream::UpstreamError> for ProxyError {
         use crate::upstream::UpstreamError;
         match e {
             UpstreamError::Timeout(d) => ProxyError::UpstreamTimeout(d),
-            UpstreamError::InvalidUri => {
+            UpstreamError::InvalidUri(_) => {
                 ProxyError::BadRequest("the request target is not a valid URI")
             }
-            e @ (UpstreamError::Connect { .. }
-            | UpstreamError::Io(_)
-            | UpstreamError::NotTls { .. }) => ProxyError::UpstreamUnreachable(e.to_string()),
-            e @ UpstreamError::Certificate(_) => ProxyError::UpstreamCertificate(e.to_string()),
+            e @ UpstreamError::Certificate { .. } => {
+                ProxyError::UpstreamCertificate(crate::upstream::error_chain(&e))
+            }
+            e => ProxyError::UpstreamUnreachable(crate::upstream::error_chain(&e)),
         }
     }
 }

@@ -13,7 +13,6 @@ pub mod error;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
-pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod scrub;

@@ -9,7 +9,7 @@ use medusa_auth_proxy::auth::jwt;
 use medusa_auth_proxy::auth::login::Login;
 use medusa_auth_proxy::config::{self, LogFormat, LogSettings, Overrides, Rules, Settings};
 use medusa_auth_proxy::server::Drained;
-use medusa_auth_proxy::upstream::Upstream;
+use medusa_auth_proxy::upstream::{Upstream, error_chain};
 
 /// Authenticating reverse proxy for the Medusa admin API: tools talk plain HTTP to it, it
 /// logs in to Medusa and injects the admin token. Tools never hold a credential.
@@ -242,7 +242,7 @@ async fn run(settings: Settings, path: Option<PathBuf>, overrides: Overrides) ->
         Ok(r) => r,
         Err(e) => {
             // Once, through the log (which may be JSON for a collector); not also on stderr.
-            tracing::error!("{e}");
+            tracing::error!("{}", error_chain(&e));
             return if e.is_config() {
                 ExitCode::from(2)
             } else {
@@ -374,8 +374,8 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
             "WARNING: built-in deny rule {name:?} is lifted (policy.unsafe_lift_builtin_denies)"
         );
     }
-    if let Err(e) = Upstream::new(&settings.upstream) {
-        eprintln!("error: {e}");
+    if let Err(e) = Upstream::<http_body_util::Full<bytes::Bytes>>::new(&settings.upstream) {
+        eprintln!("error: {}", error_chain(&e));
         return ExitCode::from(2);
     }
     // The limit here is this shell's, which may differ from the service's (LimitNOFILE=).
@@ -425,7 +425,7 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
     let upstream = match Upstream::new(&settings.upstream) {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

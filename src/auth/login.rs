@@ -8,7 +8,8 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
+use tower::ServiceExt;
 
 use crate::config::Flavor;
 use crate::secret::{Secret, SecretSource};
@@ -123,7 +124,7 @@ impl From<UpstreamError> for LoginError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::Timeout(d) => LoginError::Timeout(d),
-            other => LoginError::Upstream(other.to_string()),
+            other => LoginError::Upstream(crate::upstream::error_chain(&other)),
         }
     }
 }
@@ -243,7 +244,7 @@ fn check_route(flavor: Flavor) -> &'static str {
 
 /// Obtains credentials from Medusa for the configured flavor.
 pub struct Login {
-    upstream: Arc<Upstream>,
+    upstream: Upstream<Full<Bytes>>,
     /// For `auto`: the flavor the probe found (0 = not yet known).
     resolved: AtomicU8,
     email: ArcSwap<String>,
@@ -284,7 +285,7 @@ fn code_flavor(c: u8) -> Flavor {
 
 impl Login {
     pub fn new(
-        upstream: Arc<Upstream>,
+        upstream: Upstream<Full<Bytes>>,
         flavor: Flavor,
         email: Option<String>,
         secret: Secret,
@@ -548,7 +549,7 @@ impl Login {
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), LoginError> {
         let has_body = !body.is_empty();
-        let mut req = Request::new(Either::Left(Full::new(body)));
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = self.upstream.uri_for(path)?;
         if has_body {
@@ -562,7 +563,7 @@ impl Login {
         if let Some((name, value)) = auth {
             req.headers_mut().insert(name, value);
         }
-        let resp = self.upstream.send(req).await?;
+        let resp = self.upstream.clone().oneshot(req).await?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_LOGIN_RESPONSE)
             .collect()

@@ -17,39 +17,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Empty, Full};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::auth::{Token, TokenError, TokenManager};
-
-/// A request body that may be sent again: `Some(copy)` when the whole body is held.
-pub trait Replayable: Sized {
-    /// A copy to send again, or `None` when the body streams and cannot be replayed.
-    fn replay(&self) -> Option<Self>;
-}
-
-impl Replayable for Full<Bytes> {
-    fn replay(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-}
-
-impl Replayable for Empty<Bytes> {
-    fn replay(&self) -> Option<Self> {
-        Some(Empty::new())
-    }
-}
-
-impl<L: Replayable, R: Replayable> Replayable for Either<L, R> {
-    fn replay(&self) -> Option<Self> {
-        match self {
-            Either::Left(l) => l.replay().map(Either::Left),
-            Either::Right(r) => r.replay().map(Either::Right),
-        }
-    }
-}
+pub use crate::upstream::Replayable;
 
 /// Where [`Credential`] gets its tokens: [`TokenManager`] in the product; a stand-in in
 /// tests.
@@ -100,8 +72,7 @@ pub enum CredentialError<E> {
 ///
 /// ```no_run
 /// # async fn example(tokens: medusa_auth_proxy::auth::TokenManager) {
-/// use bytes::Bytes;
-/// use http_body_util::Empty;
+/// /// use http_body_util::Empty;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use medusa_auth_proxy::proxy::inject::CredentialLayer;
