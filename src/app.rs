@@ -16,7 +16,7 @@ use crate::config::{Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::{Proxy, Rules, RulesError};
-use crate::reload::{Applied, Reloader};
+use crate::reload::{Applied, ReloadError, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
 use crate::upstream::Upstream;
@@ -107,7 +107,7 @@ impl Running {
     }
 
     /// Re-read the config file (if started with one) and the secrets; see [`Reloader`].
-    pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
+    pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         self.reloader.reload(trigger)
     }
 }

@@ -5,12 +5,25 @@
 
 use std::time::Duration;
 
+/// The pause after each consecutive failed login: doubling from `initial` (or
+/// `initial_bad_credentials`) up to `max`, with jitter.
+///
+/// ```
+/// use std::time::Duration;
+/// use medusa_auth_proxy::auth::backoff::Backoff;
+///
+/// let b = Backoff::default();
+/// assert_eq!(b.base(3, false), Duration::from_secs(4));
+/// assert!(b.delay(3, false) < Duration::from_secs(4));
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    /// First delay after a transient failure (Medusa down, 5xx, timeout).
     pub initial: Duration,
     /// First delay after Medusa rejected the credentials: retrying fast cannot help and may
     /// lock the account.
     pub initial_bad_credentials: Duration,
+    /// No delay is longer than this.
     pub max: Duration,
 }
 

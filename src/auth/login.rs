@@ -19,7 +19,17 @@ const MAX_LOGIN_RESPONSE: usize = 64 * 1024;
 
 /// Why a login failed. The classes decide the backoff: rejected credentials wait long
 /// (retrying cannot help and may lock the account), transient failures start short.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// `Display` is for the proxy's log: it names the account and where its secret comes from
+/// (never the secret). [`LoginError::public_summary`] is the text for anyone else.
+///
+/// ```
+/// use medusa_auth_proxy::auth::login::LoginError;
+/// let e = LoginError::Status(502);
+/// assert!(!e.is_bad_credentials());
+/// assert_eq!(e.kind(), "bad_status");
+/// ```
+#[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     /// Medusa rejected the email/password (401, or 400 for a malformed login). Says what to
     /// change: which account, which URL, where the password came from (never the password).
@@ -29,10 +39,15 @@ pub enum LoginError {
          password belongs to, or give that account's password there{hint}"
     )]
     InvalidCredentials {
+        /// Medusa's answer.
         status: u16,
+        /// The login URL.
         url: String,
+        /// The account.
         email: String,
+        /// Where the password came from ("environment variable X").
         secret_from: String,
+        /// What else to check (empty, or a sentence starting with ". ").
         hint: &'static str,
     },
     /// Medusa rejected a static API key (401/403).
@@ -41,21 +56,31 @@ pub enum LoginError {
          (answered {status}); put a valid key there, or check auth.flavor"
     )]
     InvalidKey {
+        /// Medusa's answer.
         status: u16,
+        /// The URL the key was checked on.
         url: String,
+        /// Where the key came from.
         secret_from: String,
     },
     /// The login route does not exist where we looked: wrong flavor or a missing path prefix.
     #[error("{url} answered 404: {advice}")]
-    LoginNotFound { url: String, advice: &'static str },
+    LoginNotFound {
+        /// The login URL that answered 404.
+        url: String,
+        /// What to change.
+        advice: &'static str,
+    },
     /// Medusa answered the login with another status (5xx, ...).
     #[error("Medusa answered the login with status {0}")]
     Status(u16),
     /// A static key's check request got an unexpected status.
     #[error("Medusa answered the API key check with status {0}")]
     KeyCheckStatus(u16),
+    /// The request did not get an answer from Medusa (connect, TLS, broken connection).
     #[error("{0}")]
-    Upstream(String),
+    Upstream(#[source] UpstreamError),
+    /// No answer within `auth.login_timeout` (or the upstream request timeout).
     #[error("login timed out after {0:?}")]
     Timeout(std::time::Duration),
     /// A 2xx answer that holds no usable token.
@@ -72,11 +97,36 @@ pub enum LoginError {
 impl LoginError {
     /// Medusa could not be reached at all (connection refused or broken): worth retrying as
     /// soon as its `/health` answers again. Not a 5xx or a timeout: there `/health` may well
-    /// answer while logins still fail, and the backoff must hold.
+    /// answer while logins still fail, and the backoff must hold. Not a refused TLS
+    /// certificate either: Medusa is up, the proxy does not trust it, and `/health` over the
+    /// same TLS cannot tell when that changes.
+    ///
+    /// ```
+    /// use medusa_auth_proxy::auth::login::LoginError;
+    /// assert!(!LoginError::Status(503).is_unreachable());
+    /// ```
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, LoginError::Upstream(_))
+        match self {
+            LoginError::Upstream(e) => unreachable(e),
+            LoginError::InvalidCredentials { .. }
+            | LoginError::InvalidKey { .. }
+            | LoginError::LoginNotFound { .. }
+            | LoginError::Status(_)
+            | LoginError::KeyCheckStatus(_)
+            | LoginError::Timeout(_)
+            | LoginError::BadResponse(_)
+            | LoginError::NeedsInteraction(_)
+            | LoginError::TokenRejected => false,
+        }
     }
 
+    /// Medusa refused the credential itself, or the account cannot log in without a human:
+    /// retrying soon cannot help (and may lock the account), so the backoff starts long.
+    ///
+    /// ```
+    /// use medusa_auth_proxy::auth::login::LoginError;
+    /// assert!(LoginError::NeedsInteraction("MFA").is_bad_credentials());
+    /// ```
     pub fn is_bad_credentials(&self) -> bool {
         matches!(
             self,
@@ -86,8 +136,14 @@ impl LoginError {
         )
     }
 
-    /// The error for `/readyz`, which anyone who reaches the ops port may read: without the
-    /// account's email or where its password lives (the log line has those).
+    /// The error for `/readyz` and clients, which anyone who reaches the proxy may read:
+    /// without the account's email or where its password lives (the log line has those).
+    ///
+    /// ```
+    /// use medusa_auth_proxy::auth::login::LoginError;
+    /// let e = LoginError::InvalidKey { status: 401, url: "u".into(), secret_from: "env K".into() };
+    /// assert!(!e.public_summary().contains("env K"));
+    /// ```
     pub fn public_summary(&self) -> String {
         match self {
             LoginError::InvalidCredentials { status, .. }
@@ -101,7 +157,12 @@ impl LoginError {
         }
     }
 
-    /// Short label for metrics and readiness.
+    /// Short label for logs and metrics.
+    ///
+    /// ```
+    /// use medusa_auth_proxy::auth::login::LoginError;
+    /// assert_eq!(LoginError::TokenRejected.kind(), "token_rejected");
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             LoginError::InvalidCredentials { .. } | LoginError::InvalidKey { .. } => {
@@ -111,7 +172,8 @@ impl LoginError {
             LoginError::Status(_)
             | LoginError::KeyCheckStatus(_)
             | LoginError::LoginNotFound { .. } => "bad_status",
-            LoginError::Upstream(_) => "unreachable",
+            LoginError::Upstream(e) if unreachable(e) => "unreachable",
+            LoginError::Upstream(_) => "upstream",
             LoginError::Timeout(_) => "timeout",
             LoginError::BadResponse(_) => "bad_response",
             LoginError::TokenRejected => "token_rejected",
@@ -123,8 +185,21 @@ impl From<UpstreamError> for LoginError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::Timeout(d) => LoginError::Timeout(d),
-            other => LoginError::Upstream(other.to_string()),
+            other => LoginError::Upstream(other),
         }
+    }
+}
+
+/// Whether an upstream failure means Medusa is not there (nothing listens, the connection
+/// broke), as opposed to something `/health` polling cannot fix (its certificate, a URL that
+/// is not TLS, a request that cannot be built).
+fn unreachable(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::Io(_) => true,
+        UpstreamError::Certificate(_)
+        | UpstreamError::NotTls { .. }
+        | UpstreamError::InvalidUri
+        | UpstreamError::Timeout(_) => false,
     }
 }
 
@@ -141,6 +216,7 @@ pub struct Credential {
     pub user_id: Option<String>,
 }
 
+/// How a credential was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Obtained {
     /// A full login with email and password.
@@ -152,6 +228,7 @@ pub enum Obtained {
 }
 
 impl Obtained {
+    /// Label for logs and metrics: `login`, `refresh`, `key_check`.
     pub fn as_str(self) -> &'static str {
         match self {
             Obtained::Login => "login",
@@ -162,6 +239,13 @@ impl Obtained {
 }
 
 /// The header that carries a credential of `flavor` to Medusa, marked sensitive.
+///
+/// ```
+/// use medusa_auth_proxy::auth::{Flavor, login::credential_header};
+/// let (name, value) = credential_header(Flavor::V2, "a.b.c").unwrap();
+/// assert_eq!(name, http::header::AUTHORIZATION);
+/// assert!(value.is_sensitive());
+/// ```
 pub fn credential_header(flavor: Flavor, value: &str) -> Option<(HeaderName, HeaderValue)> {
     use base64::Engine as _;
     let (name, text) = match flavor {
@@ -283,6 +367,21 @@ fn code_flavor(c: u8) -> Flavor {
 }
 
 impl Login {
+    /// Log in to the Medusa behind `upstream` as `email` (login flavors; `None` for static
+    /// ones) with `secret` (the password, or the API key).
+    ///
+    /// ```no_run
+    /// use medusa_auth_proxy::auth::{Flavor, Secret, login::Login};
+    /// use medusa_auth_proxy::upstream::Upstream;
+    /// # fn demo(settings: &medusa_auth_proxy::config::UpstreamSettings) -> Result<(), Box<dyn std::error::Error>> {
+    /// let login = Login::new(
+    ///     Upstream::new(settings)?,
+    ///     Flavor::V2,
+    ///     Some("admin@example.com".into()),
+    ///     Secret::new(std::env::var("MEDUSA_PASSWORD")?),
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub fn new(
         upstream: Arc<Upstream>,
         flavor: Flavor,
@@ -299,11 +398,26 @@ impl Login {
     }
 
     /// Name where the secret comes from in refusal messages (see [`SecretSource::describe`]).
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{SecretSource, login::Login};
+    /// # fn demo(login: Login) {
+    /// let login = login.with_secret_source(&SecretSource::Env("MEDUSA_PASSWORD".into()));
+    /// # }
+    /// ```
     pub fn with_secret_source(self, source: &SecretSource) -> Self {
         self.set_secret_source(source);
         self
     }
 
+    /// Like [`Login::with_secret_source`], on a shared `Login` (a reloaded config).
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{SecretSource, login::Login};
+    /// # fn demo(login: &Login) {
+    /// login.set_secret_source(&SecretSource::File("/run/secrets/pw".into()));
+    /// # }
+    /// ```
     pub fn set_secret_source(&self, source: &SecretSource) {
         self.secret_from.store(Arc::new(source.describe()));
     }
@@ -341,7 +455,7 @@ impl Login {
                         // Medusa could not be reached: a login would fail the same way (or, as
                         // Medusa goes down, cost a password hash for nothing). Back off and
                         // refresh again while the token is still valid.
-                        Err(e) if e.is_unreachable() => return Err(e),
+                        Err(e @ LoginError::Upstream(_)) => return Err(e),
                         Err(e) => {
                             tracing::info!(error = %e, "token refresh failed; logging in instead")
                         }
@@ -688,6 +802,37 @@ mod tests {
         );
         assert_eq!(user_id_of(br#"{"user":{"id":""}}"#), None);
         assert_eq!(user_id_of(b"Unauthorized"), None);
+    }
+
+    /// A refused certificate is not "Medusa is down": polling `/health` over the same TLS
+    /// cannot bring the login forward, so the backoff holds. The source stays reachable.
+    #[test]
+    fn a_refused_certificate_is_not_unreachable() {
+        let cert = LoginError::from(UpstreamError::Certificate("UnknownIssuer".into()));
+        assert!(!cert.is_unreachable());
+        assert_eq!(cert.kind(), "upstream");
+        assert!(cert.to_string().contains("certificate"), "{cert}");
+        let source = std::error::Error::source(&cert).expect("the upstream error is the source");
+        assert!(matches!(
+            source.downcast_ref::<UpstreamError>(),
+            Some(UpstreamError::Certificate(_))
+        ));
+        let not_tls = LoginError::from(UpstreamError::NotTls {
+            authority: "127.0.0.1:9".into(),
+        });
+        assert!(!not_tls.is_unreachable());
+        // Nothing listening, or a connection that broke: Medusa is down; /health tells when
+        // it is back.
+        let refused = LoginError::from(UpstreamError::Connect {
+            authority: "127.0.0.1:9".into(),
+            detail: "connection refused".into(),
+        });
+        assert!(refused.is_unreachable());
+        assert_eq!(refused.kind(), "unreachable");
+        assert!(LoginError::from(UpstreamError::Io("reset".into())).is_unreachable());
+        // An upstream timeout is a login timeout (the backoff holds).
+        let slow = LoginError::from(UpstreamError::Timeout(Duration::from_secs(1)));
+        assert!(matches!(slow, LoginError::Timeout(_)) && !slow.is_unreachable());
     }
 
     #[test]
