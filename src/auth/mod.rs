@@ -22,8 +22,10 @@
 //!
 //! Where things live: [`Token`] and its [`schedule`] in `token.rs`; the moka cache and the
 //! views derived from it in `cache.rs`; the driver's state machine in `driver.rs`; logins per
-//! flavor in [`login`]; the 401 check in [`check`]; the backoff in [`backoff`]; JWT claims
-//! in [`jwt`]; building a manager without the proxy's config file in [`TokenManagerBuilder`].
+//! flavor in [`login`], reading Medusa's answers in `credential.rs`; [`TokenError`] and
+//! [`login::LoginError`] in `error.rs`; the 401 check in [`check`]; the backoff in
+//! [`backoff`]; JWT claims in [`jwt`]; building a manager without the proxy's config file in
+//! [`TokenManagerBuilder`] (`builder.rs`).
 //!
 //! ```no_run
 //! use medusa_auth_proxy::auth::{Flavor, SecretSource, TokenManager};
@@ -46,7 +48,9 @@ pub mod backoff;
 mod builder;
 mod cache;
 pub mod check;
+mod credential;
 mod driver;
+mod error;
 pub mod jwt;
 pub mod login;
 mod token;
@@ -65,55 +69,9 @@ pub use builder::{BuildError, TokenManagerBuilder};
 use cache::TokenCache;
 use check::CHECK_EVERY;
 use driver::{DriverState, Phase};
-use login::{Login, LoginError, Verdict};
+pub use error::TokenError;
+use login::{Login, Verdict};
 pub use token::{Token, schedule};
-
-/// Why [`TokenManager::token`] has no token to give. `Display` is safe to show a client: it
-/// names no account, secret or secret source (the driver's log line has those); the source
-/// chain ([`std::error::Error::source`]) is for logs.
-///
-/// ```no_run
-/// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
-/// match tokens.token().await {
-///     Ok(token) => { /* send with token.header */ }
-///     Err(e) => eprintln!("503, Retry-After {:?}: {e}", e.retry_after()),
-/// }
-/// # }
-/// ```
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TokenError {
-    /// The last login failed; the driver tries again after `retry_after`.
-    #[error("login failed: {}", .source.public_summary())]
-    LoginFailed {
-        /// Why the login failed (its `Display` may name the account: for logs only).
-        #[source]
-        source: Arc<LoginError>,
-        /// Until the driver's next attempt.
-        retry_after: Duration,
-    },
-    /// A login is under way but did not finish within `login_timeout` (plus a second).
-    #[error("timed out waiting for a login to Medusa")]
-    Timeout,
-    /// Medusa rejected the token and the driver has not obtained another one (for a caller
-    /// that wanted a token other than the one it holds).
-    #[error("Medusa rejected the token and no new one is available")]
-    NotReplaced,
-}
-
-impl TokenError {
-    /// How long a client should wait before trying again (for `Retry-After`).
-    ///
-    /// ```
-    /// use medusa_auth_proxy::auth::TokenError;
-    /// assert_eq!(TokenError::Timeout.retry_after(), std::time::Duration::from_secs(1));
-    /// ```
-    pub fn retry_after(&self) -> Duration {
-        match self {
-            TokenError::LoginFailed { retry_after, .. } => *retry_after,
-            TokenError::Timeout | TokenError::NotReplaced => Duration::from_secs(1),
-        }
-    }
-}
 
 /// What the token manager reports for metrics: logins, the expiry of the credential held,
 /// and 401 checks. Every method has a no-op default; the proxy's Prometheus registry
@@ -439,7 +397,8 @@ impl TokenManager {
     ///
     /// ```no_run
     /// # fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
-    /// let own: Option<&str> = tokens.user_id_hint().as_deref().map(String::as_str);
+    /// let hint = tokens.user_id_hint();
+    /// let own: Option<&str> = hint.as_deref().map(String::as_str);
     /// # let _ = own;
     /// # }
     /// ```
