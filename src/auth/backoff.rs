@@ -39,6 +39,12 @@ impl Default for Backoff {
 
 impl Backoff {
     /// Delay after the `failures`-th consecutive failure (1-based), before jitter.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use medusa_auth_proxy::auth::backoff::Backoff;
+    /// assert_eq!(Backoff::default().base(1, true), Duration::from_secs(30));
+    /// ```
     pub fn base(&self, failures: u32, bad_credentials: bool) -> Duration {
         let start = if bad_credentials {
             self.initial_bad_credentials
@@ -51,6 +57,13 @@ impl Backoff {
 
     /// The base delay scaled by a random factor in [0.5, 1.0): spreads the retries of many
     /// proxies that failed at the same moment, and never waits longer than the base.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use medusa_auth_proxy::auth::backoff::Backoff;
+    /// let d = Backoff::default().delay(1, false);
+    /// assert!(d >= Duration::from_millis(500) && d < Duration::from_secs(1));
+    /// ```
     pub fn delay(&self, failures: u32, bad_credentials: bool) -> Duration {
         self.base(failures, bad_credentials)
             .mul_f64(0.5 + fastrand::f64() * 0.5)

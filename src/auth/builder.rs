@@ -266,6 +266,7 @@ impl TokenManagerBuilder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::jwt;
     use super::*;
 
     fn error(b: TokenManagerBuilder) -> String {
@@ -329,5 +330,100 @@ mod tests {
             Duration::from_secs(60)
         );
         assert!(!format!("{tokens:?}").contains("hunter2"));
+    }
+
+    /// A one-route Medusa v1 on 127.0.0.1:0: answers every request with a fresh JWT for
+    /// `usr_1` and counts the requests.
+    async fn v1_login_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = logins.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // The head, then a body of Content-Length bytes.
+                    loop {
+                        let Ok(n) = tcp.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let exp = jwt::unix_now() as u64 + 3600;
+                    let token = jsonwebtoken::encode(
+                        &jsonwebtoken::Header::default(),
+                        &serde_json::json!({"user_id": "usr_1", "exp": exp}),
+                        &jsonwebtoken::EncodingKey::from_secret(b"k"),
+                    )
+                    .unwrap();
+                    let body = serde_json::json!({ "access_token": token }).to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (url, logins)
+    }
+
+    #[tokio::test]
+    async fn a_built_manager_logs_in_once_for_a_burst() {
+        let (url, logins) = v1_login_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2").unwrap();
+        let tokens = TokenManager::builder(url, Flavor::V1)
+            .email("admin@example.com")
+            .secret(SecretSource::File(pw))
+            .build()
+            .unwrap();
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let _driver = tokens.spawn_driver(stop_rx);
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let tokens = tokens.clone();
+                tokio::spawn(async move { tokens.token().await })
+            })
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for t in burst {
+            let token = t.await.unwrap().unwrap();
+            assert_eq!(token.header_name, http::header::AUTHORIZATION);
+            assert!(token.header.to_str().unwrap().starts_with("Bearer "));
+            assert!(token.header.is_sensitive());
+            ids.insert(token.id);
+        }
+        assert_eq!(ids.len(), 1, "one token for the burst");
+        assert_eq!(
+            logins.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one login"
+        );
+        assert_eq!(
+            tokens.user_id_hint().as_deref().map(String::as_str),
+            Some("usr_1")
+        );
+        assert!(tokens.readiness().await.is_ok());
     }
 }

@@ -33,6 +33,11 @@ pub enum Obtained {
 
 impl Obtained {
     /// Label for logs and metrics: `login`, `refresh`, `key_check`.
+    ///
+    /// ```
+    /// # use medusa_auth_proxy::auth::login::Obtained;
+    /// assert_eq!(Obtained::Refresh.as_str(), "refresh");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Obtained::Login => "login",
@@ -88,7 +93,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Metric label.
+    /// Metric label: `accepted`, `rejected`, `error`.
+    ///
+    /// ```
+    /// # use medusa_auth_proxy::auth::login::Verdict;
+    /// assert_eq!(Verdict::Unknown.as_str(), "error");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Accepted => "accepted",

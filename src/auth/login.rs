@@ -164,11 +164,30 @@ impl Login {
 
     /// The flavor in use: the configured one, or for `auto` what the probe found (`Auto`
     /// until then).
+    ///
+    /// ```no_run
+    /// # fn demo(login: &medusa_auth_proxy::auth::login::Login) {
+    /// if login.flavor().is_static() { /* an API key: checked, never renewed */ }
+    /// # }
+    /// ```
     pub fn flavor(&self) -> Flavor {
         code_flavor(self.resolved.load(Ordering::Relaxed))
     }
 
-    /// Replace the email and password (or key); returns whether either changed.
+    /// Replace the email and password (or key); returns whether either changed (then the
+    /// cached token belongs to the old credential: [`TokenManager::invalidate`] it).
+    ///
+    /// [`TokenManager::invalidate`]: super::TokenManager::invalidate
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{SecretSource, TokenManager};
+    /// # async fn demo(tokens: TokenManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// let secret = SecretSource::Env("MEDUSA_PASSWORD".into()).load()?;
+    /// if tokens.login().set_credentials(Some("admin@example.com".into()), secret) {
+    ///     tokens.invalidate().await;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn set_credentials(&self, email: Option<String>, secret: Secret) -> bool {
         let email = email.unwrap_or_default();
         let mut changed = false;
@@ -184,7 +203,16 @@ impl Login {
     }
 
     /// Obtain a credential. `current` is the token still held, if any (v2 renews it instead
-    /// of logging in). The caller applies `login_timeout`.
+    /// of logging in). The caller applies `login_timeout`. A
+    /// [`TokenManager`](super::TokenManager) calls this from its driver; call it directly for
+    /// a one-off login (the `login` command does).
+    ///
+    /// ```no_run
+    /// # async fn demo(login: medusa_auth_proxy::auth::login::Login) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cred = tokio::time::timeout(std::time::Duration::from_secs(10), login.obtain(None)).await??;
+    /// println!("logged in as flavor {}", cred.flavor.as_str());
+    /// # Ok(()) }
+    /// ```
     pub async fn obtain(&self, current: Option<&Secret>) -> Result<Credential, LoginError> {
         match self.flavor() {
             Flavor::V1 => self.login_v1().await,
@@ -209,6 +237,12 @@ impl Login {
     }
 
     /// Whether Medusa's unauthenticated `GET /health` answers 200 (v1 and v2 both have it).
+    ///
+    /// ```no_run
+    /// # async fn demo(login: medusa_auth_proxy::auth::login::Login) {
+    /// if !login.healthy().await { eprintln!("Medusa is down"); }
+    /// # }
+    /// ```
     pub async fn healthy(&self) -> bool {
         matches!(
             tokio::time::timeout(
@@ -364,6 +398,14 @@ impl Login {
     /// Ask Medusa whether the credential `(name, value)` of `flavor` is still accepted, with
     /// one cheap authenticated GET. A transport failure is `Unknown`, never `Rejected`: only
     /// Medusa's own 401 may cost the proxy its token. The caller applies a timeout.
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{Flavor, login::{Login, Verdict, credential_header}};
+    /// # async fn demo(login: Login) {
+    /// let (name, value) = credential_header(Flavor::V2, "a.b.c").unwrap();
+    /// if login.check(Flavor::V2, &name, &value).await == Verdict::Rejected { /* log in again */ }
+    /// # }
+    /// ```
     pub async fn check(&self, flavor: Flavor, name: &HeaderName, value: &HeaderValue) -> Verdict {
         match self
             .send(
