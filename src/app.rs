@@ -15,7 +15,7 @@ use crate::auth::login::Login;
 use crate::config::{ConfigError, Overrides, Rules, Settings};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::reload::{Applied, Reloader};
+use crate::reload::{Applied, ReloadError, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
 use crate::upstream::Upstream;
@@ -106,7 +106,7 @@ impl Running {
     }
 
     /// Re-read the config file (if started with one) and the secrets; see [`Reloader`].
-    pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
+    pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         self.reloader.reload(trigger)
     }
 }

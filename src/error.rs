@@ -235,6 +235,17 @@ impl<E: Into<ProxyError>> From<crate::proxy::inject::CredentialError<E>> for Pro
     }
 }
 
+impl From<crate::auth::TokenError> for ProxyError {
+    /// No token: 503 with the manager's `Retry-After`. Only the error's `Display` reaches the
+    /// client (it names no account); its source chain is for the driver's log.
+    fn from(e: crate::auth::TokenError) -> Self {
+        ProxyError::NoToken {
+            reason: e.to_string(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
 /// `{"error": code, "message": message}` with the given status.
 pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json_value(
