@@ -157,9 +157,10 @@ pub async fn start_with_overrides(
     let metrics = Metrics::new();
     // Requests a pooled connection never took, sent again on another.
     let resent = metrics.upstream_error_counter("resent");
-    let upstream: Upstream<crate::proxy::limit::ProxyBody> = Upstream::counting(&settings.upstream, move || {
-        resent.inc();
-    })?;
+    let upstream: Upstream<crate::proxy::limit::ProxyBody> =
+        Upstream::counting(&settings.upstream, move || {
+            resent.inc();
+        })?;
     let login = Login::new(
         upstream.for_body(),
         settings.auth.flavor,

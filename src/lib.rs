@@ -18,7 +18,7 @@ pub mod reload;
 pub mod scrub;
 pub mod secret;
 pub mod server;
-pub mod stack;
 pub mod sniff;
+pub mod stack;
 pub mod upstream;
 pub mod watch;

@@ -1,6 +1,5 @@
 //! The ops listener: liveness, readiness, metrics.
 
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::auth::TokenManager;
+use crate::config::Rules;
 use crate::config::{ConfigError, Overrides, Settings};
 use crate::metrics::Metrics;
-use crate::config::Rules;
-use crate::stack::Handles;
 use crate::secret::SecretError;
+use crate::stack::Handles;
 
 /// Why a reload was rejected (the previous configuration keeps serving). Names the key or
 /// the file, never a secret.
@@ -40,7 +40,7 @@ pub enum ReloadError {
     },
     /// The access or policy rules are invalid.
     #[error("{0}")]
-    Rules(#[source] RulesError),
+    Rules(#[source] ConfigError),
 }
 
 pub struct Reloader {

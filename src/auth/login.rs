@@ -478,28 +478,31 @@ mod tests {
     /// cannot bring the login forward, so the backoff holds. The source stays reachable.
     #[test]
     fn a_refused_certificate_is_not_unreachable() {
-        let cert = LoginError::from(UpstreamError::Certificate("UnknownIssuer".into()));
+        let authority = http::uri::Authority::from_static("127.0.0.1:9");
+        let cert = LoginError::from(UpstreamError::Certificate {
+            authority: authority.clone(),
+            source: rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        });
         assert!(!cert.is_unreachable());
         assert_eq!(cert.kind(), "upstream");
         assert!(cert.to_string().contains("certificate"), "{cert}");
         let source = std::error::Error::source(&cert).expect("the upstream error is the source");
         assert!(matches!(
             source.downcast_ref::<UpstreamError>(),
-            Some(UpstreamError::Certificate(_))
+            Some(UpstreamError::Certificate { .. })
         ));
         let not_tls = LoginError::from(UpstreamError::NotTls {
-            authority: "127.0.0.1:9".into(),
+            authority: authority.clone(),
         });
         assert!(!not_tls.is_unreachable());
         // Nothing listening, or a connection that broke: Medusa is down; /health tells when
         // it is back.
         let refused = LoginError::from(UpstreamError::Connect {
-            authority: "127.0.0.1:9".into(),
-            detail: "connection refused".into(),
+            authority,
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
         });
         assert!(refused.is_unreachable());
         assert_eq!(refused.kind(), "unreachable");
-        assert!(LoginError::from(UpstreamError::Io("reset".into())).is_unreachable());
         // An upstream timeout is a login timeout (the backoff holds).
         let slow = LoginError::from(UpstreamError::Timeout(Duration::from_secs(1)));
         assert!(matches!(slow, LoginError::Timeout(_)) && !slow.is_unreachable());

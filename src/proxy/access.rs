@@ -25,7 +25,7 @@ pub type AccessRules = Arc<ArcSwap<AccessConfig>>;
 /// Whether a TCP peer may connect at all (`access.allow_cidrs`, as currently loaded): asked
 /// at accept, before a byte of the connection is read.
 pub fn peer_allowed(rules: &AccessRules, ip: IpAddr) -> bool {
-    rules.load().allow_cidrs.iter().any(|c| c.contains(&ip))
+    rules.load().allow_cidrs.iter().any(|c| c.contains(ip))
 }
 
 /// The `access` layer.

@@ -57,8 +57,10 @@ pub struct Admit<S> {
 
 /// Hand the slot to an upgraded connection's tunnel (a response extension set by `upgrade`
 /// on a 101): the tunnel holds it until it closes.
-#[derive(Debug)]
-pub struct TunnelSlot(pub oneshot::Sender<OwnedSemaphorePermit>);
+/// (Extensions must be `Clone`: the sender sits behind a shared, take-once cell; only
+/// upgrades pay for it.)
+#[derive(Debug, Clone)]
+pub struct TunnelSlot(pub Arc<std::sync::Mutex<Option<oneshot::Sender<OwnedSemaphorePermit>>>>);
 
 impl<S, B, RB> Service<Request<B>> for Admit<S>
 where
@@ -89,7 +91,10 @@ impl<RB> Finish<Result<Response<RB>, ProxyError>> for Hold {
     fn finish(self, answer: Result<Response<RB>, ProxyError>) -> Result<Self::Output, ProxyError> {
         let mut resp = answer?;
         let permit = match resp.extensions_mut().remove::<TunnelSlot>() {
-            Some(TunnelSlot(tunnel)) => tunnel.send(self.0).err(),
+            Some(TunnelSlot(tunnel)) => match tunnel.lock().ok().and_then(|mut t| t.take()) {
+                Some(tunnel) => tunnel.send(self.0).err(),
+                None => Some(self.0),
+            },
             None => Some(self.0),
         };
         Ok(resp.map(|inner| Held {

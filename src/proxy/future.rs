@@ -79,9 +79,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            Proj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or(ProxyError::Internal("a layer future was polled after it ended")))),
+            Proj::Refused { error } => Poll::Ready(Err(error.take().unwrap_or(
+                ProxyError::Internal("a layer future was polled after it ended"),
+            ))),
             Proj::Called { inner, finish } => {
                 let answer = ready!(inner.poll(cx));
                 match finish.take() {

@@ -72,7 +72,10 @@ pub fn clean_request<B>(req: &mut Request<B>) {
     let upgrade = headers::upgrade_requested(req.version(), req.headers());
     let h = req.headers_mut();
     headers::sanitize_request(h, peer, client_host);
-    h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     if let Some(proto) = upgrade {
         req.extensions_mut().insert(UpgradeRequested(proto));
     }

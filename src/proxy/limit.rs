@@ -22,10 +22,10 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::future::{Finish, LayerFuture};
 use super::inject::Replayable;
-use super::policy::BodyRules;
 use super::record::Noted;
 use super::replay::{self, Plan};
 use crate::error::ProxyError;
+use crate::policy::BodyRules;
 
 /// The request body as the steps below `limit` see it: whole (replayable) or streamed.
 pub type ProxyBody = Either<Full<Bytes>, LimitedBody>;
@@ -109,7 +109,8 @@ where
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let timeout = self.body_timeout;
                 LayerFuture::boxed(async move {
-                    let bytes = replay::buffer(&parts.headers, body, timeout, rules, max_body).await?;
+                    let bytes =
+                        replay::buffer(&parts.headers, body, timeout, rules, max_body).await?;
                     let counted = Counted {
                         bytes_in: bytes.len() as u64,
                         stats: None,

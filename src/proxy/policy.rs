@@ -88,7 +88,12 @@ where
                 let tokens = self.tokens.clone();
                 LayerFuture::boxed(async move {
                     let token = tokens.token().await?;
-                    decide(&rules, req.method(), req.uri().path(), token.user_id.as_deref())?;
+                    decide(
+                        &rules,
+                        req.method(),
+                        req.uri().path(),
+                        token.user_id.as_deref(),
+                    )?;
                     scrubbed.finish(inner.oneshot(req).await)
                 })
             }
@@ -96,7 +101,12 @@ where
     }
 }
 
-fn decide(policy: &Policy, method: &Method, path: &str, own: Option<&str>) -> Result<(), ProxyError> {
+fn decide(
+    policy: &Policy,
+    method: &Method,
+    path: &str,
+    own: Option<&str>,
+) -> Result<(), ProxyError> {
     match policy.check(method, path, own) {
         Decision::Allow => Ok(()),
         Decision::BadPath(why) => Err(ProxyError::BadRequest(why)),

@@ -49,7 +49,9 @@ pub fn plan(headers: &HeaderMap, empty: bool, rules: BodyRules) -> Result<Plan, 
     match content_length(headers) {
         Some(len) if len <= MAX_REPLAY_BODY => Ok(Plan::Buffer),
         // Refuse a declared oversize body before reading any of it.
-        Some(_) if rules.always_inspect => Err(ProxyError::InspectedBodyTooLarge(MAX_INSPECTED_BODY)),
+        Some(_) if rules.always_inspect => {
+            Err(ProxyError::InspectedBodyTooLarge(MAX_INSPECTED_BODY))
+        }
         _ if rules.always_inspect => Ok(Plan::Buffer),
         _ => Ok(Plan::Stream),
     }

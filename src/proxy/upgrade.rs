@@ -76,7 +76,10 @@ impl<RB> Finish<Result<Response<RB>, ProxyError>> for Tunnel {
         };
         let upstream = hyper::upgrade::on(&mut resp);
         let (slot_tx, slot_rx) = oneshot::channel();
-        resp.extensions_mut().insert(TunnelSlot(slot_tx));
+        resp.extensions_mut()
+            .insert(TunnelSlot(std::sync::Arc::new(std::sync::Mutex::new(
+                Some(slot_tx),
+            ))));
         tokio::spawn(async move {
             let _slot = slot_rx.await;
             match tokio::try_join!(client, upstream) {
