@@ -72,7 +72,8 @@ pub enum CredentialError<E> {
 ///
 /// ```no_run
 /// # async fn example(tokens: medusa_auth_proxy::auth::TokenManager) {
-/// /// use http_body_util::Empty;
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use medusa_auth_proxy::proxy::inject::CredentialLayer;

@@ -16,10 +16,12 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
+use super::inject::Replayed;
 use super::limit::BodyStats;
 use crate::access_log::{AccessLog, Entry};
 use crate::metrics::Metrics;
 use crate::server::PeerAddr;
+use crate::upstream::Resent;
 
 /// What inner steps tell the record, as response extensions.
 #[derive(Debug, Clone, Default)]
@@ -31,11 +33,6 @@ pub struct Noted {
     /// Counter of a streamed request body (`limit`).
     pub streamed_in: Option<Arc<BodyStats>>,
 }
-
-/// The request was sent again after Medusa rejected the token (`inject`), a response
-/// extension.
-#[derive(Debug, Clone, Copy)]
-pub struct Replayed;
 
 /// Where the record goes; shared by every request, the access log switchable on reload.
 pub struct Recorder {
@@ -145,6 +142,12 @@ where
                 r.noted = noted;
             }
             r.replayed = resp.extensions().get::<Replayed>().is_some();
+            if r.replayed {
+                p.rec.metrics.replay(r.status);
+            }
+            if resp.extensions().get::<Resent>().is_some() {
+                p.rec.metrics.upstream_error("retried");
+            }
             Some((r, p.rec.clone()))
         });
         Poll::Ready(Ok(resp.map(|inner| Tracked {
