@@ -97,8 +97,14 @@ impl Handles {
     }
 }
 
+/// The credential step's error as the proxy's (here, where both are known: `error` stays
+/// below `proxy`).
 fn from_credential(e: CredentialError<UpstreamError>) -> ProxyError {
-    e.into()
+    match e {
+        CredentialError::Token(e) => e.into(),
+        CredentialError::Rejected => ProxyError::TokenRejected,
+        CredentialError::Inner(e) => e.into(),
+    }
 }
 
 /// The body of every answer of the proxy's request path: Medusa's (pooled connection, slot
