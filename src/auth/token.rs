@@ -202,3 +202,22 @@ mod tests {
         assert_eq!(refresh, Duration::from_millis(67500));
     }
 }
+
+#[cfg(test)]
+impl Token {
+    /// A static-key token (`x-medusa-access-token: <value>`, no JWT to forge) built the way
+    /// the driver builds one, for the unit tests of the request path's steps.
+    pub(crate) fn for_tests(id: u64, value: &str) -> std::sync::Arc<Token> {
+        let settings = crate::config::Settings::from_toml(
+            "[upstream]\nurl=\"http://127.0.0.1:9\"\n[auth]\nflavor=\"v1-api-token\"\napi_key_env=\"K\"",
+        )
+        .expect("a valid test config");
+        let cred = Credential {
+            value: Secret::new(value.into()),
+            flavor: Flavor::V1ApiToken,
+            how: Obtained::KeyCheck,
+            user_id: Some("user_01".into()),
+        };
+        std::sync::Arc::new(Token::new(cred, &settings.auth, id, false).expect("a valid token"))
+    }
+}

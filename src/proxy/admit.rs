@@ -105,6 +105,7 @@ impl<RB> Finish<Result<Response<RB>, ProxyError>> for Hold {
 }
 
 /// A response body holding the request's slot until it ends or is dropped.
+#[derive(Debug)]
 pub struct Held<B> {
     inner: B,
     _permit: Option<OwnedSemaphorePermit>,
@@ -127,5 +128,92 @@ impl<B: Body + Unpin> Body for Held<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    fn counted(
+        calls: Arc<AtomicUsize>,
+    ) -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = ProxyError> + Clone
+    {
+        service_fn(move |req: Request<()>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if req.uri().path() == "/fail" {
+                    return Err(ProxyError::BadRequest("stand-in failure"));
+                }
+                Ok(Response::new(Full::new(Bytes::from_static(b"body"))))
+            }
+        })
+    }
+
+    fn req(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_slot_is_held_until_the_body_ends_and_beyond_the_cap_the_answer_is_503() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = AdmitLayer::new(1);
+        let svc = layer.layer(counted(calls.clone()));
+        let first = svc.clone().oneshot(req("/a")).await.unwrap();
+        let refused = svc.clone().oneshot(req("/b")).await.unwrap_err();
+        assert!(matches!(refused, ProxyError::Overloaded(1)), "{refused:?}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a refused request never reaches Medusa"
+        );
+        // Reading the body to its end and dropping it gives the slot back.
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"body");
+        assert!(svc.clone().oneshot(req("/c")).await.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_error_gives_the_slot_back_at_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = AdmitLayer::new(1).layer(counted(calls.clone()));
+        assert!(svc.clone().oneshot(req("/fail")).await.is_err());
+        let ok = svc.clone().oneshot(req("/a")).await;
+        assert!(ok.is_ok(), "the failed request kept its slot");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_holds_the_slot_until_it_closes() {
+        let layer = AdmitLayer::new(1);
+        let (tx, rx) = oneshot::channel();
+        let tunnel = TunnelSlot(Arc::new(std::sync::Mutex::new(Some(tx))));
+        let svc = layer.layer(service_fn(move |_: Request<()>| {
+            let tunnel = tunnel.clone();
+            async move {
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                resp.extensions_mut().insert(tunnel);
+                Ok::<_, ProxyError>(resp)
+            }
+        }));
+        let resp = svc.clone().oneshot(req("/ws")).await.unwrap();
+        drop(resp);
+        let held = rx.await.expect("the tunnel got the slot");
+        assert!(
+            matches!(
+                svc.clone().oneshot(req("/b")).await,
+                Err(ProxyError::Overloaded(1))
+            ),
+            "the response is gone but the tunnel holds the slot"
+        );
+        drop(held);
+        assert!(svc.clone().oneshot(req("/b")).await.is_ok());
     }
 }

@@ -297,3 +297,224 @@ where
     resp.extensions_mut().insert(Replayed);
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{Either, Empty, Full};
+    use tower::service_fn;
+
+    use super::*;
+
+    /// Tokens from a list: `cached` is the current one (none: the slow path); a confirmed
+    /// rejection moves to the next, as the driver's relogin would.
+    #[derive(Clone)]
+    struct Fake {
+        tokens: Arc<Mutex<Vec<Arc<Token>>>>,
+        cache: bool,
+        rejects: bool,
+        checks: Arc<AtomicUsize>,
+        waits: Arc<AtomicUsize>,
+    }
+
+    impl Fake {
+        fn new(n: u64, rejects: bool) -> Fake {
+            Fake {
+                tokens: Arc::new(Mutex::new(
+                    (1..=n)
+                        .map(|i| Token::for_tests(i, &format!("key-{i}")))
+                        .collect(),
+                )),
+                cache: true,
+                rejects,
+                checks: Arc::default(),
+                waits: Arc::default(),
+            }
+        }
+        fn current(&self) -> Arc<Token> {
+            self.tokens.lock().unwrap()[0].clone()
+        }
+    }
+
+    impl Tokens for Fake {
+        fn cached(&self) -> Option<Arc<Token>> {
+            self.cache.then(|| self.current())
+        }
+        async fn token(&self) -> Result<Arc<Token>, TokenError> {
+            self.waits.fetch_add(1, Ordering::SeqCst);
+            Ok(self.current())
+        }
+        async fn confirm_rejected(&self, token: &Arc<Token>) -> bool {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            if !self.rejects {
+                return false;
+            }
+            let mut list = self.tokens.lock().unwrap();
+            if list[0].id == token.id && list.len() > 1 {
+                list.remove(0);
+            }
+            true
+        }
+    }
+
+    /// A Medusa stand-in that answers 401 to the tokens in `rejected` and records the
+    /// credential each request carried.
+    fn medusa(
+        rejected: &'static [&'static str],
+        seen: Arc<Mutex<Vec<String>>>,
+    ) -> impl Service<
+        Request<Either<Full<Bytes>, Streamed>>,
+        Response = Response<Empty<Bytes>>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        service_fn(move |req: Request<Either<Full<Bytes>, Streamed>>| {
+            let key = req
+                .headers()
+                .get("x-medusa-access-token")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let status = if rejected.contains(&key.as_str()) {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            seen.lock().unwrap().push(key);
+            async move {
+                let mut resp = Response::new(Empty::new());
+                *resp.status_mut() = status;
+                Ok(resp)
+            }
+        })
+    }
+
+    /// A body that streams: never replayable.
+    struct Streamed;
+    impl Replayable for Streamed {
+        fn replay(&self) -> Option<Self> {
+            None
+        }
+    }
+
+    fn get() -> Request<Either<Full<Bytes>, Streamed>> {
+        Request::get("/admin/products")
+            .body(Either::Left(Full::new(Bytes::new())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_cached_token_is_sent_and_marked_verified() {
+        let fake = Fake::new(1, false);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CredentialLayer::new(fake.clone()).layer(medusa(&[], seen.clone()));
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(*seen.lock().unwrap(), ["key-1"]);
+        assert!(fake.current().is_verified());
+        assert_eq!(
+            fake.waits.load(Ordering::SeqCst),
+            0,
+            "the hot path does not wait"
+        );
+        assert!(resp.extensions().get::<Replayed>().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_401_for_the_token_is_checked_once_and_replayed_once_with_the_next() {
+        let fake = Fake::new(2, true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CredentialLayer::new(fake.clone()).layer(medusa(&["key-1"], seen.clone()));
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(*seen.lock().unwrap(), ["key-1", "key-2"]);
+        assert_eq!(fake.checks.load(Ordering::SeqCst), 1);
+        assert!(resp.extensions().get::<Replayed>().is_some());
+        assert!(fake.current().is_verified());
+    }
+
+    #[tokio::test]
+    async fn a_401_about_the_route_reaches_the_client_as_is() {
+        let fake = Fake::new(2, false);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CredentialLayer::new(fake.clone()).layer(medusa(&["key-1"], seen.clone()));
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(*seen.lock().unwrap(), ["key-1"], "no replay");
+        assert_eq!(fake.checks.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.current().id, 1, "the token is kept");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_never_sent_twice() {
+        let fake = Fake::new(2, true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CredentialLayer::new(fake.clone()).layer(medusa(&["key-1"], seen.clone()));
+        let req = Request::post("/admin/products")
+            .body(Either::Right(Streamed))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(*seen.lock().unwrap(), ["key-1"]);
+        assert_eq!(
+            fake.checks.load(Ordering::SeqCst),
+            1,
+            "the token is still checked"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_rejected_again_is_checked_and_not_replayed_again() {
+        let fake = Fake::new(2, true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc =
+            CredentialLayer::new(fake.clone()).layer(medusa(&["key-1", "key-2"], seen.clone()));
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["key-1", "key-2"],
+            "sent at most twice"
+        );
+        assert_eq!(fake.checks.load(Ordering::SeqCst), 2);
+        assert!(resp.extensions().get::<Replayed>().is_some());
+    }
+
+    #[tokio::test]
+    async fn no_new_token_after_a_confirmed_rejection_is_an_error_not_a_loop() {
+        let fake = Fake::new(1, true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CredentialLayer::new(fake.clone()).layer(medusa(&["key-1"], seen.clone()));
+        let err = svc.oneshot(get()).await.unwrap_err();
+        assert!(matches!(err, CredentialError::Rejected), "{err:?}");
+        assert_eq!(*seen.lock().unwrap(), ["key-1"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_cached_token_the_request_waits_for_one() {
+        let mut fake = Fake::new(1, false);
+        fake.cache = false;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CredentialLayer::new(fake.clone()).layer(medusa(&[], seen.clone()));
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(fake.waits.load(Ordering::SeqCst), 1);
+        assert_eq!(*seen.lock().unwrap(), ["key-1"]);
+    }
+
+    #[tokio::test]
+    async fn the_inner_error_is_passed_on() {
+        let fake = Fake::new(1, false);
+        let svc = CredentialLayer::new(fake).layer(service_fn(
+            |_: Request<Either<Full<Bytes>, Streamed>>| async {
+                Err::<Response<Empty<Bytes>>, _>("broken")
+            },
+        ));
+        let err = svc.oneshot(get()).await.unwrap_err();
+        assert!(matches!(err, CredentialError::Inner("broken")), "{err:?}");
+    }
+}

@@ -28,7 +28,13 @@ use crate::error::ProxyError;
 use crate::policy::BodyRules;
 
 /// The request body as the steps below `limit` see it: whole (replayable) or streamed.
-pub type ProxyBody = Either<Full<Bytes>, LimitedBody>;
+pub type ProxyBody<B = Incoming> = Either<Full<Bytes>, LimitedBody<B>>;
+
+/// What a client body must be for `limit` (hyper's `Incoming`; any body in tests).
+pub trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+impl<B> ClientBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The `limit` layer. `max_body` is shared with the reloader.
 #[derive(Clone)]
@@ -58,9 +64,10 @@ pub struct Limit<S> {
     body_timeout: Duration,
 }
 
-impl<S, RB> Service<Request<Incoming>> for Limit<S>
+impl<S, B, RB> Service<Request<B>> for Limit<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<RB>, Error = ProxyError>
+    B: ClientBody,
+    S: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = ProxyError>
         + Clone
         + Send
         + 'static,
@@ -75,7 +82,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let max_body = self.max_body.load(Ordering::Relaxed);
         if replay::content_length(req.headers()).is_some_and(|len| len > max_body) {
             return LayerFuture::refuse(ProxyError::PayloadTooLarge(max_body));
@@ -173,16 +180,16 @@ pub struct BodyStats {
 /// A streamed request body that fails once more than `limit` bytes have passed. Failing the
 /// body makes hyper abort the upstream request mid-body, so Medusa sees a broken message
 /// (no final chunk), never a truncated body presented as complete.
-pub struct LimitedBody {
-    inner: Incoming,
+pub struct LimitedBody<B = Incoming> {
+    inner: B,
     remaining: u64,
     limit: u64,
     stats: Arc<BodyStats>,
 }
 
-impl LimitedBody {
+impl<B> LimitedBody<B> {
     /// Stream `inner`, breaking off after `limit` bytes; counts into `stats`.
-    pub fn new(inner: Incoming, limit: u64, stats: Arc<BodyStats>) -> LimitedBody {
+    pub fn new(inner: B, limit: u64, stats: Arc<BodyStats>) -> LimitedBody<B> {
         LimitedBody {
             inner,
             remaining: limit,
@@ -192,16 +199,16 @@ impl LimitedBody {
     }
 }
 
-impl Replayable for LimitedBody {
+impl<B> Replayable for LimitedBody<B> {
     /// A streamed body is never held whole: it cannot be sent again.
     fn replay(&self) -> Option<Self> {
         None
     }
 }
 
-impl Body for LimitedBody {
+impl<B: ClientBody> Body for LimitedBody<B> {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -221,7 +228,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -233,5 +240,171 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::stream;
+    use http_body_util::{BodyExt, Empty, StreamBody};
+    use tower::service_fn;
+
+    use super::*;
+
+    type Seen = Arc<Mutex<Vec<(bool, Bytes)>>>;
+
+    /// Medusa stand-in: records whether each body could be replayed and what it read.
+    fn medusa<B: ClientBody>(
+        seen: Seen,
+    ) -> impl Service<
+        Request<ProxyBody<B>>,
+        Response = Response<Empty<Bytes>>,
+        Error = ProxyError,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        service_fn(move |req: Request<ProxyBody<B>>| {
+            let seen = seen.clone();
+            async move {
+                let replayable = req.body().replay().is_some();
+                let body = req.into_body().collect().await.map_err(|_| {
+                    ProxyError::Upstream(crate::upstream::UpstreamError::Timeout(
+                        Duration::from_secs(1),
+                    ))
+                })?;
+                seen.lock().unwrap().push((replayable, body.to_bytes()));
+                Ok(Response::new(Empty::new()))
+            }
+        })
+    }
+
+    fn layer(max: u64) -> LimitLayer {
+        LimitLayer {
+            max_body: Arc::new(AtomicU64::new(max)),
+            body_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn chunked(
+        parts: &[&'static [u8]],
+    ) -> StreamBody<
+        impl futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>
+        + Send
+        + Unpin
+        + 'static,
+    > {
+        let frames: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        StreamBody::new(stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_declared_oversize_body_is_refused_before_a_byte_is_read() {
+        let seen = Seen::default();
+        let svc = layer(10).layer(medusa::<Full<Bytes>>(seen.clone()));
+        let req = Request::post("/admin/products")
+            .header("content-length", "11")
+            .body(Full::new(Bytes::from_static(b"01234567890")))
+            .unwrap();
+        let err = svc.oneshot(req).await.unwrap_err();
+        assert!(matches!(err, ProxyError::PayloadTooLarge(10)), "{err:?}");
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_small_declared_body_is_buffered_replayable_and_counted() {
+        let seen = Seen::default();
+        let svc = layer(1 << 20).layer(medusa::<Full<Bytes>>(seen.clone()));
+        let req = Request::post("/admin/products")
+            .header("content-length", "5")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(true, Bytes::from_static(b"hello"))]
+        );
+        assert_eq!(resp.extensions().get::<Noted>().unwrap().bytes_in, 5);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_streams_and_breaks_off_at_the_cap_as_a_413() {
+        let seen = Seen::default();
+        let svc = layer(8).layer(medusa(seen.clone()));
+        let ok = Request::post("/admin/products")
+            .body(chunked(&[b"abcd", b"efgh"]))
+            .unwrap();
+        let resp = svc.clone().oneshot(ok).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(false, Bytes::from_static(b"abcdefgh"))]
+        );
+        let stats = resp
+            .extensions()
+            .get::<Noted>()
+            .unwrap()
+            .streamed_in
+            .clone();
+        assert_eq!(stats.unwrap().bytes.load(Ordering::Relaxed), 8);
+        let over = Request::post("/admin/products")
+            .body(chunked(&[b"abcd", b"efgh", b"i"]))
+            .unwrap();
+        let err = svc.oneshot(over).await.unwrap_err();
+        assert!(matches!(err, ProxyError::PayloadTooLarge(8)), "{err:?}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "Medusa never got the whole body"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_inspected_body_that_sets_api_token_is_refused() {
+        let seen = Seen::default();
+        let svc = layer(1 << 20).layer(medusa(seen.clone()));
+        let mut req = Request::post("/admin/users/usr_1")
+            .header("content-type", "application/json")
+            .body(chunked(&[b"{\"api_tok", b"en\": \"x\"}"]))
+            .unwrap();
+        req.extensions_mut().insert(BodyRules {
+            refuse_api_token: true,
+            always_inspect: true,
+            ..BodyRules::default()
+        });
+        let err = svc.oneshot(req).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ProxyError::Forbidden {
+                    code: "route_denied",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_small_body_is_a_408() {
+        let seen = Seen::default();
+        let mut l = layer(1 << 20);
+        l.body_timeout = Duration::from_millis(50);
+        let svc = l.layer(medusa(seen.clone()));
+        let stalled = StreamBody::new(stream::pending::<
+            Result<Frame<Bytes>, std::convert::Infallible>,
+        >());
+        let req = Request::post("/admin/products")
+            .header("content-length", "5")
+            .body(stalled)
+            .unwrap();
+        let err = svc.oneshot(req).await.unwrap_err();
+        assert!(matches!(err, ProxyError::BodyTimeout(_)), "{err:?}");
+        assert!(seen.lock().unwrap().is_empty());
     }
 }

@@ -279,7 +279,98 @@ pub fn redact_query(path_and_query: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceExt, service_fn};
+
     use super::*;
+    use crate::config::LogFormat;
+
+    fn recorder() -> (Arc<Recorder>, Arc<Mutex<String>>, Arc<AccessLog>) {
+        let lines = Arc::new(Mutex::new(String::new()));
+        let sink = lines.clone();
+        let log = Arc::new(AccessLog::with_sink(
+            LogFormat::Text,
+            Box::new(move |b| sink.lock().unwrap().push_str(&String::from_utf8_lossy(b))),
+        ));
+        (Recorder::new(Metrics::new(), log.clone(), true), lines, log)
+    }
+
+    fn series(rec: &Recorder, name: &str) -> String {
+        rec.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_request_is_recorded_when_its_body_ends_with_what_the_steps_noted() {
+        let (rec, lines, log) = recorder();
+        let svc = RecordLayer(rec.clone()).layer(service_fn(|_: Request<()>| async {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"12345")));
+            resp.extensions_mut().insert(Noted {
+                key_fingerprint: Some("abcd1234".into()),
+                bytes_in: 7,
+                streamed_in: None,
+            });
+            resp.extensions_mut().insert(Replayed);
+            Ok::<_, Infallible>(resp)
+        }));
+        let mut req = Request::get("/admin/customers?q=alice@example.com")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(PeerAddr("127.0.0.7:4000".parse().unwrap()));
+        let resp = svc.oneshot(req).await.unwrap();
+        assert!(series(&rec, "medusa_auth_proxy_requests_in_flight").ends_with(" 1"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"12345");
+        // `collect` consumed the body: the record is written.
+        log.flush();
+        let line = lines.lock().unwrap().clone();
+        for part in [
+            "path=/admin/customers?q=***",
+            "status=200",
+            "bytes_in=7",
+            "bytes_out=5",
+            "client=127.0.0.7:4000",
+            "client_key=abcd1234",
+            "replayed=true",
+        ] {
+            assert!(line.contains(part), "{part} missing in {line}");
+        }
+        assert!(!line.contains("alice"), "the query value leaked: {line}");
+        assert!(series(&rec, "medusa_auth_proxy_requests_in_flight").ends_with(" 0"));
+        assert!(
+            series(&rec, "medusa_auth_proxy_replays_total").contains("} 1"),
+            "{}",
+            series(&rec, "medusa_auth_proxy_replays_total")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_the_answer_is_recorded_as_499() {
+        let (rec, lines, log) = recorder();
+        let svc = RecordLayer(rec.clone()).layer(service_fn(|_: Request<()>| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }));
+        let fut = svc.oneshot(Request::get("/slow").body(()).unwrap());
+        // The client goes away while Medusa has not answered.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), fut)
+                .await
+                .is_err()
+        );
+        log.flush();
+        let line = lines.lock().unwrap().clone();
+        assert!(line.contains("status=499"), "{line}");
+        assert!(series(&rec, "medusa_auth_proxy_requests_in_flight").ends_with(" 0"));
+    }
 
     #[test]
     fn query_values_are_redacted() {

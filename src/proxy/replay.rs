@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::policy::{BodyRules, MAX_INSPECTED_BODY};
@@ -61,9 +60,9 @@ pub fn plan(headers: &HeaderMap, empty: bool, rules: BodyRules) -> Result<Plan, 
 /// stalls mid-body must not hold the request forever (408, and the connection is closed).
 /// The body rules (`api-token-write`) inspect every body buffered here, since it is in memory
 /// anyway. `max_body` (`policy.max_body`) still caps a chunked body buffered here.
-pub async fn buffer(
+pub async fn buffer<B: super::limit::ClientBody>(
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     timeout: std::time::Duration,
     rules: BodyRules,
     max_body: u64,
