@@ -185,25 +185,6 @@ pub fn schedule(lifetime: Duration, refresh_before_expiry: Duration) -> (Duratio
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_keeps_margin_and_renews_early() {
-        let (use_for, refresh) = schedule(Duration::from_secs(86400), Duration::from_secs(60));
-        assert_eq!(use_for, Duration::from_secs(86340));
-        assert_eq!(refresh, Duration::from_secs(86340 - 300));
-        // Shorter than the margin: half the lifetime, never zero.
-        let (use_for, refresh) = schedule(Duration::from_secs(3), Duration::from_secs(60));
-        assert_eq!(use_for, Duration::from_millis(1500));
-        assert_eq!(refresh, Duration::from_millis(1125));
-        let (use_for, refresh) = schedule(Duration::from_secs(100), Duration::from_secs(10));
-        assert_eq!(use_for, Duration::from_secs(90));
-        assert_eq!(refresh, Duration::from_millis(67500));
-    }
-}
-
-#[cfg(test)]
 impl Token {
     /// A static-key token (`x-medusa-access-token: <value>`, no JWT to forge) built the way
     /// the driver builds one, for the unit tests of the request path's steps.
@@ -219,5 +200,24 @@ impl Token {
             user_id: Some("user_01".into()),
         };
         std::sync::Arc::new(Token::new(cred, &settings.auth, id, false).expect("a valid token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_keeps_margin_and_renews_early() {
+        let (use_for, refresh) = schedule(Duration::from_secs(86400), Duration::from_secs(60));
+        assert_eq!(use_for, Duration::from_secs(86340));
+        assert_eq!(refresh, Duration::from_secs(86340 - 300));
+        // Shorter than the margin: half the lifetime, never zero.
+        let (use_for, refresh) = schedule(Duration::from_secs(3), Duration::from_secs(60));
+        assert_eq!(use_for, Duration::from_millis(1500));
+        assert_eq!(refresh, Duration::from_millis(1125));
+        let (use_for, refresh) = schedule(Duration::from_secs(100), Duration::from_secs(10));
+        assert_eq!(use_for, Duration::from_secs(90));
+        assert_eq!(refresh, Duration::from_millis(67500));
     }
 }
