@@ -174,15 +174,17 @@ pub async fn start_with_overrides(
 
     let access_log = Arc::new(AccessLog::stderr(settings.log.format));
     let flusher = access_log.spawn_flusher();
-    let (service, handles) = crate::stack::proxy(crate::stack::Parts {
+    let (service, handles) = crate::stack::proxy(
+        crate::stack::Parts {
+            tokens: tokens.clone(),
+            rules,
+            max_concurrent: settings.proxy.max_concurrent_requests,
+            body_timeout: settings.upstream.request_timeout,
+            metrics: metrics.clone(),
+            access_log: (access_log.clone(), settings.log.access),
+        },
         upstream,
-        tokens: tokens.clone(),
-        rules,
-        max_concurrent: settings.proxy.max_concurrent_requests,
-        body_timeout: settings.upstream.request_timeout,
-        metrics: metrics.clone(),
-        access_log: (access_log.clone(), settings.log.access),
-    });
+    );
     let reloader = Arc::new(Reloader::new(
         config_path,
         overrides,

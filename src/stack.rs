@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use tower::{Service, ServiceBuilder};
 
 use crate::access_log::AccessLog;
@@ -42,7 +42,7 @@ use crate::proxy::admit::{AdmitLayer, Held};
 use crate::proxy::guard::GuardLayer;
 use crate::proxy::hygiene::HygieneLayer;
 use crate::proxy::inject::{CredentialError, CredentialLayer};
-use crate::proxy::limit::{LimitLayer, ProxyBody};
+use crate::proxy::limit::{ClientBody, LimitLayer, ProxyBody};
 use crate::proxy::policy::{PolicyLayer, PolicyRules};
 use crate::proxy::record::{RecordLayer, Recorder, Tracked};
 use crate::proxy::respond::RespondLayer;
@@ -50,10 +50,8 @@ use crate::proxy::upgrade::UpgradeLayer;
 use crate::scrub::ScrubBody;
 use crate::upstream::{Upstream, UpstreamError};
 
-/// What the proxy needs to build its request path.
+/// What the proxy needs to build its request path, besides the client to Medusa.
 pub struct Parts {
-    /// The client to Medusa.
-    pub upstream: Upstream<ProxyBody>,
     /// Medusa tokens.
     pub tokens: TokenManager,
     /// `[access]` and `[policy]`, validated.
@@ -116,6 +114,7 @@ pub type ProxyResponseBody =
 /// reloader swaps rules through.
 pub fn proxy(
     p: Parts,
+    upstream: Upstream<ProxyBody>,
 ) -> (
     impl Service<
         Request<Incoming>,
@@ -127,6 +126,34 @@ pub fn proxy(
     + 'static,
     Handles,
 ) {
+    build(p, upstream)
+}
+
+/// [`proxy`] over any client body and any client to Medusa (benchmarks and tests use
+/// stand-ins for both).
+pub fn build<B, U, RB>(
+    p: Parts,
+    upstream: U,
+) -> (
+    impl Service<
+        Request<B>,
+        Response = Response<Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+    Handles,
+)
+where
+    B: ClientBody,
+    U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send,
+    RB: Body + Send + Unpin + 'static,
+{
     let handles = Handles {
         access: Arc::new(ArcSwap::from_pointee(p.rules.access)),
         policy: Arc::new(ArcSwap::from_pointee(p.rules.policy)),
@@ -151,6 +178,6 @@ pub fn proxy(
         .layer(UpgradeLayer)
         .map_err(from_credential as fn(_) -> _)
         .layer(CredentialLayer::new(p.tokens))
-        .service(p.upstream);
+        .service(upstream);
     (service, handles)
 }
