@@ -55,6 +55,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::wait::{self, LONG};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -325,25 +327,25 @@ impl FakeMedusa {
         lock(&self.state.last_token).clone()
     }
 
-    /// Polls `f` every 5 ms; panics after 10 s.
+    /// Polls `f` until it holds; panics after [`LONG`] with the fake's counters.
     pub async fn wait_until(&self, f: impl Fn(&FakeMedusa) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f(self) {
-            if Instant::now() > deadline {
-                panic!(
-                    "fake medusa: condition not met within 10s (login_attempts={}, logins={}, \
-                     refresh_attempts={}, refreshes={}, requests={}, rejected={}, connections={})",
-                    self.login_attempts(),
-                    self.logins(),
-                    self.refresh_attempts(),
-                    self.refreshes(),
-                    self.requests().len(),
-                    self.rejected_requests(),
-                    self.connections()
-                );
+        wait::until(LONG, "a fake Medusa condition", async || {
+            if f(self) {
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            Err(format!(
+                "login_attempts={}, logins={}, refresh_attempts={}, refreshes={}, requests={}, \
+                 rejected={}, connections={}",
+                self.login_attempts(),
+                self.logins(),
+                self.refresh_attempts(),
+                self.refreshes(),
+                self.requests().len(),
+                self.rejected_requests(),
+                self.connections()
+            ))
+        })
+        .await
     }
 
     /// Stops accepting and drops every open connection ("Medusa down"). Takes effect at the
