@@ -24,6 +24,11 @@ impl Ran {
     pub fn ok(&self) -> bool {
         self.code == Some(0)
     }
+
+    /// `(succeeded, stdout, stderr)`.
+    pub fn split(self) -> (bool, String, String) {
+        (self.ok(), self.out, self.err)
+    }
 }
 
 /// Runs the binary with exactly `args` to completion, with `env` set and without the
