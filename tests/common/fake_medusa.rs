@@ -143,7 +143,8 @@ struct Knobs {
 /// mode's login route), `logins` (tokens issued by a login), `logins_in_flight`,
 /// `max_concurrent_logins` (high-water mark), `refresh_attempts` (every v2 `POST
 /// /auth/token/refresh`), `refreshes` (tokens issued by a refresh), `connections` (TCP
-/// accepted), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
+/// accepted), `connections_closed` (accepted connections since gone, whoever closed them; see
+/// [`FakeMedusa::open_connections`]), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
 /// refresh routes), `key_requests` (requests authenticated by the static key),
 /// `sessions_created` (v1 only), `download_bytes` (body bytes produced by `/admin/download`,
 /// counted as the client pulls them), `idle_closes` (connections closed by the idle timeout),
@@ -164,6 +165,7 @@ counters!(
     refresh_attempts,
     refreshes,
     connections,
+    connections_closed,
     expired_token_requests,
     rejected_requests,
     key_requests,
@@ -323,6 +325,14 @@ impl FakeMedusa {
         let same = |r: &Recorded| r.uri.split('?').next() == Some(path);
         self.requests().into_iter().filter(same).collect()
     }
+    /// Connections accepted and not yet gone.
+    pub fn open_connections(&self) -> usize {
+        // Closed is read first: a connection closing between the two reads is not counted
+        // as closed and never open.
+        let closed = self.connections_closed();
+        self.connections() - closed
+    }
+
     pub fn last_token(&self) -> Option<String> {
         lock(&self.state.last_token).clone()
     }
@@ -574,6 +584,8 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
                     });
                     let io = ConnIo { tcp, conn: conn.clone() };
                     conns.spawn(async move {
+                        // Counted however the connection ends, an abort ("Medusa down") too.
+                        let _closed = CountOnDrop(st.clone());
                         let counters = st.clone();
                         let c = conn.clone();
                         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -610,6 +622,15 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+/// Counts a connection as closed when its task ends or is dropped.
+struct CountOnDrop(Arc<State>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.n.connections_closed.fetch_add(1, SeqCst);
     }
 }
 

@@ -117,6 +117,14 @@ pub async fn get(c: &HttpClient, url: &str) -> Reply {
     send(c, Request::get(url).body(Full::default()).unwrap()).await
 }
 
+/// `POST url` through `c` with `body` (no content type); panics if nothing answers.
+pub async fn post(c: &HttpClient, url: &str, body: &'static [u8]) -> Reply {
+    let req = Request::post(url)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    send(c, req).await
+}
+
 /// Polls `GET url` through `c` until it answers 200; panics after [`LONG`].
 pub async fn wait_200(c: &HttpClient, url: &str) {
     wait::until(LONG, &format!("200 from {url}"), async || {
