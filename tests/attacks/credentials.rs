@@ -44,11 +44,12 @@ struct Target {
 
 fn config(fake: &FakeMedusa, dir: &std::path::Path, tail: &str) -> String {
     let pw = password_file(dir);
-    let flavor = match fake.mode() {
-        Mode::V1 => "v1",
-        Mode::V2 => "v2",
-    };
-    config_text(&fake.url(), "", &login_auth(flavor, &pw), tail)
+    config_text(
+        &fake.url(),
+        "",
+        &login_auth(fake.mode().flavor(), &pw),
+        tail,
+    )
 }
 
 impl Target {

@@ -32,11 +32,7 @@ async fn served(mode: Mode) -> Served {
     let fake = FakeMedusa::start_mode(mode).await;
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path());
-    let flavor = match mode {
-        Mode::V1 => "v1",
-        Mode::V2 => "v2",
-    };
-    let auth = format!("{}login_timeout = \"2s\"\n", login_auth(flavor, &pw));
+    let auth = format!("{}login_timeout = \"2s\"\n", login_auth(mode.flavor(), &pw));
     let text = config_text(
         &fake.url(),
         "",

@@ -82,6 +82,16 @@ pub enum Mode {
     V2,
 }
 
+impl Mode {
+    /// The proxy's `auth.flavor` that logs in to this Medusa.
+    pub fn flavor(self) -> &'static str {
+        match self {
+            Mode::V1 => "v1",
+            Mode::V2 => "v2",
+        }
+    }
+}
+
 /// How the login route (`POST /admin/auth/token` in v1, `POST /auth/user/emailpass` in v2)
 /// misbehaves while set.
 #[derive(Clone, Debug)]

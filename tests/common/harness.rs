@@ -97,6 +97,18 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// `e` and its sources, `: `-separated (hyper's errors say little without their sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
 /// `settings` without the access log, for a proxy run in-process. Its lines go straight to
 /// the test process's stderr (the test harness captures only `print!`-style output), so
 /// `cargo test` printed ~33,000 of them between the test names. Access logging itself is
