@@ -27,11 +27,11 @@ pub async fn metric(ops: &str, series: &str) -> f64 {
 /// Waits until the metric `series` reaches `at_least`; panics after [`LONG`].
 pub async fn wait_metric(ops: &str, series: &str, at_least: f64) {
     wait::until(LONG, &format!("{series} >= {at_least}"), async || {
-        let now = metric(ops, series).await;
-        if now >= at_least {
-            Ok(())
-        } else {
-            Err(format!("stayed at {now}"))
+        match value(&scrape(ops).await, series) {
+            Some(now) if now >= at_least => Ok(()),
+            Some(now) => Err(format!("stayed at {now}")),
+            // A labelled series appears with its first event.
+            None => Err("not exported".to_owned()),
         }
     })
     .await

@@ -54,3 +54,19 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> 
     })
     .await
 }
+
+/// Polls `cond` for up to `within`; whether it held. For a window that may end early: before
+/// checking that something did *not* happen, give it the chance to, and stop as soon as it
+/// visibly has.
+pub async fn at_most(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
