@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
-use common::harness::{client, client_for, fetch, get};
+use common::harness::{client, client_for, fetch, get, proxy_config};
 use common::process::{Proc, Ran, run, run_async};
 use common::wait::{self, LONG};
 use http::Request;
@@ -15,30 +15,16 @@ use http_body_util::{BodyExt, Full};
 
 const PW_VAR: &str = "MAP_TEST_ADMIN_PASSWORD";
 
+/// `dir/proxy.toml` in front of `upstream`, the password from `PW_VAR`, a 10 s shutdown
+/// grace, no `flavor` line; `extra_auth`: more `[auth]` lines.
 fn config(dir: &Path, upstream: &str, extra_auth: &str) -> PathBuf {
     let p = dir.join("proxy.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "10s"
-[upstream]
-url = "{upstream}"
-connect_timeout = "1s"
-[auth]
-email = "{email}"
-password_env = "{PW_VAR}"
-login_timeout = "2s"
-{extra_auth}
-[ops]
-listen = "127.0.0.1:0"
-"#,
-            email = fake_medusa::DEFAULT_EMAIL
-        ),
-    )
-    .unwrap();
+    let auth = format!(
+        "email = \"{}\"\npassword_env = \"{PW_VAR}\"\nlogin_timeout = \"2s\"\n{extra_auth}",
+        fake_medusa::DEFAULT_EMAIL
+    );
+    let text = proxy_config("shutdown_grace = \"10s\"", upstream, "", &auth, "");
+    std::fs::write(&p, text).unwrap();
     p
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa, LoginFailure, Mode};
-use common::harness::{self, Harness, client, config_text, login_auth, password_file};
+use common::harness::{
+    self, Harness, client, config_text, login_auth, password_file, proxy_config,
+};
 use common::process::run_async;
 use common::wait::LONG;
 use http::{HeaderMap, Request};
@@ -722,17 +724,11 @@ async fn run_check(cfg: &std::path::Path, env: &[(&str, &str)]) -> (bool, String
         .split()
 }
 
+/// `dir/proxy.toml` in front of `url` with the `[auth]` lines `auth`.
 fn check_config(dir: &std::path::Path, url: &str, auth: &str) -> std::path::PathBuf {
     let p = dir.join("proxy.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{url}\"\n\
-             connect_timeout = \"1s\"\n[auth]\n{auth}login_timeout = \"2s\"\n\
-             [ops]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
+    let auth = format!("{auth}login_timeout = \"2s\"\n");
+    std::fs::write(&p, proxy_config("", url, "", &auth, "")).unwrap();
     p
 }
 

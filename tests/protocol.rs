@@ -192,10 +192,9 @@ async fn start_proxy_with(
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "x").unwrap();
-    let toml = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n[upstream]\nurl = \"http://{upstream}\"\n[auth]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n{extra}",
-        pw.display()
-    );
+    let auth = format!("email = \"a@b.c\"\npassword_file = \"{}\"", pw.display());
+    let url = format!("http://{upstream}");
+    let toml = harness::proxy_config(proxy_extra, &url, "", &auth, extra);
     let settings = harness::quiet(Settings::from_toml(&toml).unwrap());
     (app::start(settings).await.unwrap(), dir)
 }

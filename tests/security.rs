@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
-use common::harness::{self, Harness, client, client_for};
+use common::harness::{self, Harness, client, client_for, login_auth, password_file, proxy_config};
 use common::metrics;
 use common::process::{Ran, run};
 use common::wait::{self, LONG};
@@ -20,31 +20,15 @@ use medusa_auth_proxy::config::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// `sections` is TOML appended after the base config (e.g. "[access]\n...").
+/// A v1 config in front of `fake_url` with its password in `dir/password` (written once):
+/// `proxy_extra` goes in `[proxy]`, `sections` at the end (e.g. "[access]\n...").
 fn toml(fake_url: &str, dir: &std::path::Path, proxy_extra: &str, sections: &str) -> String {
     let pw = dir.join("password");
     if !pw.exists() {
-        std::fs::write(&pw, fake_medusa::DEFAULT_PASSWORD).unwrap();
+        password_file(dir);
     }
-    format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-{proxy_extra}
-[upstream]
-url = "{fake_url}"
-connect_timeout = "1s"
-[auth]
-email = "{email}"
-password_file = "{pw}"
-login_timeout = "2s"
-[ops]
-listen = "127.0.0.1:0"
-{sections}
-"#,
-        email = fake_medusa::DEFAULT_EMAIL,
-        pw = pw.display()
-    )
+    let auth = format!("{}login_timeout = \"2s\"\n", login_auth("v1", &pw));
+    proxy_config(proxy_extra, fake_url, "", &auth, sections)
 }
 
 async fn start(proxy_extra: &str, sections: &str) -> Harness {

@@ -35,28 +35,14 @@ pub async fn setup(proxy: &str, access: &str, tail: &str) -> Setup {
     let pw = harness::password_file(dir.path());
     let keys = dir.path().join("keys");
     std::fs::write(&keys, format!("{KEY}\n")).unwrap();
-    let text = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-{proxy}
-[upstream]
-url = "{}"
-connect_timeout = "1s"
-[auth]
-{}
-[access]
-allow_cidrs = ["127.0.0.1/32"]
-{access}
-[ops]
-listen = "127.0.0.1:0"
-[log]
-access = false
-{tail}
-"#,
-        fake.url(),
-        harness::login_auth("v1", &pw),
+    let text = harness::proxy_config(
+        &format!("shutdown_grace = \"1s\"\n{proxy}"),
+        &fake.url(),
+        "",
+        &harness::login_auth("v1", &pw),
+        &format!(
+            "[access]\nallow_cidrs = [\"127.0.0.1/32\"]\n{access}\n[log]\naccess = false\n{tail}"
+        ),
     )
     .replace("{keys}", &keys.display().to_string());
     let cfg = dir.path().join("proxy.toml");

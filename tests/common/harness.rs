@@ -75,15 +75,34 @@ pub fn login_auth(flavor: &str, pw: &Path) -> String {
     )
 }
 
-/// A proxy config in front of `upstream_url`, both listeners on ephemeral ports. `upstream`:
-/// more `[upstream]` lines; `auth`: the whole `[auth]` section; `tail`: sections appended at
-/// the end.
+/// A proxy config in front of `upstream_url`, both listeners on ephemeral ports, a 5 s
+/// shutdown grace. `upstream`: more `[upstream]` lines; `auth`: the whole `[auth]` section;
+/// `tail`: sections appended at the end.
 pub fn config_text(upstream_url: &str, upstream: &str, auth: &str, tail: &str) -> String {
+    proxy_config(
+        "shutdown_grace = \"5s\"",
+        upstream_url,
+        upstream,
+        auth,
+        tail,
+    )
+}
+
+/// [`config_text`] with `proxy` as the `[proxy]` lines after `listen` (no shutdown grace
+/// unless given there). Every test config is written by these two, so the sections a test
+/// does not care about are the same everywhere.
+pub fn proxy_config(
+    proxy: &str,
+    upstream_url: &str,
+    upstream: &str,
+    auth: &str,
+    tail: &str,
+) -> String {
     format!(
         r#"
 [proxy]
 listen = "127.0.0.1:0"
-shutdown_grace = "5s"
+{proxy}
 [upstream]
 url = "{upstream_url}"
 connect_timeout = "1s"

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{FakeMedusa, Mode};
-use common::harness::{HttpClient, client, login_auth, password_file};
+use common::harness::{HttpClient, client, login_auth, password_file, proxy_config};
 use common::process::Proc;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -182,28 +182,15 @@ fn mean(v: &[u64]) -> f64 {
 async fn start_proxy(dir: &Path, fake_url: &str, flavor: &str) -> (Proc, String) {
     let pw = password_file(dir);
     let cfg = dir.join("proxy.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "10s"
-[upstream]
-url = "{fake_url}"
-connect_timeout = "1s"
-request_timeout = "20s"
-[auth]
-{auth}login_timeout = "2s"
-[ops]
-listen = "127.0.0.1:0"
-[log]
-access = false
-"#,
-            auth = login_auth(flavor, &pw),
-        ),
-    )
-    .unwrap();
+    let auth = format!("{}login_timeout = \"2s\"", login_auth(flavor, &pw));
+    let text = proxy_config(
+        "shutdown_grace = \"10s\"",
+        fake_url,
+        "request_timeout = \"20s\"",
+        &auth,
+        "[log]\naccess = false",
+    );
+    std::fs::write(&cfg, text).unwrap();
     let p = Proc::start_logging_to(&cfg, &[], &dir.join("proxy.log"));
     let addr = p.addr().await;
     (p, addr)
