@@ -23,7 +23,7 @@ use common::harness::{
 };
 use common::metrics;
 use common::process::Proc;
-use common::wait::LONG;
+use common::wait::{self, LONG};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -210,6 +210,13 @@ impl Load {
         }
     }
 
+    /// Waits until `n` requests have ended, however slow the machine: the volume a check
+    /// needs is a condition, not what a fixed window happens to hold.
+    async fn at_least(&self, n: usize) {
+        let what = format!("{n} requests of the load");
+        wait::eventually(LONG, &what, || self.outcomes.lock().unwrap().len() >= n).await
+    }
+
     async fn finish(self) -> Vec<Outcome> {
         self.stop.store(true, SeqCst);
         for t in self.tasks {
@@ -297,6 +304,7 @@ async fn login_fault(mode: Mode, failure: LoginFailure, reason: &str) {
     let window = Instant::now();
     let load = Load::start(h.url(""), 3, Mix::Mixed, Duration::ZERO);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    load.at_least(30).await;
     let outcomes = load.finish().await;
     let attempts = h.fake.login_attempts() - attempts_before;
     let window = window.elapsed();
@@ -464,6 +472,7 @@ async fn clock_case(mode: Mode, skew: i64, lifetime: Duration) {
     let h = start(fake, Cfg::default()).await;
     h.wait_ok("/admin/products").await;
     let load = Load::start(h.url(""), 2, Mix::Mixed, Duration::from_millis(2));
+    // A load window across a few token lifetimes, not synchronisation.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let outcomes = load.finish().await;
     let bad = failures(&outcomes);
@@ -563,7 +572,8 @@ async fn idle_race(r: IdleRace) -> IdleResult {
         let mut out = Vec::new();
         let end = Instant::now() + run;
         let mut i = k * 3;
-        while Instant::now() < end {
+        // The run's length, and at least 10 requests however slow the machine.
+        while Instant::now() < end || out.len() < 10 {
             let pause = medusa_idle_ms - 6 + (i % 13);
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let id = NEXT_ID.fetch_add(1, SeqCst);
@@ -919,6 +929,7 @@ async fn medusa_restarts_under_load() {
         restarts.push((t0, Instant::now()));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
+    load.at_least(100).await;
     let outcomes = load.finish().await;
     let bad = failures(&outcomes);
     let seen = forwarded_ids(&h.fake);
@@ -1000,6 +1011,7 @@ async fn secret_rotation_under_load_fails_no_request() {
         h.fake.rotate_secret();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    load.at_least(100).await;
     let outcomes = load.finish().await;
     let bad = failures(&outcomes);
     assert!(outcomes.len() >= 100, "{} requests", outcomes.len());
@@ -1028,7 +1040,9 @@ async fn reject_all_case(window: Duration) -> (Harness, Vec<Outcome>, usize) {
     assert_eq!(h.fake.logins(), 1);
     h.fake.set_reject_all(true);
     let load = Load::start(h.url(""), 4, Mix::Mixed, Duration::ZERO);
+    // The length of the outage is the scenario: a window, not synchronisation.
     tokio::time::sleep(window).await;
+    load.at_least(100).await;
     let outcomes = load.finish().await;
     let logins = h.fake.logins() - 1;
     eprintln!(
@@ -1319,12 +1333,16 @@ async fn sigterm_under_load_loses_no_in_flight_request() {
         Duration::ZERO,
         &[(fake_medusa::DELAY_HEADER, "300")],
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let in_flight_before = {
+    // Load until requests are held at Medusa: the signal must find some in flight.
+    load.at_least(6).await;
+    let in_flight_before = wait::until(LONG, "requests in flight at Medusa", async || {
         let done = load.outcomes.lock().unwrap().len();
-        let forwarded = fake.requests().len();
-        forwarded.saturating_sub(done)
-    };
+        match fake.requests().len().saturating_sub(done) {
+            0 => Err(format!("{done} done, none in flight")),
+            n => Ok(n),
+        }
+    })
+    .await;
     let sigterm = Instant::now();
     p.signal("TERM");
     p.wait_lines("shutting down", 1).await;
@@ -1411,6 +1429,7 @@ async fn bad_config_reload_under_load_keeps_serving() {
     std::fs::write(&cfg, &good).unwrap();
     p.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    load.at_least(100).await;
     let outcomes = load.finish().await;
     let bad = failures(&outcomes);
     eprintln!(
