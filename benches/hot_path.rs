@@ -16,12 +16,12 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
 
+use medusa_auth_proxy::access::{self, AccessConfig, ClientKeys};
 use medusa_auth_proxy::auth::login::credential_header;
-use medusa_auth_proxy::body::redact_query;
 use medusa_auth_proxy::config::Flavor;
-use medusa_auth_proxy::proxy::access::{self, AccessConfig, ClientKeys};
+use medusa_auth_proxy::policy::{Decision, Policy, PolicyConfig};
 use medusa_auth_proxy::proxy::headers::{sanitize_request, sanitize_response};
-use medusa_auth_proxy::proxy::policy::{Decision, Policy, PolicyConfig};
+use medusa_auth_proxy::proxy::record::redact_query;
 use medusa_auth_proxy::scrub::{Scanner, Scrub};
 
 /// A Medusa v1-shaped admin JWT (HS256, ~390 bytes); only its length and alphabet matter here.

@@ -12,11 +12,10 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
-use crate::config::{Overrides, Settings};
+use crate::config::{ConfigError, Overrides, Rules, Settings};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::proxy::{Proxy, Rules, RulesError};
-use crate::reload::{Applied, Reloader};
+use crate::reload::{Applied, ReloadError, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
 use crate::upstream::Upstream;
@@ -27,7 +26,7 @@ pub enum StartError {
     #[error("{0}: {1}")]
     Secret(&'static str, SecretError),
     #[error(transparent)]
-    Rules(#[from] RulesError),
+    Rules(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::upstream::TlsSetupError),
     #[error(
@@ -107,7 +106,7 @@ impl Running {
     }
 
     /// Re-read the config file (if started with one) and the secrets; see [`Reloader`].
-    pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
+    pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         self.reloader.reload(trigger)
     }
 }
@@ -156,10 +155,14 @@ pub async fn start_with_overrides(
     let ops_addr = local(&ops_listener, "ops.listen", settings.ops.listen)?;
 
     let metrics = Metrics::new();
-    let upstream =
-        Upstream::counting(&settings.upstream, metrics.upstream_error_counter("resent"))?;
+    // Requests a pooled connection never took, sent again on another.
+    let resent = metrics.upstream_error_counter("resent");
+    let upstream: Upstream<crate::proxy::limit::ProxyBody> =
+        Upstream::counting(&settings.upstream, move || {
+            resent.inc();
+        })?;
     let login = Login::new(
-        upstream.clone(),
+        upstream.for_body(),
         settings.auth.flavor,
         settings.auth.email.clone(),
         secret,
@@ -171,33 +174,27 @@ pub async fn start_with_overrides(
 
     let access_log = Arc::new(AccessLog::stderr(settings.log.format));
     let flusher = access_log.spawn_flusher();
-    let proxy = Arc::new(Proxy::new(
+    let (service, handles) = crate::stack::proxy(crate::stack::Parts {
         upstream,
-        tokens.clone(),
+        tokens: tokens.clone(),
         rules,
-        settings.proxy.max_concurrent_requests,
-        metrics.clone(),
-        access_log.clone(),
-        settings.log.access,
-    ));
+        max_concurrent: settings.proxy.max_concurrent_requests,
+        body_timeout: settings.upstream.request_timeout,
+        metrics: metrics.clone(),
+        access_log: (access_log.clone(), settings.log.access),
+    });
     let reloader = Arc::new(Reloader::new(
         config_path,
         overrides,
         settings.clone(),
-        proxy.clone(),
+        handles.clone(),
         tokens.clone(),
         metrics.clone(),
     ));
-    let admit: server::Admit = {
-        let proxy = proxy.clone();
-        Arc::new(move |ip| proxy.peer_allowed(ip))
-    };
+    let admit: server::Admit = Arc::new(move |ip| handles.peer_allowed(ip));
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
-        move |req, peer| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(req, peer).await }
-        },
+        service,
         admit,
         shutdown_rx.clone(),
         settings.proxy.shutdown_grace,
@@ -220,10 +217,10 @@ pub async fn start_with_overrides(
     let ops = Arc::new(Ops::new(tokens.clone(), metrics.clone()));
     let ops_task = tokio::spawn(server::serve(
         ops_listener,
-        move |req, peer| {
+        tower::service_fn(move |req| {
             let ops = ops.clone();
-            async move { ops.handle(req, peer).await }
-        },
+            async move { Ok::<_, std::convert::Infallible>(ops.handle(req).await) }
+        }),
         server::admit_all(),
         shutdown_rx,
         settings.proxy.shutdown_grace,

@@ -2,21 +2,23 @@
 //!
 //! Module map (dependencies point down):
 //! `app` -> `proxy`, `ops` -> `auth` -> `upstream` -> `config`, `error`, `secret`; `server`.
+//! `config` validates into the pure decision modules `access` and `policy`.
 
+pub mod access;
 pub mod access_log;
 pub mod app;
 pub mod auth;
-pub mod body;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
-pub mod pool;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod sniff;
+pub mod stack;
 pub mod upstream;
 pub mod watch;

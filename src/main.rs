@@ -7,10 +7,9 @@ use clap::{Parser, Subcommand};
 use medusa_auth_proxy::app;
 use medusa_auth_proxy::auth::jwt;
 use medusa_auth_proxy::auth::login::Login;
-use medusa_auth_proxy::config::{LogFormat, LogSettings, Overrides, Settings};
-use medusa_auth_proxy::proxy::Rules;
+use medusa_auth_proxy::config::{self, LogFormat, LogSettings, Overrides, Rules, Settings};
 use medusa_auth_proxy::server::Drained;
-use medusa_auth_proxy::upstream::Upstream;
+use medusa_auth_proxy::upstream::{Upstream, error_chain};
 
 /// Authenticating reverse proxy for the Medusa admin API: tools talk plain HTTP to it, it
 /// logs in to Medusa and injects the admin token. Tools never hold a credential.
@@ -147,7 +146,7 @@ struct InitArgs {
     #[arg(long, value_name = "PATH", group = "api_key")]
     api_key_file: Option<PathBuf>,
     /// Address tools connect to.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    #[arg(long, value_name = "ADDR", default_value = config::defaults::LISTEN)]
     listen: String,
     /// Write here instead of stdout; an existing file is never overwritten.
     #[arg(long, short, value_name = "FILE")]
@@ -243,7 +242,7 @@ async fn run(settings: Settings, path: Option<PathBuf>, overrides: Overrides) ->
         Ok(r) => r,
         Err(e) => {
             // Once, through the log (which may be JSON for a collector); not also on stderr.
-            tracing::error!("{e}");
+            tracing::error!("{}", error_chain(&e));
             return if e.is_config() {
                 ExitCode::from(2)
             } else {
@@ -359,7 +358,7 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
         }
     };
     let rules = if no_secrets {
-        Rules::validate_without_secrets(&settings)
+        Ok(Rules::without_secrets(&settings))
     } else {
         Rules::from_settings(&settings)
     };
@@ -375,8 +374,8 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
             "WARNING: built-in deny rule {name:?} is lifted (policy.unsafe_lift_builtin_denies)"
         );
     }
-    if let Err(e) = Upstream::new(&settings.upstream) {
-        eprintln!("error: {e}");
+    if let Err(e) = Upstream::<http_body_util::Full<bytes::Bytes>>::new(&settings.upstream) {
+        eprintln!("error: {}", error_chain(&e));
         return ExitCode::from(2);
     }
     // The limit here is this shell's, which may differ from the service's (LimitNOFILE=).
@@ -391,7 +390,7 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
             humantime::format_duration(settings.upstream.pool_idle_timeout)
         );
     }
-    if !medusa_auth_proxy::proxy::access::is_loopback_listen(settings.proxy.listen)
+    if !medusa_auth_proxy::access::is_loopback_listen(settings.proxy.listen)
         && !rules.access.allow_cidrs.is_empty()
         && rules
             .access
@@ -426,7 +425,7 @@ async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
     let upstream = match Upstream::new(&settings.upstream) {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -560,21 +559,14 @@ fn init(args: InitArgs) -> ExitCode {
          \n\
          [ops]\n\
          # /healthz, /readyz (200 once a credential is held) and /metrics.\n\
-         listen = \"127.0.0.1:7001\"\n",
+         listen = {ops_listen}\n",
         listen = quote(&args.listen),
+        ops_listen = quote(config::defaults::OPS_LISTEN),
         url = quote(&args.upstream),
         flavor_q = quote(flavor),
     );
     // What init writes must pass `check`: validate it the same way before writing it.
-    let validated = Settings::from_toml(&text).and_then(|s| {
-        Rules::validate_without_secrets(&s)
-            .map(|_| ())
-            .map_err(|e| medusa_auth_proxy::config::ConfigError::Invalid {
-                key: "access",
-                problem: e.to_string(),
-            })
-    });
-    if let Err(e) = validated {
+    if let Err(e) = Settings::from_toml(&text) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

@@ -1,7 +1,5 @@
 //! The ops listener: liveness, readiness, metrics.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -13,6 +11,22 @@ use crate::auth::TokenManager;
 use crate::error::{json_response, json_value};
 use crate::metrics::Metrics;
 
+/// The token manager's events, counted in the proxy's registry. Here, where readiness and
+/// metrics meet, rather than in `metrics` (which `auth` must not depend on, nor the other way).
+impl crate::auth::TokenEvents for Metrics {
+    fn login(&self, kind: &'static str, ok: bool) {
+        Metrics::login(self, kind, ok);
+    }
+
+    fn token_expiry(&self, unix_seconds: f64) {
+        Metrics::token_expiry(self, unix_seconds);
+    }
+
+    fn token_check(&self, outcome: &'static str) {
+        Metrics::token_check(self, outcome);
+    }
+}
+
 pub struct Ops {
     tokens: TokenManager,
     metrics: Arc<Metrics>,
@@ -23,7 +37,7 @@ impl Ops {
         Ops { tokens, metrics }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -16,9 +16,32 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::auth::TokenManager;
-use crate::config::{Overrides, Settings};
+use crate::config::Rules;
+use crate::config::{ConfigError, Overrides, Settings};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Rules};
+use crate::secret::SecretError;
+use crate::stack::Handles;
+
+/// Why a reload was rejected (the previous configuration keeps serving). Names the key or
+/// the file, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config file cannot be read, parsed or validated.
+    #[error("{0}")]
+    Config(#[source] ConfigError),
+    /// The secret it names cannot be loaded.
+    #[error("{key}: {source}")]
+    Secret {
+        /// `auth.password` or `auth.api_key`.
+        key: &'static str,
+        /// Why.
+        #[source]
+        source: SecretError,
+    },
+    /// The access or policy rules are invalid.
+    #[error("{0}")]
+    Rules(#[source] ConfigError),
+}
 
 pub struct Reloader {
     config_path: Option<PathBuf>,
@@ -27,7 +50,7 @@ pub struct Reloader {
     current: Mutex<Settings>,
     /// What the last attempt read: SHA-256 over the config file and the files it names.
     last_attempt: Mutex<[u8; 32]>,
-    proxy: Arc<Proxy>,
+    proxy: Handles,
     tokens: TokenManager,
     metrics: Arc<Metrics>,
 }
@@ -47,7 +70,7 @@ impl Reloader {
         config_path: Option<PathBuf>,
         overrides: Overrides,
         settings: Settings,
-        proxy: Arc<Proxy>,
+        proxy: Handles,
         tokens: TokenManager,
         metrics: Arc<Metrics>,
     ) -> Reloader {
@@ -77,7 +100,7 @@ impl Reloader {
 
     /// For a file change: reload unless the files read the same as at the last attempt
     /// (`None` then, and nothing is logged above debug).
-    pub fn reload_if_changed(&self, trigger: &str) -> Option<Result<Applied, String>> {
+    pub fn reload_if_changed(&self, trigger: &str) -> Option<Result<Applied, ReloadError>> {
         if !self.record_attempt() {
             tracing::debug!(trigger, "files unchanged since the last reload attempt");
             return None;
@@ -87,7 +110,7 @@ impl Reloader {
 
     /// Re-read and apply, whatever the files' contents. `trigger` is for the log ("SIGHUP",
     /// "file change").
-    pub fn reload(&self, trigger: &str) -> Result<Applied, String> {
+    pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         // An explicit reload counts as an attempt too, so the file events of the same edit
         // that follow it do not repeat it.
         self.record_attempt();
@@ -102,7 +125,7 @@ impl Reloader {
         std::mem::replace(&mut *last, digest) != digest
     }
 
-    fn apply(&self, trigger: &str) -> Result<Applied, String> {
+    fn apply(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let result = self.try_reload();
         match &result {
             Ok(applied) if !applied.changed => {
@@ -130,10 +153,10 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<Applied, String> {
+    fn try_reload(&self) -> Result<Applied, ReloadError> {
         let new = match &self.config_path {
             Some(path) => {
-                Settings::load_with(Some(path), &self.overrides).map_err(|e| e.to_string())?
+                Settings::load_with(Some(path), &self.overrides).map_err(ReloadError::Config)?
             }
             None => self.lock().clone(),
         };
@@ -142,8 +165,11 @@ impl Reloader {
             .auth
             .secret
             .load()
-            .map_err(|e| format!("{}: {e}", new.auth.secret_name))?;
-        let rules = Rules::from_settings(&new).map_err(|e| e.to_string())?;
+            .map_err(|source| ReloadError::Secret {
+                key: new.auth.secret_name,
+                source,
+            })?;
+        let rules = Rules::from_settings(&new).map_err(ReloadError::Rules)?;
 
         let mut current = self.lock();
         let settings_changed = *current != new;

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::{Service, ServiceExt};
 
 use crate::metrics::ConnMetrics;
 use crate::sniff::{ConflictingFraming, Flags, Sniffed};
@@ -100,6 +101,10 @@ impl Default for Limits {
     }
 }
 
+/// The client's address, a request extension set for every request the server hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// Which peers may open a connection at all; asked at accept, before a byte is read, with the
 /// rules in force at that moment (they can be reloaded).
 pub type Admit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
@@ -119,9 +124,9 @@ pub fn admit_all() -> Admit {
 /// [`Limits::send_timeout`] (dropping the connection drops the response body, which aborts
 /// the request to Medusa).
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<F, Fut, B>(
+pub async fn serve<S, B>(
     listener: TcpListener,
-    handler: F,
+    service: S,
     admit: Admit,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -129,8 +134,11 @@ pub async fn serve<F, Fut, B>(
     counters: ConnMetrics,
 ) -> Drained
 where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -182,7 +190,7 @@ where
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
+                let service = service.clone();
                 let (stream, framing) = Sniffed::new(stream);
                 let state = Arc::new(ConnState::new(framing.clone()));
                 let svc = {
@@ -202,10 +210,11 @@ where
                             req.extensions_mut().insert(HeadTooLarge(limits.max_head_bytes));
                         }
                         let connect = req.method() == http::Method::CONNECT;
-                        let fut = handler(req, peer);
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        let fut = service.clone().oneshot(req);
                         let framing = framing.clone();
                         async move {
-                            let resp = fut.await;
+                            let Ok(resp) = fut.await;
                             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                                 || (connect && resp.status().is_success())
                             {

@@ -210,7 +210,11 @@ fn non_loopback_listen_needs_keys_or_explicit_opt_in() {
     );
     let r = check(&base);
     assert_eq!(r.code, Some(2), "{r:?}");
-    assert!(r.err.contains("[access]"), "{}", r.err);
+    assert!(
+        r.err.contains("[access]") && r.err.contains("proxy.listen"),
+        "{}",
+        r.err
+    );
     let r = check(&format!(
         "{base}\n[access]\nallow_unauthenticated_remote = true"
     ));

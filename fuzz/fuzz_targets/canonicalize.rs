@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use medusa_auth_proxy::proxy::policy::{Decision, Policy, PolicyConfig, canonicalize};
+use medusa_auth_proxy::policy::{Decision, Policy, PolicyConfig, canonicalize};
 
 const OWN: &str = "usr_01ABCdef";
 

@@ -5,12 +5,25 @@
 
 use std::time::Duration;
 
+/// The pause after each consecutive failed login: doubling from `initial` (or
+/// `initial_bad_credentials`) up to `max`, with jitter.
+///
+/// ```
+/// use std::time::Duration;
+/// use medusa_auth_proxy::auth::backoff::Backoff;
+///
+/// let b = Backoff::default();
+/// assert_eq!(b.base(3, false), Duration::from_secs(4));
+/// assert!(b.delay(3, false) < Duration::from_secs(4));
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    /// First delay after a transient failure (Medusa down, 5xx, timeout).
     pub initial: Duration,
     /// First delay after Medusa rejected the credentials: retrying fast cannot help and may
     /// lock the account.
     pub initial_bad_credentials: Duration,
+    /// No delay is longer than this.
     pub max: Duration,
 }
 
@@ -26,6 +39,12 @@ impl Default for Backoff {
 
 impl Backoff {
     /// Delay after the `failures`-th consecutive failure (1-based), before jitter.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use medusa_auth_proxy::auth::backoff::Backoff;
+    /// assert_eq!(Backoff::default().base(1, true), Duration::from_secs(30));
+    /// ```
     pub fn base(&self, failures: u32, bad_credentials: bool) -> Duration {
         let start = if bad_credentials {
             self.initial_bad_credentials
@@ -38,6 +57,13 @@ impl Backoff {
 
     /// The base delay scaled by a random factor in [0.5, 1.0): spreads the retries of many
     /// proxies that failed at the same moment, and never waits longer than the base.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use medusa_auth_proxy::auth::backoff::Backoff;
+    /// let d = Backoff::default().delay(1, false);
+    /// assert!(d >= Duration::from_millis(500) && d < Duration::from_secs(1));
+    /// ```
     pub fn delay(&self, failures: u32, bad_credentials: bool) -> Duration {
         self.base(failures, bad_credentials)
             .mul_f64(0.5 + fastrand::f64() * 0.5)

@@ -45,6 +45,17 @@ impl CheckGate {
     /// `check`, run by exactly one of any number of concurrent callers. Returns the verdict and
     /// whether this call ran the check (the caller acts on a verdict, e.g. drops the token,
     /// once).
+    ///
+    /// ```
+    /// use medusa_auth_proxy::auth::check::{CHECK_EVERY, CheckGate};
+    /// use medusa_auth_proxy::auth::login::Verdict;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let gate = CheckGate::default();
+    /// assert_eq!(gate.verdict(CHECK_EVERY, async { Verdict::Accepted }).await, (Verdict::Accepted, true));
+    /// // Within CHECK_EVERY the verdict is reused; the new check does not run.
+    /// assert_eq!(gate.verdict(CHECK_EVERY, async { Verdict::Rejected }).await, (Verdict::Accepted, false));
+    /// # }
+    /// ```
     pub async fn verdict<F>(&self, every: Duration, check: F) -> (Verdict, bool)
     where
         F: std::future::Future<Output = Verdict>,

@@ -22,13 +22,17 @@ pub struct TokenInfo {
     pub lifetime: Duration,
     /// Whether `lifetime` came from the token's claims (false: no `exp`, default used).
     pub from_claims: bool,
+    /// The Medusa user the token acts as: v1's `user_id`, v2's `actor_id`.
     pub user_id: Option<String>,
 }
 
+/// Why a token's claims give no lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
+    /// Not three base64url parts with JSON claims.
     #[error("the token is not a JWT")]
     NotJwt,
+    /// `exp` is not after `iat`.
     #[error("the token expired before it was issued (exp <= iat)")]
     NoLifetime,
 }
@@ -42,10 +46,23 @@ const CLOCK_SKEW_TOLERANCE: f64 = 60.0;
 /// already expired by our clock, or issued far in the future or past), the token's own
 /// lifetime `exp - iat`, counted from now, is the only figure that means anything; using
 /// `exp - now` would cause a login per request or a token used past its real expiry.
+///
+/// ```
+/// use std::time::Duration;
+/// use medusa_auth_proxy::auth::jwt::{JwtError, inspect};
+/// assert_eq!(inspect("not-a-jwt", Duration::from_secs(3600)), Err(JwtError::NotJwt));
+/// ```
 pub fn inspect(token: &str, default_lifetime: Duration) -> Result<TokenInfo, JwtError> {
     inspect_at(token, default_lifetime, unix_now())
 }
 
+/// [`inspect`] with `now` (Unix seconds) given, for tests of clock skew.
+///
+/// ```
+/// use std::time::Duration;
+/// use medusa_auth_proxy::auth::jwt::inspect_at;
+/// assert!(inspect_at("x.y.z", Duration::from_secs(60), 1.7e9).is_err());
+/// ```
 pub fn inspect_at(
     token: &str,
     default_lifetime: Duration,

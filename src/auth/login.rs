@@ -1,4 +1,6 @@
-//! Obtaining a token from Medusa, per flavor, and classifying why it failed.
+//! Obtaining a credential from Medusa, per flavor, checking one after a 401, and what the
+//! upstream client's failures mean for a login. Reading Medusa's answers is in
+//! `credential.rs`; the classes of failure in `error.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +10,12 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
+use tower::ServiceExt;
 
+pub use super::credential::{Credential, Obtained, Verdict, credential_header};
+use super::credential::{classify_status, token_field, user_id_of, v2_answer};
+pub use super::error::LoginError;
 use crate::config::Flavor;
 use crate::secret::{Secret, SecretSource};
 use crate::upstream::{Upstream, UpstreamError};
@@ -17,174 +23,26 @@ use crate::upstream::{Upstream, UpstreamError};
 /// A login answer larger than this is not a token answer.
 const MAX_LOGIN_RESPONSE: usize = 64 * 1024;
 
-/// Why a login failed. The classes decide the backoff: rejected credentials wait long
-/// (retrying cannot help and may lock the account), transient failures start short.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LoginError {
-    /// Medusa rejected the email/password (401, or 400 for a malformed login). Says what to
-    /// change: which account, which URL, where the password came from (never the password).
-    #[error(
-        "invalid credentials: Medusa at {url} refused the login for {email:?} (answered \
-         {status}); the password came from {secret_from}. Set auth.email to the account that \
-         password belongs to, or give that account's password there{hint}"
-    )]
-    InvalidCredentials {
-        status: u16,
-        url: String,
-        email: String,
-        secret_from: String,
-        hint: &'static str,
-    },
-    /// Medusa rejected a static API key (401/403).
-    #[error(
-        "invalid credentials: Medusa at {url} refused the API key from {secret_from} \
-         (answered {status}); put a valid key there, or check auth.flavor"
-    )]
-    InvalidKey {
-        status: u16,
-        url: String,
-        secret_from: String,
-    },
-    /// The login route does not exist where we looked: wrong flavor or a missing path prefix.
-    #[error("{url} answered 404: {advice}")]
-    LoginNotFound { url: String, advice: &'static str },
-    /// Medusa answered the login with another status (5xx, ...).
-    #[error("Medusa answered the login with status {0}")]
-    Status(u16),
-    /// A static key's check request got an unexpected status.
-    #[error("Medusa answered the API key check with status {0}")]
-    KeyCheckStatus(u16),
-    #[error("{0}")]
-    Upstream(String),
-    #[error("login timed out after {0:?}")]
-    Timeout(std::time::Duration),
-    /// A 2xx answer that holds no usable token.
-    #[error("unusable login response: {0}")]
-    BadResponse(&'static str),
-    /// The account cannot log in without a human (MFA, verification, external provider).
-    #[error("{0}")]
-    NeedsInteraction(&'static str),
-    /// Medusa answered 401 to a token it had just issued, before any request succeeded with it.
-    #[error("Medusa rejected the token it had just issued")]
-    TokenRejected,
-}
-
-impl LoginError {
-    /// Medusa could not be reached at all (connection refused or broken): worth retrying as
-    /// soon as its `/health` answers again. Not a 5xx or a timeout: there `/health` may well
-    /// answer while logins still fail, and the backoff must hold.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, LoginError::Upstream(_))
-    }
-
-    pub fn is_bad_credentials(&self) -> bool {
-        matches!(
-            self,
-            LoginError::InvalidCredentials { .. }
-                | LoginError::InvalidKey { .. }
-                | LoginError::NeedsInteraction(_)
-        )
-    }
-
-    /// The error for `/readyz`, which anyone who reaches the ops port may read: without the
-    /// account's email or where its password lives (the log line has those).
-    pub fn public_summary(&self) -> String {
-        match self {
-            LoginError::InvalidCredentials { status, .. }
-            | LoginError::InvalidKey { status, .. } => {
-                format!(
-                    "invalid credentials (Medusa answered {status}); the proxy's log names the \
-                     account and where its secret comes from"
-                )
-            }
-            other => other.to_string(),
-        }
-    }
-
-    /// Short label for metrics and readiness.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LoginError::InvalidCredentials { .. } | LoginError::InvalidKey { .. } => {
-                "invalid_credentials"
-            }
-            LoginError::NeedsInteraction(_) => "needs_interaction",
-            LoginError::Status(_)
-            | LoginError::KeyCheckStatus(_)
-            | LoginError::LoginNotFound { .. } => "bad_status",
-            LoginError::Upstream(_) => "unreachable",
-            LoginError::Timeout(_) => "timeout",
-            LoginError::BadResponse(_) => "bad_response",
-            LoginError::TokenRejected => "token_rejected",
-        }
-    }
-}
-
 impl From<UpstreamError> for LoginError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::Timeout(d) => LoginError::Timeout(d),
-            other => LoginError::Upstream(other.to_string()),
+            other => LoginError::Upstream(other),
         }
     }
 }
 
-/// A credential obtained from Medusa (or proven to work, for static keys).
-pub struct Credential {
-    /// The JWT, or the static key.
-    pub value: Secret,
-    /// The flavor that produced it (never `Auto`).
-    pub flavor: Flavor,
-    /// How it was obtained, for logs and metrics.
-    pub how: Obtained,
-    /// The Medusa user the credential acts as, when the answer named one (v1-api-token: the
-    /// key check's `GET /admin/auth`). JWT flavors read it from the token's claims instead.
-    pub user_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Obtained {
-    /// A full login with email and password.
-    Login,
-    /// v2: `POST /auth/token/refresh` with the still-valid token (no password hash on Medusa).
-    Refresh,
-    /// Static flavors: a cheap authenticated request proved the key works.
-    KeyCheck,
-}
-
-impl Obtained {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Obtained::Login => "login",
-            Obtained::Refresh => "refresh",
-            Obtained::KeyCheck => "key_check",
-        }
+/// Whether an upstream failure means Medusa is not there (nothing listens, the connection
+/// broke), as opposed to something `/health` polling cannot fix (its certificate, a URL that
+/// is not TLS, a request that cannot be built).
+pub(super) fn unreachable(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectionBroken(_) => true,
+        UpstreamError::Certificate { .. }
+        | UpstreamError::NotTls { .. }
+        | UpstreamError::InvalidUri(_)
+        | UpstreamError::Timeout(_) => false,
     }
-}
-
-/// The header that carries a credential of `flavor` to Medusa, marked sensitive.
-pub fn credential_header(flavor: Flavor, value: &str) -> Option<(HeaderName, HeaderValue)> {
-    use base64::Engine as _;
-    let (name, text) = match flavor {
-        Flavor::V1 | Flavor::V2 | Flavor::Auto => {
-            (header::AUTHORIZATION, format!("Bearer {value}"))
-        }
-        Flavor::V1ApiToken => (
-            HeaderName::from_static("x-medusa-access-token"),
-            value.to_owned(),
-        ),
-        // Medusa v2 reads a secret key from Basic auth with the key as user and no password.
-        Flavor::V2SecretKey => (
-            header::AUTHORIZATION,
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{value}:"))
-            ),
-        ),
-    };
-    let text = zeroize::Zeroizing::new(text);
-    let mut v = HeaderValue::from_str(&text).ok()?;
-    v.set_sensitive(true);
-    Some((name, v))
 }
 
 const V1_LOGIN: &str = "/admin/auth/token";
@@ -199,39 +57,6 @@ const CHECK_V1: &str = "/admin/auth";
 const CHECK_V2_TOKEN: &str = "/admin/users/me";
 const KEY_CHECK_V2: &str = "/admin/stores?limit=1";
 
-/// What Medusa said when asked whether a credential is still good (after a 401 elsewhere).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// An authenticated route answered (2xx, or 404: the route is gone but authentication
-    /// passed): the credential works, the 401 was about the route.
-    Accepted,
-    /// Medusa answered 401 to the check itself: the credential is rejected.
-    Rejected,
-    /// No answer (transport error, timeout) or an answer that says neither (5xx, 403, ...).
-    Unknown,
-}
-
-impl Verdict {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Accepted => "accepted",
-            Verdict::Rejected => "rejected",
-            Verdict::Unknown => "error",
-        }
-    }
-
-    fn of(status: StatusCode) -> Verdict {
-        if status == StatusCode::UNAUTHORIZED {
-            Verdict::Rejected
-        } else if status.is_success() || status == StatusCode::NOT_FOUND {
-            Verdict::Accepted
-        } else {
-            Verdict::Unknown
-        }
-    }
-}
-
 /// The route that checks a credential of `flavor` (never `Auto`: a token's flavor is resolved).
 fn check_route(flavor: Flavor) -> &'static str {
     match flavor {
@@ -243,7 +68,7 @@ fn check_route(flavor: Flavor) -> &'static str {
 
 /// Obtains credentials from Medusa for the configured flavor.
 pub struct Login {
-    upstream: Arc<Upstream>,
+    upstream: Upstream<Full<Bytes>>,
     /// For `auto`: the flavor the probe found (0 = not yet known).
     resolved: AtomicU8,
     email: ArcSwap<String>,
@@ -283,8 +108,23 @@ fn code_flavor(c: u8) -> Flavor {
 }
 
 impl Login {
+    /// Log in to the Medusa behind `upstream` as `email` (login flavors; `None` for static
+    /// ones) with `secret` (the password, or the API key).
+    ///
+    /// ```no_run
+    /// use medusa_auth_proxy::auth::{Flavor, Secret, login::Login};
+    /// use medusa_auth_proxy::upstream::Upstream;
+    /// # fn demo(settings: &medusa_auth_proxy::config::UpstreamSettings) -> Result<(), Box<dyn std::error::Error>> {
+    /// let login = Login::new(
+    ///     Upstream::new(settings)?,
+    ///     Flavor::V2,
+    ///     Some("admin@example.com".into()),
+    ///     Secret::new(std::env::var("MEDUSA_PASSWORD")?),
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub fn new(
-        upstream: Arc<Upstream>,
+        upstream: Upstream<Full<Bytes>>,
         flavor: Flavor,
         email: Option<String>,
         secret: Secret,
@@ -299,22 +139,56 @@ impl Login {
     }
 
     /// Name where the secret comes from in refusal messages (see [`SecretSource::describe`]).
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{SecretSource, login::Login};
+    /// # fn demo(login: Login) {
+    /// let login = login.with_secret_source(&SecretSource::Env("MEDUSA_PASSWORD".into()));
+    /// # }
+    /// ```
     pub fn with_secret_source(self, source: &SecretSource) -> Self {
         self.set_secret_source(source);
         self
     }
 
+    /// Like [`Login::with_secret_source`], on a shared `Login` (a reloaded config).
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{SecretSource, login::Login};
+    /// # fn demo(login: &Login) {
+    /// login.set_secret_source(&SecretSource::File("/run/secrets/pw".into()));
+    /// # }
+    /// ```
     pub fn set_secret_source(&self, source: &SecretSource) {
         self.secret_from.store(Arc::new(source.describe()));
     }
 
     /// The flavor in use: the configured one, or for `auto` what the probe found (`Auto`
     /// until then).
+    ///
+    /// ```no_run
+    /// # fn demo(login: &medusa_auth_proxy::auth::login::Login) {
+    /// if login.flavor().is_static() { /* an API key: checked, never renewed */ }
+    /// # }
+    /// ```
     pub fn flavor(&self) -> Flavor {
         code_flavor(self.resolved.load(Ordering::Relaxed))
     }
 
-    /// Replace the email and password (or key); returns whether either changed.
+    /// Replace the email and password (or key); returns whether either changed (then the
+    /// cached token belongs to the old credential: [`TokenManager::invalidate`] it).
+    ///
+    /// [`TokenManager::invalidate`]: super::TokenManager::invalidate
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{SecretSource, TokenManager};
+    /// # async fn demo(tokens: TokenManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// let secret = SecretSource::Env("MEDUSA_PASSWORD".into()).load()?;
+    /// if tokens.login().set_credentials(Some("admin@example.com".into()), secret) {
+    ///     tokens.invalidate().await;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn set_credentials(&self, email: Option<String>, secret: Secret) -> bool {
         let email = email.unwrap_or_default();
         let mut changed = false;
@@ -330,7 +204,16 @@ impl Login {
     }
 
     /// Obtain a credential. `current` is the token still held, if any (v2 renews it instead
-    /// of logging in). The caller applies `login_timeout`.
+    /// of logging in). The caller applies `login_timeout`. A
+    /// [`TokenManager`](super::TokenManager) calls this from its driver; call it directly for
+    /// a one-off login (the `login` command does).
+    ///
+    /// ```no_run
+    /// # async fn demo(login: medusa_auth_proxy::auth::login::Login) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cred = tokio::time::timeout(std::time::Duration::from_secs(10), login.obtain(None)).await??;
+    /// println!("logged in as flavor {}", cred.flavor.as_str());
+    /// # Ok(()) }
+    /// ```
     pub async fn obtain(&self, current: Option<&Secret>) -> Result<Credential, LoginError> {
         match self.flavor() {
             Flavor::V1 => self.login_v1().await,
@@ -341,7 +224,7 @@ impl Login {
                         // Medusa could not be reached: a login would fail the same way (or, as
                         // Medusa goes down, cost a password hash for nothing). Back off and
                         // refresh again while the token is still valid.
-                        Err(e) if e.is_unreachable() => return Err(e),
+                        Err(e @ LoginError::Upstream(_)) => return Err(e),
                         Err(e) => {
                             tracing::info!(error = %e, "token refresh failed; logging in instead")
                         }
@@ -355,6 +238,12 @@ impl Login {
     }
 
     /// Whether Medusa's unauthenticated `GET /health` answers 200 (v1 and v2 both have it).
+    ///
+    /// ```no_run
+    /// # async fn demo(login: medusa_auth_proxy::auth::login::Login) {
+    /// if !login.healthy().await { eprintln!("Medusa is down"); }
+    /// # }
+    /// ```
     pub async fn healthy(&self) -> bool {
         matches!(
             tokio::time::timeout(
@@ -510,6 +399,14 @@ impl Login {
     /// Ask Medusa whether the credential `(name, value)` of `flavor` is still accepted, with
     /// one cheap authenticated GET. A transport failure is `Unknown`, never `Rejected`: only
     /// Medusa's own 401 may cost the proxy its token. The caller applies a timeout.
+    ///
+    /// ```no_run
+    /// # use medusa_auth_proxy::auth::{Flavor, login::{Login, Verdict, credential_header}};
+    /// # async fn demo(login: Login) {
+    /// let (name, value) = credential_header(Flavor::V2, "a.b.c").unwrap();
+    /// if login.check(Flavor::V2, &name, &value).await == Verdict::Rejected { /* log in again */ }
+    /// # }
+    /// ```
     pub async fn check(&self, flavor: Flavor, name: &HeaderName, value: &HeaderValue) -> Verdict {
         match self
             .send(
@@ -548,7 +445,7 @@ impl Login {
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), LoginError> {
         let has_body = !body.is_empty();
-        let mut req = Request::new(Either::Left(Full::new(body)));
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = self.upstream.uri_for(path)?;
         if has_body {
@@ -562,7 +459,7 @@ impl Login {
         if let Some((name, value)) = auth {
             req.headers_mut().insert(name, value);
         }
-        let resp = self.upstream.send(req).await?;
+        let resp = self.upstream.clone().oneshot(req).await?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_LOGIN_RESPONSE)
             .collect()
@@ -573,134 +470,41 @@ impl Login {
     }
 }
 
-/// What is left once [`Login::classify_login`] has named the refusals.
-fn classify_status(status: StatusCode) -> Result<(), LoginError> {
-    if !status.is_success() {
-        return Err(LoginError::Status(status.as_u16()));
-    }
-    Ok(())
-}
-
-/// A v2 login or refresh answer. Only a plain `{token}` is a usable admin token: `location`
-/// (a third-party provider redirect), `mfa_required` and `verification_required` mean the
-/// account cannot be used by a proxy at all.
-fn v2_answer(status: StatusCode, body: &[u8], how: Obtained) -> Result<Credential, LoginError> {
-    classify_status(status)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| LoginError::BadResponse("not JSON"))?;
-    for (field, why) in [
-        (
-            "mfa_required",
-            "this account needs MFA; use a secret API key (flavor \"v2-secret-key\")",
-        ),
-        (
-            "verification_required",
-            "this account needs verification; use a secret API key (flavor \"v2-secret-key\")",
-        ),
-        (
-            "location",
-            "Medusa answered with a redirect (a third-party auth provider); use a secret API key (flavor \"v2-secret-key\")",
-        ),
-    ] {
-        if value
-            .get(field)
-            .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
-        {
-            return Err(LoginError::NeedsInteraction(why));
-        }
-    }
-    let token = token_field(body, "token")?;
-    Ok(Credential {
-        value: token,
-        flavor: Flavor::V2,
-        how,
-        user_id: None,
-    })
-}
-
-/// `user.id` of a v1 `GET /admin/auth` answer.
-fn user_id_of(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let id = value.get("user")?.get("id")?.as_str()?;
-    (!id.is_empty()).then(|| id.to_owned())
-}
-
-fn token_field(body: &[u8], field: &str) -> Result<Secret, LoginError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| LoginError::BadResponse("not JSON"))?;
-    match value.get(field).and_then(|t| t.as_str()) {
-        Some(t) if !t.is_empty() && HeaderValue::from_str(t).is_ok() => {
-            Ok(Secret::new(t.to_owned()))
-        }
-        Some(_) => Err(LoginError::BadResponse(
-            "token is empty or not a header value",
-        )),
-        None => Err(LoginError::BadResponse("no token field in the answer")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A refused certificate is not "Medusa is down": polling `/health` over the same TLS
+    /// cannot bring the login forward, so the backoff holds. The source stays reachable.
     #[test]
-    fn v2_answers_are_classified() {
-        let ok = v2_answer(StatusCode::OK, br#"{"token":"a.b.c"}"#, Obtained::Login).unwrap();
-        assert_eq!(ok.value.expose(), "a.b.c");
-        for body in [
-            r#"{"location":"https://accounts.example/auth"}"#,
-            r#"{"mfa_required":true,"token":"x"}"#,
-            r#"{"verification_required":{"x":1}}"#,
-        ] {
-            let e = v2_answer(StatusCode::OK, body.as_bytes(), Obtained::Login)
-                .err()
-                .unwrap();
-            assert!(matches!(e, LoginError::NeedsInteraction(_)), "{body}");
-            assert!(e.is_bad_credentials(), "must back off long, not loop");
-        }
+    fn a_refused_certificate_is_not_unreachable() {
+        let authority = http::uri::Authority::from_static("127.0.0.1:9");
+        let cert = LoginError::from(UpstreamError::Certificate {
+            authority: authority.clone(),
+            source: rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        });
+        assert!(!cert.is_unreachable());
+        assert_eq!(cert.kind(), "upstream");
+        assert!(cert.to_string().contains("certificate"), "{cert}");
+        let source = std::error::Error::source(&cert).expect("the upstream error is the source");
         assert!(matches!(
-            v2_answer(StatusCode::UNAUTHORIZED, b"{}", Obtained::Login)
-                .err()
-                .unwrap(),
-            LoginError::Status(401)
+            source.downcast_ref::<UpstreamError>(),
+            Some(UpstreamError::Certificate { .. })
         ));
-        assert!(matches!(
-            v2_answer(StatusCode::OK, b"<html>", Obtained::Login)
-                .err()
-                .unwrap(),
-            LoginError::BadResponse(_)
-        ));
-    }
-
-    #[test]
-    fn check_verdicts() {
-        assert_eq!(Verdict::of(StatusCode::OK), Verdict::Accepted);
-        // v2 answers `GET /admin/users/me` 404 for an API key: authenticated all the same.
-        assert_eq!(Verdict::of(StatusCode::NOT_FOUND), Verdict::Accepted);
-        assert_eq!(Verdict::of(StatusCode::UNAUTHORIZED), Verdict::Rejected);
-        for s in [502, 503, 500, 403, 429] {
-            let s = StatusCode::from_u16(s).unwrap();
-            assert_eq!(Verdict::of(s), Verdict::Unknown, "{s}");
-        }
-        assert_eq!(
-            user_id_of(br#"{"user":{"id":"usr_1","email":"a@b"}}"#).as_deref(),
-            Some("usr_1")
-        );
-        assert_eq!(user_id_of(br#"{"user":{"id":""}}"#), None);
-        assert_eq!(user_id_of(b"Unauthorized"), None);
-    }
-
-    #[test]
-    fn headers_per_flavor() {
-        let (n, v) = credential_header(Flavor::V2SecretKey, "sk_123").unwrap();
-        assert_eq!(n, header::AUTHORIZATION);
-        assert_eq!(v, "Basic c2tfMTIzOg==");
-        assert!(v.is_sensitive());
-        let (n, v) = credential_header(Flavor::V1ApiToken, "tok").unwrap();
-        assert_eq!(n.as_str(), "x-medusa-access-token");
-        assert_eq!(v, "tok");
-        let (_, v) = credential_header(Flavor::V1, "a.b.c").unwrap();
-        assert_eq!(v, "Bearer a.b.c");
-        assert!(credential_header(Flavor::V1, "bad\nvalue").is_none());
+        let not_tls = LoginError::from(UpstreamError::NotTls {
+            authority: authority.clone(),
+        });
+        assert!(!not_tls.is_unreachable());
+        // Nothing listening, or a connection that broke: Medusa is down; /health tells when
+        // it is back.
+        let refused = LoginError::from(UpstreamError::Connect {
+            authority,
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        });
+        assert!(refused.is_unreachable());
+        assert_eq!(refused.kind(), "unreachable");
+        // An upstream timeout is a login timeout (the backoff holds).
+        let slow = LoginError::from(UpstreamError::Timeout(Duration::from_secs(1)));
+        assert!(matches!(slow, LoginError::Timeout(_)) && !slow.is_unreachable());
     }
 }

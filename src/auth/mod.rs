@@ -1,15 +1,15 @@
 //! The credential: obtaining a token, caching it, refreshing it ahead of expiry, and
 //! invalidating it when Medusa rejects it.
 //!
-//! One background task, the *login driver*, performs every login; requests never log in
-//! themselves. That gives single flight for free (there is only one driver), makes a login
-//! immune to client cancellation (no request owns it), and bounds logins by the driver's
-//! backoff instead of by traffic.
+//! One background task, the *login driver* ([`TokenManager::spawn_driver`]), performs every
+//! login; requests never log in themselves. That gives single flight for free (there is only
+//! one driver), makes a login immune to client cancellation (no request owns it), and bounds
+//! logins by the driver's backoff instead of by traffic.
 //!
 //! ```text
-//!   request ──token()──► moka cache hit ──► Arc<Token>           (steady state: no waiting)
-//!                          │ miss
-//!                          ├─ driver backing off ──► Err(NoToken + Retry-After)   (503 at once)
+//!   request ──token()──► cached token ──► Arc<Token>             (steady state: no waiting)
+//!                          │ none
+//!                          ├─ driver backing off ──► Err(TokenError + retry_after)  (at once)
 //!                          └─ notify driver, wait for the status to change ──► cache
 //!   driver: loop { sleep until refresh_at or demand; login (login_timeout); cache or back off }
 //! ```
@@ -19,254 +19,270 @@
 //! own reasons must not make the proxy log in, let alone back off. A confirmed rejection logs
 //! in again at once; only when the token of *that* login is rejected too, before it served a
 //! request, does the driver back off as after a failed login.
+//!
+//! Where things live: [`Token`] and its [`schedule`] in `token.rs`; the moka cache and the
+//! views derived from it in `cache.rs`; the driver's state machine in `driver.rs`; logins per
+//! flavor in [`login`], reading Medusa's answers in `credential.rs`; [`TokenError`] and
+//! [`login::LoginError`] in `error.rs`; the 401 check in [`check`]; the backoff in
+//! [`backoff`]; JWT claims in [`jwt`]; building a manager without the proxy's config file in
+//! [`TokenManagerBuilder`] (`builder.rs`).
+//!
+//! ```no_run
+//! use medusa_auth_proxy::auth::{Flavor, SecretSource, TokenManager};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let tokens = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
+//!     .email("admin@example.com")
+//!     .secret(SecretSource::Env("MEDUSA_PASSWORD".into()))
+//!     .build()?;
+//! let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+//! tokens.spawn_driver(stop_rx);
+//! let token = tokens.token().await?; // waits for the first login
+//! println!("{}: ***", token.header_name);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod backoff;
+mod builder;
+mod cache;
 pub mod check;
+mod credential;
+mod driver;
+mod error;
 pub mod jwt;
 pub mod login;
+mod token;
 
-use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
-use moka::future::Cache;
-use moka::ops::compute::Op;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{AuthSettings, Flavor};
-use crate::error::ProxyError;
-use crate::metrics::Metrics;
-use crate::secret::Secret;
+use crate::config::AuthSettings;
+pub use crate::config::Flavor;
+pub use crate::secret::{Secret, SecretSource};
 use backoff::Backoff;
-use check::{CHECK_EVERY, CheckGate};
-use login::{Login, LoginError, Obtained, Verdict};
+pub use builder::{BuildError, TokenManagerBuilder};
+use cache::TokenCache;
+use check::CHECK_EVERY;
+use driver::{DriverState, Phase};
+pub use error::TokenError;
+use login::{Login, Verdict};
+pub use token::{Token, schedule};
 
-/// A token as cached: the ready-made header value plus what the lifecycle needs.
-pub struct Token {
-    /// Identity of this token within the process, for "invalidate only if still cached".
-    pub id: u64,
-    /// The header that carries the credential (`Authorization`, or `x-medusa-access-token`).
-    pub header_name: HeaderName,
-    /// E.g. `Bearer <jwt>`, marked sensitive, built once per token and shared by every request.
-    pub header: HeaderValue,
-    /// The raw credential (a v2 refresh presents it again).
-    secret: Secret,
-    /// How it was obtained.
-    pub how: Obtained,
-    /// The flavor that produced it (never `Auto`): which route checks it.
-    flavor: Flavor,
-    pub user_id: Option<String>,
-    pub received: Instant,
-    pub lifetime: Duration,
-    /// Requests stop using the token at this instant (the cache entry expires).
-    pub usable_until: Instant,
-    /// The driver starts renewing at this instant, ahead of `usable_until`.
-    pub refresh_at: Instant,
-    /// Set once Medusa accepted the token for a request (a non-401 answer) or a check.
-    verified: AtomicBool,
-    /// Obtained by the login that followed a confirmed rejection: if this one is rejected too
-    /// before Medusa ever accepted it, logging in again at once could loop; back off instead.
-    after_rejection: bool,
-    /// Verifies a 401 for this token: single flight, at most one check per `CHECK_EVERY`.
-    check: CheckGate,
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("id", &self.id)
-            .field("header_name", &self.header_name)
-            .field("header", &"***")
-            .field("how", &self.how)
-            .field("user_id", &self.user_id)
-            .field("lifetime", &self.lifetime)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Token {
-    /// Record that Medusa accepted this token. Cheap: a load first, so the cache line is
-    /// written once per token rather than once per request.
-    pub fn mark_verified(&self) {
-        if !self.verified.load(Ordering::Relaxed) {
-            self.verified.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub fn is_verified(&self) -> bool {
-        self.verified.load(Ordering::Relaxed)
-    }
-}
-
-/// When to stop using a token and when to start renewing it, from its lifetime.
+/// What the token manager reports for metrics: logins, the expiry of the credential held,
+/// and 401 checks. Every method has a no-op default; the proxy's Prometheus registry
+/// implements it (`Arc<Metrics>` is accepted wherever an `Arc<dyn TokenEvents>` is).
 ///
-/// The token is used until `lifetime - margin`, where margin is `refresh_before_expiry`, or
-/// half the lifetime when the lifetime is shorter than twice that (a 2 s token with a 60 s
-/// margin would otherwise never be usable, and every request would log in). Renewal starts a
-/// quarter of the usable time earlier (at most 5 minutes), so steady-state requests never
-/// wait for a login.
-pub fn schedule(lifetime: Duration, refresh_before_expiry: Duration) -> (Duration, Duration) {
-    let margin = refresh_before_expiry.min(lifetime / 2);
-    let usable_for = lifetime - margin;
-    let lead = (usable_for / 4).min(Duration::from_secs(300));
-    (usable_for, usable_for - lead)
+/// ```
+/// use medusa_auth_proxy::auth::TokenEvents;
+///
+/// struct Logins(std::sync::atomic::AtomicU64);
+/// impl TokenEvents for Logins {
+///     fn login(&self, _kind: &'static str, ok: bool) {
+///         if ok {
+///             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///         }
+///     }
+/// }
+/// ```
+pub trait TokenEvents: Send + Sync + 'static {
+    /// A login attempt ended. `kind`: `login`, `refresh` or `key_check`.
+    fn login(&self, kind: &'static str, ok: bool) {
+        let _ = (kind, ok);
+    }
+    /// The credential held stops being used at this Unix time (0: none held).
+    fn token_expiry(&self, unix_seconds: f64) {
+        let _ = unix_seconds;
+    }
+    /// A 401 check ran: `accepted`, `rejected` or `error`.
+    fn token_check(&self, outcome: &'static str) {
+        let _ = outcome;
+    }
 }
 
-/// What the driver is doing, as seen by requests and readiness.
-#[derive(Debug, Clone)]
-pub enum Phase {
-    /// A login is in flight (or about to be): waiting for it is worthwhile.
-    LoggingIn,
-    /// The last login succeeded.
-    Ready,
-    /// The last login failed; the next attempt is at `until`.
-    BackingOff { until: Instant, error: LoginError },
-}
+/// Reports nothing: the default of [`TokenManagerBuilder`].
+///
+/// ```
+/// let events: std::sync::Arc<dyn medusa_auth_proxy::auth::TokenEvents> =
+///     std::sync::Arc::new(medusa_auth_proxy::auth::NoEvents);
+/// events.login("login", true);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEvents;
+
+impl TokenEvents for NoEvents {}
 
 struct Inner {
-    cache: Cache<(), Arc<Token>>,
-    /// The cached token, mirrored for the request path: one atomic load and a clock read
-    /// instead of a moka lookup per request. The moka entry stays the authority (expiry,
-    /// conditional invalidation); this mirror is only read while `usable_until` is ahead.
-    current: arc_swap::ArcSwapOption<Token>,
-    status: watch::Sender<Phase>,
-    demand: Notify,
+    cache: TokenCache,
+    driver: DriverState,
     login: Login,
     settings: AuthSettings,
     backoff: Backoff,
-    next_id: AtomicU64,
-    /// A token obtained right after a confirmed rejection was rejected too, before Medusa ever
-    /// accepted it: the next login waits for backoff.
-    rejected_unverified: AtomicBool,
-    /// The cached token was dropped because Medusa confirmed it is rejected: the next token
-    /// is `after_rejection`.
-    relogin: AtomicBool,
-    metrics: Arc<Metrics>,
-    /// The user id of the last token obtained (for the "own user" route rule).
-    user_id: arc_swap::ArcSwapOption<String>,
-    /// The one `ready` line is logged (the first credential held; later ones are refreshes).
-    ready_logged: AtomicBool,
+    events: Arc<dyn TokenEvents>,
 }
 
-/// The token cache and its login driver. Cheap to clone.
+/// The token cache and its login driver. Cheap to clone (one `Arc`).
+///
+/// Build one with [`TokenManager::builder`] (embedding) or [`TokenManager::new`] (the proxy,
+/// from its config), then start the driver with [`TokenManager::spawn_driver`].
+///
+/// ```no_run
+/// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) -> Result<(), medusa_auth_proxy::auth::TokenError> {
+/// let token = tokens.token().await?;
+/// // ... Medusa answered 401 to a request sent with it:
+/// if tokens.confirm_rejected(&token).await {
+///     let fresh = tokens.token().await?; // a new login; replay the request once with it
+/// #   let _ = fresh;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct TokenManager {
     inner: Arc<Inner>,
 }
 
-struct TokenExpiry;
-
-impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &(),
-        token: &Arc<Token>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(token.usable_until.saturating_duration_since(Instant::now()))
-    }
-
-    /// A renewal replaces the entry: the new token's own lifetime applies, not the old one's
-    /// (moka's default keeps the old expiry on update, which would drop a fresh token early).
-    fn expire_after_update(
-        &self,
-        _key: &(),
-        token: &Arc<Token>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(token.usable_until.saturating_duration_since(Instant::now()))
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenManager")
+            .field("login", &self.inner.login)
+            .finish_non_exhaustive()
     }
 }
 
 impl TokenManager {
-    /// Create the manager; call [`TokenManager::spawn_driver`] to start logging in.
-    pub fn new(login: Login, settings: AuthSettings, metrics: Arc<Metrics>) -> TokenManager {
-        TokenManager::with_backoff(login, settings, Backoff::default(), metrics)
+    /// Start building a manager for the Medusa at `url` (its base URL, with any path prefix)
+    /// of `flavor`, without a config file. See [`TokenManagerBuilder`].
+    ///
+    /// ```no_run
+    /// use medusa_auth_proxy::auth::{Flavor, SecretSource, TokenManager};
+    /// # fn demo() -> Result<(), medusa_auth_proxy::auth::BuildError> {
+    /// let tokens = TokenManager::builder("http://127.0.0.1:9000", Flavor::V1)
+    ///     .email("admin@example.com")
+    ///     .secret(SecretSource::Env("MEDUSA_PASSWORD".into()))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: impl Into<String>, flavor: Flavor) -> TokenManagerBuilder {
+        TokenManagerBuilder::new(url.into(), flavor)
     }
 
+    /// Create the manager from a [`Login`] and the `[auth]` settings; call
+    /// [`TokenManager::spawn_driver`] to start logging in. `events` receives the login and
+    /// check counts (the proxy passes its `Arc<Metrics>`).
+    ///
+    /// ```no_run
+    /// use medusa_auth_proxy::auth::{NoEvents, TokenManager, login::Login};
+    /// use medusa_auth_proxy::config::Settings;
+    /// use medusa_auth_proxy::upstream::Upstream;
+    /// # fn demo(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    /// let secret = settings.auth.secret.load()?;
+    /// let upstream = Upstream::new(&settings.upstream)?;
+    /// let login = Login::new(upstream, settings.auth.flavor, settings.auth.email.clone(), secret);
+    /// let tokens = TokenManager::new(login, settings.auth.clone(), std::sync::Arc::new(NoEvents));
+    /// # Ok(()) }
+    /// ```
+    pub fn new(login: Login, settings: AuthSettings, events: Arc<dyn TokenEvents>) -> TokenManager {
+        TokenManager::with_backoff(login, settings, Backoff::default(), events)
+    }
+
+    /// Like [`TokenManager::new`], with another backoff schedule for failed logins.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use medusa_auth_proxy::auth::{NoEvents, TokenManager, backoff::Backoff, login::Login};
+    /// # fn demo(login: Login, settings: medusa_auth_proxy::config::AuthSettings) {
+    /// let patient = Backoff { initial: Duration::from_secs(10), ..Backoff::default() };
+    /// let tokens = TokenManager::with_backoff(login, settings, patient, std::sync::Arc::new(NoEvents));
+    /// # }
+    /// ```
     pub fn with_backoff(
         login: Login,
         settings: AuthSettings,
         backoff: Backoff,
-        metrics: Arc<Metrics>,
+        events: Arc<dyn TokenEvents>,
     ) -> TokenManager {
-        let cache = Cache::builder()
-            .max_capacity(4)
-            .expire_after(TokenExpiry)
-            .build();
-        let (status, _) = watch::channel(Phase::LoggingIn);
         TokenManager {
             inner: Arc::new(Inner {
-                cache,
-                current: arc_swap::ArcSwapOption::empty(),
-                status,
-                demand: Notify::new(),
+                cache: TokenCache::new(events.clone()),
+                driver: DriverState::new(),
                 login,
                 settings,
                 backoff,
-                next_id: AtomicU64::new(1),
-                rejected_unverified: AtomicBool::new(false),
-                ready_logged: AtomicBool::new(false),
-                relogin: AtomicBool::new(false),
-                user_id: arc_swap::ArcSwapOption::empty(),
-                metrics,
+                events,
             }),
         }
     }
 
-    /// Start the login driver. It stops when `shutdown` fires.
+    /// Start the login driver (see the module docs). It stops when `shutdown` turns true.
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
+    /// let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    /// let driver = tokens.spawn_driver(stop_rx);
+    /// // ...
+    /// let _ = stop.send(true);
+    /// let _ = driver.await;
+    /// # }
+    /// ```
     pub fn spawn_driver(&self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move { me.drive(shutdown).await })
     }
 
     /// The current token, waiting for an in-flight login if none is cached. Never starts a
-    /// login of its own: it asks the driver, so a burst of N callers causes one login.
-    pub async fn token(&self) -> Result<Arc<Token>, ProxyError> {
-        if let Some(t) = &*self.inner.current.load()
-            && Instant::now() < t.usable_until
-        {
-            return Ok(t.clone());
+    /// login of its own: it asks the driver, so a burst of N callers causes one login. While
+    /// the driver backs off after a failed login, fails at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) -> Result<(), medusa_auth_proxy::auth::TokenError> {
+    /// let token = tokens.token().await?;
+    /// let mut req = http::Request::new(());
+    /// req.headers_mut().insert(token.header_name.clone(), token.header.clone());
+    /// # Ok(()) }
+    /// ```
+    pub async fn token(&self) -> Result<Arc<Token>, TokenError> {
+        if let Some(t) = self.cached() {
+            return Ok(t);
         }
-        if let Some(t) = self.inner.cache.get(&()).await {
+        if let Some(t) = self.inner.cache.get().await {
             return Ok(t);
         }
         self.wait_for_token().await
     }
 
-    async fn wait_for_token(&self) -> Result<Arc<Token>, ProxyError> {
+    /// The current token if one is cached and usable now, without waiting: the request
+    /// path's hot path (no allocation, no await). `None`: call [`TokenManager::token`].
+    pub fn cached(&self) -> Option<Arc<Token>> {
+        self.inner.cache.usable()
+    }
+
+    async fn wait_for_token(&self) -> Result<Arc<Token>, TokenError> {
         // Bounded: the driver's login is bounded by login_timeout.
         let deadline = Instant::now() + self.inner.settings.login_timeout + Duration::from_secs(1);
-        let mut rx = self.inner.status.subscribe();
+        let mut rx = self.inner.driver.status.subscribe();
         loop {
             // Subscribe (above) before looking at the cache, so an insert that happens after
             // the miss is followed by a status change we will see.
-            if let Some(t) = self.inner.cache.get(&()).await {
+            if let Some(t) = self.inner.cache.get().await {
                 return Ok(t);
             }
             if let Phase::BackingOff { until, error } = &*rx.borrow_and_update() {
                 let now = Instant::now();
                 if *until > now {
-                    return Err(ProxyError::NoToken {
-                        // Callers see the summary; the account is named in the log only.
-                        reason: format!("login failed: {}", error.public_summary()),
+                    return Err(TokenError::LoginFailed {
+                        source: error.clone(),
                         retry_after: *until - now,
                     });
                 }
             }
-            self.inner.demand.notify_one();
+            self.inner.driver.demand.notify_one();
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => {
-                    return Err(ProxyError::NoToken {
-                        reason: "timed out waiting for a login to Medusa".into(),
-                        retry_after: Duration::from_secs(1),
-                    });
-                }
+                Ok(Err(_)) | Err(_) => return Err(TokenError::Timeout),
             }
         }
     }
@@ -275,15 +291,23 @@ impl TokenManager {
     ///
     /// Asks Medusa once ([`Login::check`]), shared by every concurrent caller for the same
     /// token and at most once per [`CHECK_EVERY`] per token (the verdict is reused meanwhile).
-    /// `true`: Medusa confirmed the rejection, the token is dropped ([`TokenManager::reject`])
-    /// and a new login is under way; the caller may wait for [`TokenManager::token`] and
-    /// replay. `false`: the token works (the 401 was about the route; the token now counts as
-    /// verified), or the check could not tell (transport error, timeout, 5xx): the caller
-    /// passes Medusa's 401 on and the token stays, because a token must never be lost to a
-    /// failure that is not Medusa's rejection of it.
+    /// `true`: Medusa confirmed the rejection, the token is dropped (only if it is still the
+    /// cached one) and a new login is under way; the caller may wait for
+    /// [`TokenManager::token`] and replay. `false`: the token works (the 401 was about the
+    /// route; the token now counts as verified), or the check could not tell (transport
+    /// error, timeout, 5xx): the caller passes Medusa's 401 on and the token stays, because a
+    /// token must never be lost to a failure that is not Medusa's rejection of it.
     ///
     /// The check and its consequence run in a task of their own, so a client that goes away
     /// mid-check neither wastes the check nor lets the next 401 start another one.
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager, token: std::sync::Arc<medusa_auth_proxy::auth::Token>) {
+    /// if !tokens.confirm_rejected(&token).await {
+    ///     // pass Medusa's 401 on: it was about the route (or nobody could tell)
+    /// }
+    /// # }
+    /// ```
     pub async fn confirm_rejected(&self, token: &Arc<Token>) -> bool {
         let me = self.clone();
         let token = token.clone();
@@ -300,7 +324,7 @@ impl TokenManager {
             };
             let (verdict, ran) = token.check.verdict(CHECK_EVERY, ask).await;
             if ran {
-                me.inner.metrics.token_check(verdict.as_str());
+                me.inner.events.token_check(verdict.as_str());
                 tracing::info!(
                     token_id = token.id,
                     verdict = verdict.as_str(),
@@ -327,283 +351,87 @@ impl TokenManager {
     /// a burst of 401s, or a late 401 for a token already replaced, must not throw away a
     /// newer token (and cause another login). The driver logs in again at once, unless this
     /// token came from the login after a rejection and never worked: then it backs off.
+    /// [`TokenManager::confirm_rejected`] calls this once Medusa confirmed a 401.
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) -> Result<(), medusa_auth_proxy::auth::TokenError> {
+    /// let old = tokens.token().await?;
+    /// tokens.reject(&old).await; // dropped, if still cached
+    /// tokens.reject(&old).await; // no effect
+    /// # Ok(()) }
+    /// ```
     pub async fn reject(&self, token: &Token) {
-        let id = token.id;
-        let result = self
-            .inner
-            .cache
-            .entry(())
-            .and_compute_with(|cur| async move {
-                match cur {
-                    Some(e) if e.value().id == id => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
-            .await;
-        if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
-            self.inner
-                .current
-                .rcu(|cur| cur.as_ref().filter(|c| c.id != id).cloned());
-            self.inner.metrics.token_expiry(0.0);
-            if token.after_rejection && !token.is_verified() {
-                self.inner
-                    .rejected_unverified
-                    .store(true, Ordering::Relaxed);
-            }
-            self.inner.relogin.store(true, Ordering::Relaxed);
+        if self.inner.cache.remove_if(token.id).await {
+            self.inner.driver.rejected(token);
             tracing::info!(
-                token_id = id,
+                token_id = token.id,
                 "Medusa rejected the cached token; logging in again"
             );
-            self.inner.demand.notify_one();
         }
     }
 
     /// Drop the cached token (e.g. the credential changed) and log in again.
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
+    /// tokens.invalidate().await;
+    /// # }
+    /// ```
     pub async fn invalidate(&self) {
-        self.inner.current.store(None);
-        self.inner.metrics.token_expiry(0.0);
-        self.inner.cache.invalidate(&()).await;
-        self.inner.demand.notify_one();
+        let me = self.clone();
+        // In a task: a caller that goes away cannot stop it between the cache and its views.
+        let _ = tokio::spawn(async move {
+            me.inner.cache.invalidate().await;
+            me.inner.driver.demand.notify_one();
+        })
+        .await;
     }
 
+    /// The login in use: its flavor, and [`Login::set_credentials`] for a new credential.
+    ///
+    /// ```no_run
+    /// # fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
+    /// println!("flavor {}", tokens.login().flavor().as_str());
+    /// # }
+    /// ```
     pub fn login(&self) -> &Login {
         &self.inner.login
     }
 
-    /// The Medusa user id of the most recent token, if known.
+    /// The Medusa user id of the most recent token that named one, if any (for rules about
+    /// the proxy's own user, checked before a request waits for a token). No lock, no await.
+    ///
+    /// ```no_run
+    /// # fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
+    /// let hint = tokens.user_id_hint();
+    /// let own: Option<&str> = hint.as_deref().map(String::as_str);
+    /// # let _ = own;
+    /// # }
+    /// ```
     pub fn user_id_hint(&self) -> Option<Arc<String>> {
-        self.inner.user_id.load_full()
+        self.inner.cache.user_id_hint()
     }
 
-    /// `Ok(remaining usable time)` while a token is held, else the reason.
+    /// `Ok(remaining usable time)` while a token is held, else the reason, safe to show
+    /// anyone who can reach the ops port (no account, no secret source).
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
+    /// match tokens.readiness().await {
+    ///     Ok(left) => println!("ready for {left:?}"),
+    ///     Err(reason) => println!("not ready: {reason}"),
+    /// }
+    /// # }
+    /// ```
     pub async fn readiness(&self) -> Result<Duration, String> {
-        if let Some(t) = self.inner.cache.get(&()).await {
+        if let Some(t) = self.inner.cache.get().await {
             return Ok(t.usable_until.saturating_duration_since(Instant::now()));
         }
-        Err(match &*self.inner.status.borrow() {
+        Err(match &*self.inner.driver.status.borrow() {
             Phase::BackingOff { error, .. } => {
                 format!("login failed: {}", error.public_summary())
             }
             Phase::LoggingIn | Phase::Ready => "no token yet: logging in to Medusa".to_owned(),
         })
-    }
-
-    async fn drive(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut failures: u32 = 0;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            // Sleep while a token is held and not yet due for renewal.
-            if let Some(t) = self.inner.cache.get(&()).await {
-                // The backoff resets only once Medusa accepted a token: a Medusa that issues
-                // tokens and rejects every one of them must still see growing pauses.
-                if t.is_verified() {
-                    failures = 0;
-                }
-                if Instant::now() < t.refresh_at {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(t.refresh_at) => {}
-                        _ = self.inner.demand.notified() => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    continue;
-                }
-            } else if self
-                .inner
-                .rejected_unverified
-                .swap(false, Ordering::Relaxed)
-            {
-                // The login after a confirmed rejection produced a token Medusa would not
-                // accept either: logging in again at once could loop; back off like a failed
-                // login.
-                failures += 1;
-                if self
-                    .back_off(&mut failures, LoginError::TokenRejected, &mut shutdown)
-                    .await
-                {
-                    return;
-                }
-                continue;
-            }
-            let current = self.inner.cache.get(&()).await;
-            if current.is_none() {
-                self.inner.status.send_replace(Phase::LoggingIn);
-            }
-            match self.login_once(current.as_deref()).await {
-                Ok(token) => {
-                    tracing::info!(
-                        flavor = self.inner.login.flavor().as_str(),
-                        kind = token.how.as_str(),
-                        lifetime_s = token.lifetime.as_secs(),
-                        refresh_in_s = token
-                            .refresh_at
-                            .saturating_duration_since(token.received)
-                            .as_secs(),
-                        user_id = token.user_id.as_deref().unwrap_or("-"),
-                        "obtained a Medusa token"
-                    );
-                    if let Some(id) = &token.user_id {
-                        self.inner.user_id.store(Some(Arc::new(id.clone())));
-                    }
-                    if token.after_rejection {
-                        self.inner.relogin.store(false, Ordering::Relaxed);
-                    }
-                    self.inner.metrics.login(token.how.as_str(), true);
-                    self.inner.metrics.token_expiry(unix_at(token.usable_until));
-                    self.inner.cache.insert((), token.clone()).await;
-                    self.inner.current.store(Some(token));
-                    if !self.inner.ready_logged.swap(true, Ordering::Relaxed) {
-                        tracing::info!("ready: holding a Medusa credential; forwarding requests");
-                    }
-                    self.inner.status.send_replace(Phase::Ready);
-                }
-                Err(error) => {
-                    failures += 1;
-                    let attempted = if self.inner.login.flavor().is_static() {
-                        "key_check"
-                    } else {
-                        "login"
-                    };
-                    self.inner.metrics.login(attempted, false);
-                    if error.is_bad_credentials() && self.inner.login.flavor().is_static() {
-                        // The key itself was refused: stop using it (not ready) until a
-                        // check succeeds again.
-                        self.inner.cache.invalidate(&()).await;
-                        self.inner.current.store(None);
-                    }
-                    if self.back_off(&mut failures, error, &mut shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Publish the failure and sleep the backoff. Returns true on shutdown.
-    async fn back_off(
-        &self,
-        failures: &mut u32,
-        error: LoginError,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let delay = self
-            .inner
-            .backoff
-            .delay(*failures, error.is_bad_credentials());
-        let until = Instant::now() + delay;
-        tracing::warn!(
-            error = %error,
-            kind = error.kind(),
-            attempt = *failures,
-            retry_in_ms = delay.as_millis() as u64,
-            "login to Medusa failed"
-        );
-        let unreachable = error.is_unreachable();
-        self.inner
-            .status
-            .send_replace(Phase::BackingOff { until, error });
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => false,
-            // Medusa was down: a long backoff must not keep the proxy unavailable after it
-            // is back. Medusa's unauthenticated `/health` costs it nothing; once it answers,
-            // one login is tried at once (logins stay bounded: one per recovery).
-            _ = self.medusa_back(), if unreachable => {
-                tracing::info!("Medusa answers /health again; logging in now");
-                false
-            }
-            _ = shutdown.changed() => true,
-        }
-    }
-
-    /// Resolves once Medusa's `/health` answers 200 (polled every second).
-    async fn medusa_back(&self) {
-        loop {
-            tokio::time::sleep(HEALTH_POLL).await;
-            if self.inner.login.healthy().await {
-                return;
-            }
-        }
-    }
-
-    async fn login_once(&self, current: Option<&Token>) -> Result<Arc<Token>, LoginError> {
-        let timeout = self.inner.settings.login_timeout;
-        let renewable = current.filter(|t| !t.header_name.as_str().eq("x-medusa-access-token"));
-        let cred = tokio::time::timeout(
-            timeout,
-            self.inner.login.obtain(renewable.map(|t| &t.secret)),
-        )
-        .await
-        .map_err(|_| LoginError::Timeout(timeout))??;
-        let received = Instant::now();
-        let (header_name, header) = login::credential_header(cred.flavor, cred.value.expose())
-            .ok_or(LoginError::BadResponse("token is not a header value"))?;
-        let (lifetime, user_id, usable_for, refresh_after) = if cred.flavor.is_static() {
-            // A static key does not expire; it is re-checked every key_check_interval, and a
-            // failed check (or an upstream 401) takes it out of use.
-            let every = self.inner.settings.key_check_interval;
-            (every, cred.user_id.clone(), STATIC_USABLE_FOR, every)
-        } else {
-            let info = jwt::inspect(
-                cred.value.expose(),
-                self.inner.settings.default_token_lifetime,
-            )
-            .map_err(|e| match e {
-                jwt::JwtError::NotJwt => LoginError::BadResponse("the token is not a JWT"),
-                jwt::JwtError::NoLifetime => {
-                    LoginError::BadResponse("the token is already expired")
-                }
-            })?;
-            let (usable_for, refresh_after) =
-                schedule(info.lifetime, self.inner.settings.refresh_before_expiry);
-            (info.lifetime, info.user_id, usable_for, refresh_after)
-        };
-        Ok(Arc::new(Token {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            header_name,
-            header,
-            secret: cred.value,
-            how: cred.how,
-            flavor: cred.flavor,
-            user_id,
-            received,
-            lifetime,
-            usable_until: received + usable_for,
-            refresh_at: received + refresh_after,
-            verified: AtomicBool::new(false),
-            after_rejection: self.inner.relogin.load(Ordering::Relaxed),
-            check: CheckGate::default(),
-        }))
-    }
-}
-
-/// An `Instant` as Unix time (for the expiry metric).
-fn unix_at(at: Instant) -> f64 {
-    jwt::unix_now() + at.saturating_duration_since(Instant::now()).as_secs_f64()
-}
-
-/// How often `/health` is polled while logins back off because Medusa was unreachable.
-const HEALTH_POLL: Duration = Duration::from_secs(1);
-
-/// How long a static key stays in the cache without a failed check (effectively forever).
-const STATIC_USABLE_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_keeps_margin_and_renews_early() {
-        let (use_for, refresh) = schedule(Duration::from_secs(86400), Duration::from_secs(60));
-        assert_eq!(use_for, Duration::from_secs(86340));
-        assert_eq!(refresh, Duration::from_secs(86340 - 300));
-        // Shorter than the margin: half the lifetime, never zero.
-        let (use_for, refresh) = schedule(Duration::from_secs(3), Duration::from_secs(60));
-        assert_eq!(use_for, Duration::from_millis(1500));
-        assert_eq!(refresh, Duration::from_millis(1125));
-        let (use_for, refresh) = schedule(Duration::from_secs(100), Duration::from_secs(10));
-        assert_eq!(use_for, Duration::from_secs(90));
-        assert_eq!(refresh, Duration::from_millis(67500));
     }
 }

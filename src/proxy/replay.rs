@@ -8,19 +8,23 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 
-use super::policy::{BodyRules, MAX_INSPECTED_BODY};
 use crate::error::ProxyError;
+use crate::policy::{BodyRules, MAX_INSPECTED_BODY};
 
 /// Largest body buffered for a replay.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-pub enum PreparedBody {
-    /// The whole body, kept so it can be sent again.
-    Replayable(Bytes),
-    /// Streamed from the client; sent at most once.
-    Streamed(Incoming),
+/// What to do with a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// No body at all: replayable at no cost.
+    Empty,
+    /// Stream it straight through; it is sent at most once.
+    Stream,
+    /// Buffer it (small, or inspected): [`buffer`].
+    Buffer,
 }
 
 /// The declared body length, if there is exactly one valid `Content-Length`.
@@ -33,34 +37,38 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     first.to_str().ok()?.trim().parse().ok()
 }
 
-/// Buffer a small body, waiting at most `timeout` for it: a client that stalls mid-body must
-/// not hold a concurrency slot forever (408, and the connection is closed).
-///
+/// Decide, from the head alone, whether the body is buffered. Bodies that are small with a
+/// declared `Content-Length` are (for a replay after a 401); with `always_inspect`
+/// (`/admin/users` and below) every body is, chunked ones included, and one declared larger
+/// than [`MAX_INSPECTED_BODY`] is refused (413). Others stream uninspected: they cannot reach
+/// the route that sets a user's token.
+pub fn plan(headers: &HeaderMap, empty: bool, rules: BodyRules) -> Result<Plan, ProxyError> {
+    if empty {
+        return Ok(Plan::Empty);
+    }
+    match content_length(headers) {
+        Some(len) if len <= MAX_REPLAY_BODY => Ok(Plan::Buffer),
+        // Refuse a declared oversize body before reading any of it.
+        Some(_) if rules.always_inspect => {
+            Err(ProxyError::InspectedBodyTooLarge(MAX_INSPECTED_BODY))
+        }
+        _ if rules.always_inspect => Ok(Plan::Buffer),
+        _ => Ok(Plan::Stream),
+    }
+}
+
+/// Buffer a body [`plan`] said to buffer, waiting at most `timeout` for it: a client that
+/// stalls mid-body must not hold the request forever (408, and the connection is closed).
 /// The body rules (`api-token-write`) inspect every body buffered here, since it is in memory
-/// anyway; with `always_inspect` (`/admin/users` and below) every body is buffered, chunked
-/// ones included, and one larger than [`MAX_INSPECTED_BODY`] is refused (413). Other bodies
-/// stream uninspected: they cannot reach the route that sets a user's token. `max_body`
-/// (`policy.max_body`) still caps a chunked body buffered here.
-pub async fn prepare(
+/// anyway. `max_body` (`policy.max_body`) still caps a chunked body buffered here.
+pub async fn buffer(
     headers: &HeaderMap,
     body: Incoming,
     timeout: std::time::Duration,
     rules: BodyRules,
     max_body: u64,
-) -> Result<PreparedBody, ProxyError> {
-    if body.is_end_stream() {
-        return Ok(PreparedBody::Replayable(Bytes::new()));
-    }
+) -> Result<Bytes, ProxyError> {
     let limit = MAX_REPLAY_BODY.max(MAX_INSPECTED_BODY).min(max_body);
-    match content_length(headers) {
-        Some(len) if len <= MAX_REPLAY_BODY => {}
-        // Refuse a declared oversize body before reading any of it.
-        Some(_) if rules.always_inspect => {
-            return Err(ProxyError::InspectedBodyTooLarge(MAX_INSPECTED_BODY));
-        }
-        _ if rules.always_inspect => {}
-        _ => return Ok(PreparedBody::Streamed(body)),
-    }
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit as usize).collect())
         .await
         .map_err(|_| ProxyError::BodyTimeout(timeout))?
@@ -77,7 +85,7 @@ pub async fn prepare(
     if rules.refuse_api_token {
         inspect(headers, &bytes, rules.always_inspect)?;
     }
-    Ok(PreparedBody::Replayable(bytes))
+    Ok(bytes)
 }
 
 /// The `api-token-write` rule on a buffered body. A body the proxy cannot read as Medusa's

@@ -32,19 +32,19 @@ use tokio::sync::oneshot;
 
 /// One HTTP/1.1 connection to Medusa: hyper's request sender and a signal that resolves when
 /// the connection's task has ended (everything hyper's dispatcher held has been dropped).
-pub struct Conn<B> {
+pub(crate) struct Conn<B> {
     tx: SendRequest<B>,
     ended: oneshot::Receiver<std::convert::Infallible>,
 }
 
 /// What [`Conn::send`] returns: hyper's answer, and the connection unless its task has ended.
-pub type Sent<B> = (
+pub(crate) type Sent<B> = (
     Result<Response<Incoming>, TrySendError<Request<B>>>,
     Option<Conn<B>>,
 );
 
 /// Largest read buffer of a connection to Medusa.
-pub const UPSTREAM_READ_BUF: usize = 32 * 1024;
+pub(crate) const UPSTREAM_READ_BUF: usize = 32 * 1024;
 
 impl<B> Conn<B>
 where
@@ -53,7 +53,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// HTTP/1.1 handshake on an open transport; spawns the connection task (upgrades allowed).
-    pub async fn handshake<T>(io: T) -> hyper::Result<Conn<B>>
+    pub(crate) async fn handshake<T>(io: T) -> hyper::Result<Conn<B>>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -71,7 +71,7 @@ where
             // Only now, with hyper's dispatcher and its request channel dropped.
             drop(alive);
             if let Err(e) = result {
-                tracing::debug!(error = %crate::upstream::error_chain(&e), "connection to Medusa ended with an error");
+                tracing::debug!(error = %super::chain::error_chain(&e), "connection to Medusa ended with an error");
             }
         });
         Ok(Conn { tx, ended })
@@ -79,7 +79,7 @@ where
 
     /// Send one request. Resolves with the response head or hyper's error (carrying the
     /// request when it was never written); never waits on a connection whose task has ended.
-    pub async fn send(self, req: Request<B>) -> Sent<B> {
+    pub(crate) async fn send(self, req: Request<B>) -> Sent<B> {
         let Conn { mut tx, mut ended } = self;
         // The future owns hyper's response promise, not `tx` (hyper's edition-2021 RPIT).
         let mut sent = std::pin::pin!(tx.try_send_request(req));
@@ -104,11 +104,13 @@ where
 }
 
 impl<B> Conn<B> {
-    pub fn is_closed(&self) -> bool {
+    /// The connection task has ended or the peer closed the connection.
+    pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
 
-    pub fn is_ready(&self) -> bool {
+    /// The connection is idle and its task wants a request.
+    pub(crate) fn is_ready(&self) -> bool {
         self.tx.is_ready()
     }
 }
@@ -161,7 +163,8 @@ struct Idle<B> {
     since: Instant,
 }
 
-pub struct Pool<B> {
+/// Idle connections to Medusa, most recently used last (see the module docs).
+pub(crate) struct Pool<B> {
     idle: Mutex<VecDeque<Idle<B>>>,
     idle_timeout: Duration,
     sweeping: std::sync::atomic::AtomicBool,
@@ -171,7 +174,8 @@ pub struct Pool<B> {
 }
 
 impl<B: Send + 'static> Pool<B> {
-    pub fn new(idle_timeout: Duration) -> Arc<Pool<B>> {
+    /// An empty pool whose connections close after `idle_timeout` unused.
+    pub(crate) fn new(idle_timeout: Duration) -> Arc<Pool<B>> {
         Arc::new(Pool {
             idle: Mutex::new(VecDeque::new()),
             idle_timeout,
@@ -185,7 +189,7 @@ impl<B: Send + 'static> Pool<B> {
     /// One handed back the moment its response ended may not be ready yet (hyper's connection
     /// task has not run since): it is skipped and kept, not waited for, so a request never
     /// stalls behind another connection's task; skipping costs at most a new connection.
-    pub fn take(&self) -> Option<Conn<B>> {
+    pub(crate) fn take(&self) -> Option<Conn<B>> {
         let mut idle = self.lock();
         let mut busy = Vec::new();
         let mut found = None;
@@ -205,7 +209,7 @@ impl<B: Send + 'static> Pool<B> {
     }
 
     /// Take back a connection whose last response was read to the end.
-    pub fn put(self: &Arc<Self>, conn: Conn<B>) {
+    pub(crate) fn put(self: &Arc<Self>, conn: Conn<B>) {
         if conn.is_closed() {
             return;
         }
@@ -227,8 +231,9 @@ impl<B: Send + 'static> Pool<B> {
         self.start_sweeper();
     }
 
-    /// Number of idle connections held (for tests and diagnostics).
-    pub fn idle_count(&self) -> usize {
+    /// Number of idle connections held.
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
         self.lock().len()
     }
 
@@ -282,7 +287,8 @@ pub struct PooledBody<B: Send + 'static> {
 }
 
 impl<B: Send + 'static> PooledBody<B> {
-    pub fn new(inner: Incoming, conn: Conn<B>, pool: Arc<Pool<B>>) -> PooledBody<B> {
+    /// A body whose connection goes back to `pool` once it has been read to the end.
+    pub(crate) fn new(inner: Incoming, conn: Conn<B>, pool: Arc<Pool<B>>) -> PooledBody<B> {
         PooledBody {
             inner,
             lease: Some((conn, pool)),
@@ -291,7 +297,7 @@ impl<B: Send + 'static> PooledBody<B> {
     }
 
     /// A body whose connection is not to be reused (after a protocol upgrade).
-    pub fn unpooled(inner: Incoming) -> PooledBody<B> {
+    pub(crate) fn unpooled(inner: Incoming) -> PooledBody<B> {
         PooledBody {
             inner,
             lease: None,

@@ -1,0 +1,148 @@
+//! `[access]` and `[policy]`: validated with the rest of the file (every entry parsed, every
+//! default filled in, a remote listener's exposure checked), and turned into the [`Rules`] the
+//! proxy applies once the client keys file is read.
+
+use super::file::{RawAccess, RawPolicy};
+use super::validate::size;
+use super::{
+    AccessSettings, ConfigError, PolicySettings, ProxySettings, Settings, defaults, invalid,
+};
+use crate::access::{self, AccessConfig, Cidr, ClientKeys, HostList};
+use crate::policy::{Policy, PolicyConfig};
+
+/// Everything a reload may change about who may call and what they may reach: the access
+/// rules (with the client keys read), the route policy and the body limit.
+///
+/// ```
+/// use medusa_auth_proxy::config::{Rules, Settings};
+///
+/// let settings = Settings::from_toml(
+///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+///      [auth]\nemail = \"admin@example.com\"\npassword_env = \"MEDUSA_PASSWORD\"\n",
+/// )
+/// .unwrap();
+/// let rules = Rules::from_settings(&settings).unwrap();
+/// assert!(rules.access.client_keys.is_none());
+/// assert_eq!(rules.max_body, 50 << 20);
+/// ```
+#[derive(Debug)]
+pub struct Rules {
+    /// Who may call: peer ranges, hosts, origins, client keys.
+    pub access: AccessConfig,
+    /// Which routes may be reached.
+    pub policy: Policy,
+    /// Largest request body forwarded, in bytes.
+    pub max_body: u64,
+}
+
+impl Rules {
+    /// The rules of a validated config, reading `access.client_keys_file` (at start-up and on
+    /// every reload, so a changed keys file takes effect). The only error is that file's.
+    pub fn from_settings(s: &Settings) -> Result<Rules, ConfigError> {
+        let client_keys = match &s.access.client_keys_file {
+            Some(path) => {
+                Some(ClientKeys::load(path).map_err(|e| invalid("access.client_keys_file", e))?)
+            }
+            None => None,
+        };
+        Ok(Rules::with_keys(s, client_keys))
+    }
+
+    /// The rules without reading `access.client_keys_file`, for `check --no-secrets` (CI of
+    /// manifests whose secrets live elsewhere): a configured keys file stands in as
+    /// [`ClientKeys::unread`], which admits no client key. Never serve with these.
+    pub fn without_secrets(s: &Settings) -> Rules {
+        let client_keys = s
+            .access
+            .client_keys_file
+            .as_ref()
+            .map(|_| ClientKeys::unread());
+        Rules::with_keys(s, client_keys)
+    }
+
+    fn with_keys(s: &Settings, client_keys: Option<ClientKeys>) -> Rules {
+        Rules {
+            access: s.access.rules(client_keys),
+            policy: s.policy.routes.clone(),
+            max_body: s.policy.max_body,
+        }
+    }
+}
+
+impl AccessSettings {
+    /// The access rules these settings describe, with `client_keys` as read (or not).
+    fn rules(&self, client_keys: Option<ClientKeys>) -> AccessConfig {
+        AccessConfig {
+            allow_cidrs: self.allow_cidrs.clone(),
+            allow_hosts: self.allow_hosts.clone(),
+            allow_origins: self.allow_origins.clone(),
+            client_keys,
+        }
+    }
+}
+
+/// Validates `[access]`; `proxy` gives the listen address (the default `allow_hosts` and the
+/// remote exposure check depend on it).
+pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSettings, ConfigError> {
+    let allow_cidrs = match raw.allow_cidrs {
+        None => access::default_allow_cidrs(),
+        Some(entries) => entries
+            .iter()
+            .map(|c| c.parse::<Cidr>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid("access.allow_cidrs", e))?,
+    };
+    let allow_hosts = HostList::from(match raw.allow_hosts {
+        Some(hosts) => hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        None => access::default_allow_hosts(proxy.listen),
+    });
+    if let Some(e) = allow_hosts.first_error() {
+        return Err(invalid("access.allow_hosts", e));
+    }
+    let allow_origins = raw.allow_origins.unwrap_or_default();
+    for entry in &allow_origins {
+        access::host::validate_origin_entry(entry)
+            .map_err(|e| invalid("access.allow_origins", e))?;
+    }
+    let settings = AccessSettings {
+        allow_cidrs,
+        client_keys_file: raw.client_keys_file,
+        allow_hosts,
+        allow_origins,
+        allow_unauthenticated_remote: raw.allow_unauthenticated_remote.unwrap_or(false),
+    };
+    // Whether keys are configured is what matters here, not what the file holds.
+    let keys = settings
+        .client_keys_file
+        .as_ref()
+        .map(|_| ClientKeys::unread());
+    access::remote_exposure_ok(
+        proxy.listen,
+        &settings.rules(keys),
+        settings.allow_unauthenticated_remote,
+    )
+    .map_err(|e| invalid("proxy.listen", e))?;
+    Ok(settings)
+}
+
+/// Validates `[policy]`: path prefixes canonicalise, lifted rules exist, `max_body` is a size.
+pub(super) fn policy(raw: RawPolicy) -> Result<PolicySettings, ConfigError> {
+    let default = PolicyConfig::default();
+    let routes = Policy::new(PolicyConfig {
+        allow_paths: raw.allow_paths.unwrap_or(default.allow_paths),
+        deny_paths: raw.deny_paths.unwrap_or(default.deny_paths),
+        read_only: raw.read_only.unwrap_or(default.read_only),
+        lift_builtin: raw
+            .unsafe_lift_builtin_denies
+            .unwrap_or(default.lift_builtin),
+    })
+    .map_err(|e| invalid(e.key(), e.problem()))?;
+    Ok(PolicySettings {
+        routes,
+        max_body: size(
+            "policy.max_body",
+            raw.max_body.as_deref(),
+            defaults::MAX_BODY,
+        )?,
+    })
+}

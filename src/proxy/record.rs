@@ -1,0 +1,293 @@
+//! `record`: the outermost step. Counts every request in the metrics and writes its access
+//! log line when its response body ends (or when the client goes away first: 499, as nginx
+//! logs it). Inner steps leave what only they know as response extensions ([`Noted`]).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Buf;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+
+use super::inject::Replayed;
+use super::limit::BodyStats;
+use crate::access_log::{AccessLog, Entry};
+use crate::metrics::Metrics;
+use crate::server::PeerAddr;
+use crate::upstream::Resent;
+
+/// What inner steps tell the record, as response extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Noted {
+    /// Fingerprint of the client key used (`access`).
+    pub key_fingerprint: Option<String>,
+    /// Bytes of a buffered request body (`limit`).
+    pub bytes_in: u64,
+    /// Counter of a streamed request body (`limit`).
+    pub streamed_in: Option<Arc<BodyStats>>,
+}
+
+/// Where the record goes; shared by every request, the access log switchable on reload.
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
+    access_on: AtomicBool,
+}
+
+impl Recorder {
+    /// Record into `metrics`, and into `access_log` while `access_on`.
+    pub fn new(metrics: Arc<Metrics>, access_log: Arc<AccessLog>, access_on: bool) -> Arc<Self> {
+        Arc::new(Recorder {
+            metrics,
+            access_log,
+            access_on: AtomicBool::new(access_on),
+        })
+    }
+
+    /// Turn the access log on or off (config reload).
+    pub fn set_access_log(&self, on: bool) {
+        self.access_on.store(on, Ordering::Relaxed);
+    }
+}
+
+/// The `record` layer.
+#[derive(Clone)]
+pub struct RecordLayer(pub Arc<Recorder>);
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            rec: self.0.clone(),
+        }
+    }
+}
+
+/// The `record` service.
+#[derive(Clone)]
+pub struct Record<S> {
+    inner: S,
+    rec: Arc<Recorder>,
+}
+
+impl<S, B, RB> Service<Request<B>> for Record<S>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
+{
+    type Response = Response<Tracked<RB>>;
+    type Error = Infallible;
+    type Future = RecordFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let log = self.rec.access_on.load(Ordering::Relaxed);
+        let record = RequestRecord {
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: log.then(|| redact_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))),
+            peer: req
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |p| p.0),
+            status: 0,
+            noted: Noted::default(),
+            replayed: false,
+            log,
+        };
+        self.rec.metrics.in_flight().inc();
+        RecordFuture {
+            inner: self.inner.call(req),
+            pending: Some(Pending {
+                record: Some(record),
+                rec: self.rec.clone(),
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Record`].
+    pub struct RecordFuture<F> {
+        #[pin]
+        inner: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, RB> Future for RecordFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, Infallible>>,
+{
+    type Output = Result<Response<Tracked<RB>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut resp) = ready!(this.inner.poll(cx));
+        let pending = this.pending.take();
+        let record = pending.and_then(|mut p| {
+            let mut r = p.record.take()?;
+            r.status = resp.status().as_u16();
+            if let Some(noted) = resp.extensions_mut().remove::<Noted>() {
+                r.noted = noted;
+            }
+            r.replayed = resp.extensions().get::<Replayed>().is_some();
+            if r.replayed {
+                p.rec.metrics.replay(r.status);
+            }
+            if resp.extensions().get::<Resent>().is_some() {
+                p.rec.metrics.upstream_error("retried");
+            }
+            Some((r, p.rec.clone()))
+        });
+        Poll::Ready(Ok(resp.map(|inner| Tracked {
+            inner,
+            bytes_out: 0,
+            record,
+        })))
+    }
+}
+
+/// A request whose response has not come yet: if it is dropped (the client went away), the
+/// request is recorded as 499.
+pub struct Pending {
+    record: Option<RequestRecord>,
+    rec: Arc<Recorder>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.status = 499;
+            finish(&self.rec, r, 0);
+        }
+    }
+}
+
+/// Everything the access log and the metrics need about one request.
+pub struct RequestRecord {
+    start: Instant,
+    method: http::Method,
+    /// Path with query values redacted; only computed when the access log is on.
+    path: Option<String>,
+    peer: SocketAddr,
+    status: u16,
+    noted: Noted,
+    replayed: bool,
+    log: bool,
+}
+
+fn finish(rec: &Recorder, r: RequestRecord, bytes_out: u64) {
+    let elapsed = r.start.elapsed();
+    rec.metrics
+        .request(&r.method, r.status, elapsed.as_secs_f64());
+    rec.metrics.in_flight().dec();
+    if r.log {
+        let bytes_in = r.noted.bytes_in
+            + r.noted
+                .streamed_in
+                .as_ref()
+                .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+        rec.access_log.record(&Entry {
+            method: r.method.as_str(),
+            path: r.path.as_deref().unwrap_or("-"),
+            status: r.status,
+            duration: elapsed,
+            bytes_in,
+            bytes_out,
+            client: r.peer,
+            client_key: r.noted.key_fingerprint.as_deref(),
+            replayed: r.replayed,
+        });
+    }
+}
+
+/// A response body that counts bytes out and records the request when it ends or is dropped
+/// (a long download counts as in flight until then).
+pub struct Tracked<B> {
+    inner: B,
+    bytes_out: u64,
+    record: Option<(RequestRecord, Arc<Recorder>)>,
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let Some((r, rec)) = self.record.take() {
+            finish(&rec, r, self.bytes_out);
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(d) = frame.data_ref()
+        {
+            self.bytes_out += d.remaining() as u64;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+/// The path for the access log with every query value replaced: query strings carry search
+/// terms, emails, sometimes tokens; the keys are enough to see what a caller did.
+pub fn redact_query(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            None => out.push_str(pair),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_redacted() {
+        assert_eq!(redact_query("/admin/products"), "/admin/products");
+        assert_eq!(
+            redact_query("/admin/customers?q=alice@example.com&limit=10&flag"),
+            "/admin/customers?q=***&limit=***&flag"
+        );
+        assert_eq!(redact_query("/a?token=abc.def"), "/a?token=***");
+    }
+}
