@@ -3,44 +3,28 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
-use common::harness::fetch;
-use common::process::{BIN, Proc};
+use common::harness::{client, client_for, fetch, get, proxy_config};
+use common::process::{Proc, Ran, run, run_async};
+use common::wait::{self, LONG};
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 const PW_VAR: &str = "MAP_TEST_ADMIN_PASSWORD";
 
+/// `dir/proxy.toml` in front of `upstream`, the password from `PW_VAR`, a 10 s shutdown
+/// grace, no `flavor` line; `extra_auth`: more `[auth]` lines.
 fn config(dir: &Path, upstream: &str, extra_auth: &str) -> PathBuf {
     let p = dir.join("proxy.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "10s"
-[upstream]
-url = "{upstream}"
-connect_timeout = "1s"
-[auth]
-email = "{email}"
-password_env = "{PW_VAR}"
-login_timeout = "2s"
-{extra_auth}
-[ops]
-listen = "127.0.0.1:0"
-"#,
-            email = fake_medusa::DEFAULT_EMAIL
-        ),
-    )
-    .unwrap();
+    let auth = format!(
+        "email = \"{}\"\npassword_env = \"{PW_VAR}\"\nlogin_timeout = \"2s\"\n{extra_auth}",
+        fake_medusa::DEFAULT_EMAIL
+    );
+    let text = proxy_config("shutdown_grace = \"10s\"", upstream, "", &auth, "");
+    std::fs::write(&p, text).unwrap();
     p
 }
 
@@ -51,21 +35,15 @@ fn spawn(cfg: &Path, env: &[(&str, &str)]) -> Proc {
     Proc::start(cfg, &all)
 }
 
-/// `(success, stdout, stderr)` of the binary.
-fn run_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let (code, out, err) = run_code(args, env);
-    (code == Some(0), out, err)
-}
-
 #[test]
 fn help_and_version() {
-    let (ok, out, _) = run_cmd(&["--help"], &[]);
+    let (ok, out, _) = run(&["--help"], &[]).split();
     assert!(
         ok && out.contains("check")
             && out.contains("--config")
             && out.contains("MEDUSA_AUTH_PROXY_CONFIG")
     );
-    let (ok, out, _) = run_cmd(&["--version"], &[]);
+    let (ok, out, _) = run(&["--version"], &[]).split();
     assert!(ok && out.contains(env!("CARGO_PKG_VERSION")));
 }
 
@@ -74,14 +52,15 @@ fn check_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "http://127.0.0.1:9", "");
     let cfg_s = cfg.to_str().unwrap();
-    let (ok, out, err) = run_cmd(&["check", "--config", cfg_s], &[(PW_VAR, "x")]);
+    let (ok, out, err) = run(&["check", "--config", cfg_s], &[(PW_VAR, "x")]).split();
     assert!(ok, "{err}");
     assert!(out.contains("config ok"));
     // --config from the environment.
-    let (ok, _, err) = run_cmd(
+    let (ok, _, err) = run(
         &["check"],
         &[(PW_VAR, "x"), ("MEDUSA_AUTH_PROXY_CONFIG", cfg_s)],
-    );
+    )
+    .split();
     assert!(ok, "{err}");
 
     let cases = [
@@ -93,24 +72,26 @@ fn check_names_the_bad_key() {
     ];
     for (line, key) in cases {
         let cfg = config(dir.path(), "http://127.0.0.1:9", line);
-        let (ok, _, err) = run_cmd(
+        let (ok, _, err) = run(
             &["check", "--config", cfg.to_str().unwrap()],
             &[(PW_VAR, "x")],
-        );
+        )
+        .split();
         assert!(!ok, "{line} accepted");
         assert!(err.contains(key), "{key} not named in {err:?}");
     }
     let cfg = config(dir.path(), "ftp://127.0.0.1:9", "");
-    let (ok, _, err) = run_cmd(
+    let (ok, _, err) = run(
         &["check", "--config", cfg.to_str().unwrap()],
         &[(PW_VAR, "x")],
-    );
+    )
+    .split();
     assert!(!ok && err.contains("upstream.url"), "{err}");
     // A missing secret is named by `check` too.
     let cfg = config(dir.path(), "http://127.0.0.1:9", "");
-    let (ok, _, err) = run_cmd(&["check", "--config", cfg.to_str().unwrap()], &[]);
+    let (ok, _, err) = run(&["check", "--config", cfg.to_str().unwrap()], &[]).split();
     assert!(!ok && err.contains(PW_VAR), "{err}");
-    let (ok, _, err) = run_cmd(&["check", "--config", "/nonexistent/proxy.toml"], &[]);
+    let (ok, _, err) = run(&["check", "--config", "/nonexistent/proxy.toml"], &[]).split();
     assert!(!ok && err.contains("/nonexistent/proxy.toml"), "{err}");
 }
 
@@ -119,9 +100,11 @@ fn missing_secret_fails_fast_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "http://127.0.0.1:9", "");
     let started = Instant::now();
-    let (ok, _, err) = run_cmd(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    let (ok, _, err) = run(&["run", "--config", cfg.to_str().unwrap()], &[]).split();
     assert!(!ok);
     assert!(err.contains(PW_VAR), "{err}");
+    // Failing fast is the behaviour (no login attempts, no retry loop, before the listeners
+    // serve): the bound is generous against the milliseconds it takes, far below a retry's.
     assert!(started.elapsed() < Duration::from_secs(10));
     let cfg = config(dir.path(), "http://127.0.0.1:9", "")
         .to_str()
@@ -132,7 +115,7 @@ fn missing_secret_fails_fast_naming_it() {
         "password_file = \"/nonexistent/secret/pw\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let (ok, _, err) = run_cmd(&["--config", &cfg], &[]);
+    let (ok, _, err) = run(&["--config", &cfg], &[]).split();
     assert!(!ok && err.contains("/nonexistent/secret/pw"), "{err}");
 }
 
@@ -142,14 +125,12 @@ async fn check_login_prints_lifetime_never_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &fake.url(), "");
     let cfg = cfg.to_str().unwrap().to_owned();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        run_cmd(
-            &["check", "--login", "--config", &cfg],
-            &[(PW_VAR, fake_medusa::DEFAULT_PASSWORD)],
-        )
-    })
+    let (ok, out, err) = run_async(
+        &["check", "--login", "--config", &cfg],
+        &[(PW_VAR, fake_medusa::DEFAULT_PASSWORD)],
+    )
     .await
-    .unwrap();
+    .split();
     assert!(ok, "{err}");
     assert!(out.contains("login ok") && out.contains("23h 59m"), "{out}");
     let token = fake.last_token().unwrap();
@@ -161,14 +142,12 @@ async fn check_login_prints_lifetime_never_the_token() {
 
     fake.set_credentials(fake_medusa::DEFAULT_EMAIL, "other");
     let cfg = dir.path().join("proxy.toml").to_str().unwrap().to_owned();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        run_cmd(
-            &["check", "--login", "--config", &cfg],
-            &[(PW_VAR, fake_medusa::DEFAULT_PASSWORD)],
-        )
-    })
+    let (ok, _, err) = run_async(
+        &["check", "--login", "--config", &cfg],
+        &[(PW_VAR, fake_medusa::DEFAULT_PASSWORD)],
+    )
     .await
-    .unwrap();
+    .split();
     assert!(!ok && err.contains("invalid credentials"), "{err}");
 }
 
@@ -178,9 +157,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(&config(dir.path(), &fake.url(), ""), &[]);
     let addr = p.addr().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
+    // Medusa holds the request 3 s: the window in which shutdown must refuse new connections
+    // and still finish this one.
     let req = Request::get(format!("http://{addr}/admin/products"))
-        .header(fake_medusa::DELAY_HEADER, "1500")
+        .header(fake_medusa::DELAY_HEADER, "3000")
         .body(Full::default())
         .unwrap();
     let in_flight = tokio::spawn(client.request(req));
@@ -189,26 +170,30 @@ async fn sigterm_lets_in_flight_requests_finish() {
     p.signal("TERM");
     p.wait_line("shutting down").await;
     // New connections are refused once shutdown began (the log line comes just before the
-    // accept loop sees the signal, so allow it a moment) while the request is in flight.
-    let mut refused = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(&addr).await.is_err() {
-            refused = true;
-            break;
+    // accept loop sees the signal, so allow it a moment) while the request is in flight:
+    // polled for as long as the request lasts. In flight after a refusal was seen means in
+    // flight when it was refused.
+    wait::until(LONG, "a refused connection after SIGTERM", async || {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            assert!(
+                !in_flight.is_finished(),
+                "still accepting when the in-flight request had ended"
+            );
+            return Err("still accepting".to_owned());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "still accepting 0.5 s after SIGTERM");
-    assert!(
-        !in_flight.is_finished(),
-        "the in-flight request was cut short"
-    );
+        assert!(
+            !in_flight.is_finished(),
+            "the in-flight request ended before new connections were refused"
+        );
+        Ok(())
+    })
+    .await;
     let resp = in_flight
         .await
         .unwrap()
-        .expect("in-flight request completed");
+        .expect("in-flight request completed, not cut short");
     assert_eq!(resp.status(), 200);
-    let status = p.wait_exit(Duration::from_secs(10)).await;
+    let status = p.wait_exit(LONG).await;
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -221,7 +206,7 @@ async fn debug_logs_never_contain_secrets() {
         &[("RUST_LOG", "trace")],
     );
     let addr = p.addr().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
     let get = |path: &str| {
         Request::get(format!("http://{addr}{path}"))
             .header("authorization", "Bearer client-secret-credential")
@@ -282,8 +267,8 @@ async fn memory_stays_flat_for_huge_bodies() {
         (0..SIZE / chunk.len() as u64)
             .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
     );
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let resp = client
+    let uploader = client_for();
+    let resp = uploader
         .request(
             Request::post(format!("http://{addr}/admin/upload"))
                 .body(http_body_util::StreamBody::new(frames))
@@ -296,7 +281,7 @@ async fn memory_stays_flat_for_huge_bodies() {
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["bytes"], SIZE);
 
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
     let resp = client
         .request(
             Request::get(format!("http://{addr}/admin/download?bytes={SIZE}"))
@@ -337,24 +322,6 @@ fn every_example_config_parses() {
         n >= 2,
         "expected the documented and the local example, found {n}"
     );
-}
-
-/// `(exit code, stdout, stderr)` of the binary.
-fn run_code(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("MEDUSA_AUTH_PROXY_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove(PW_VAR);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Issue 15: the README promises exit status 2 for a configuration the proxy refuses; `run`
@@ -428,7 +395,7 @@ fn every_configuration_refusal_exits_2_and_is_said_once() {
     for (what, cfg, env, words) in &cases {
         let cfg = cfg.to_str().unwrap();
         for sub in ["run", "check"] {
-            let (code, out, err) = run_code(&[sub, "--config", cfg], env);
+            let Ran { code, out, err } = run(&[sub, "--config", cfg], env);
             assert_eq!(code, Some(2), "{sub}: {what}: exit {code:?}\n{out}{err}");
             assert_eq!(
                 err.lines().filter(|l| l.contains(words)).count(),
@@ -454,17 +421,8 @@ async fn check_login(upstream: &str, auth_extra: &str, env: &[(&str, &str)]) -> 
         text
     };
     std::fs::write(&cfg, text).unwrap();
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_code(&["check", "--login", "--config", &cfg], &env)
-    })
-    .await
-    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let Ran { code, out, err } = run_async(&["check", "--login", "--config", cfg], env).await;
     drop(dir);
     (code.unwrap_or(-1), format!("{out}{err}"))
 }
@@ -595,17 +553,10 @@ async fn startup_ready_and_refused_host_are_named() {
     let addr = p.addr().await;
     p.wait_line("ready").await;
     // Two requests, and a token refresh would not log `ready` again.
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
     for _ in 0..2 {
-        let resp = client
-            .request(
-                Request::get(format!("http://{addr}/admin/products"))
-                    .body(Full::default())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        let (status, _) = fetch(&client, &format!("http://{addr}/admin/products")).await;
+        assert_eq!(status, 200);
     }
     assert_eq!(p.count_lines("ready: holding a Medusa credential"), 1);
 
@@ -649,7 +600,7 @@ fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
         1,
     );
     std::fs::write(&cfg, text).unwrap();
-    let (code, out, err) = run_code(
+    let Ran { code, out, err } = run(
         &["check", "--config", cfg.to_str().unwrap()],
         &[(PW_VAR, "x")],
     );
@@ -665,7 +616,7 @@ fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
 fn every_subcommand_help_has_an_example() {
     let mut n = 0;
     for sub in ["run", "check", "init", "wait"] {
-        let (code, out, err) = run_code(&[sub, "--help"], &[]);
+        let Ran { code, out, err } = run(&[sub, "--help"], &[]);
         assert_eq!(code, Some(0), "{err}");
         assert!(
             out.contains("Example") && out.contains(&format!("medusa-auth-proxy {sub}")),
@@ -711,7 +662,7 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
             out_s,
         ];
         args.extend(flags.iter().copied());
-        let (code, _, err) = run_code(&args, &[]);
+        let Ran { code, err, .. } = run(&args, &[]);
         assert_eq!(code, Some(0), "init {flavor}: {err}");
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains(&format!("flavor = \"{flavor}\"")), "{text}");
@@ -719,7 +670,11 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
             text.lines().filter(|l| l.starts_with('#')).count() >= 5,
             "not commented"
         );
-        let (code, out_text, err) = run_code(
+        let Ran {
+            code,
+            out: out_text,
+            err,
+        } = run(
             &["check", "--config", out_s],
             &[("MAP_INIT_PASSWORD", "not-the-real-one")],
         );
@@ -729,7 +684,7 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
             "check of init {flavor}: {out_text}{err}\n{text}"
         );
         // A second init to the same file is refused, and the file is left as it was.
-        let (code, _, err) = run_code(&args, &[]);
+        let Ran { code, err, .. } = run(&args, &[]);
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("exists"), "{err}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
@@ -737,7 +692,7 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
     }
     assert_eq!(passed, cases.len());
     // Without --output: the config on stdout; a login flavor without a password source refused.
-    let (code, out, _) = run_code(
+    let Ran { code, out, .. } = run(
         &[
             "init",
             "--upstream",
@@ -750,7 +705,7 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
         &[],
     );
     assert!(code == Some(0) && out.contains("[auth]"), "{out}");
-    let (code, _, err) = run_code(
+    let Ran { code, err, .. } = run(
         &[
             "init",
             "--upstream",
@@ -781,7 +736,7 @@ fn check_no_secrets_passes_every_shipped_config() {
         }
     }
     for cfg in &configs {
-        let (code, out, err) = run_code(
+        let Ran { code, out, err } = run(
             &["check", "--no-secrets", "--config", cfg.to_str().unwrap()],
             &[],
         );
@@ -791,7 +746,7 @@ fn check_no_secrets_passes_every_shipped_config() {
     assert!(configs.len() >= 5, "found only {configs:?}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "ftp://127.0.0.1:9", "");
-    let (code, _, err) = run_code(
+    let Ran { code, err, .. } = run(
         &["check", "--no-secrets", "--config", cfg.to_str().unwrap()],
         &[],
     );
@@ -820,7 +775,7 @@ async fn run_from_flags_serves_and_flags_override_the_file() {
         a.extend_from_slice(extra);
         a.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
     let env = [(PW_VAR, fake_medusa::DEFAULT_PASSWORD)];
 
     // No file at all.
@@ -875,15 +830,11 @@ async fn refused_login_is_named_in_the_log_and_summarised_on_readyz() {
     ] {
         assert!(line.contains(words), "{words:?} not in {line}");
     }
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
     for url in [format!("{ops}/readyz"), format!("{proxy}/admin/products")] {
-        let resp = client
-            .request(Request::get(&url).body(Full::default()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 503, "{url}");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = String::from_utf8_lossy(&body);
+        let r = get(&client, &url).await;
+        assert_eq!(r.status, 503, "{url}");
+        let body = r.text();
         assert!(body.contains("invalid credentials"), "{url}: {body}");
         assert!(
             !body.contains(fake_medusa::DEFAULT_EMAIL) && !body.contains(PW_VAR),

@@ -4,25 +4,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
-use common::harness::config_text;
-use common::process::{BIN, Proc};
+use common::harness::{client, config_text, get, login_auth, password_file, post, send};
+use common::metrics;
+use common::process::{Proc, run_async};
+use common::wait::{self, LONG};
 use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 
 fn write_config(path: &Path, upstream: &str, pw_file: &Path, extra: &str) {
-    let auth = format!(
-        "email = \"{}\"\npassword_file = \"{}\"\nlogin_timeout = \"2s\"",
-        fake_medusa::DEFAULT_EMAIL,
-        pw_file.display()
-    );
+    let auth = format!("{}login_timeout = \"2s\"", login_auth("v1", pw_file));
     std::fs::write(path, config_text(upstream, "", &auth, extra)).unwrap();
 }
 
@@ -36,39 +29,10 @@ struct Setup {
 async fn setup(extra: &str) -> Setup {
     let fake = FakeMedusa::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, fake_medusa::DEFAULT_PASSWORD).unwrap();
+    let pw = password_file(dir.path());
     let cfg = dir.path().join("proxy.toml");
     write_config(&cfg, &fake.url(), &pw, extra);
     Setup { fake, dir, cfg, pw }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn get(c: &HttpClient, url: &str) -> (u16, String) {
-    let resp = c
-        .request(Request::get(url).body(Full::default()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn post(c: &HttpClient, url: &str) -> u16 {
-    c.request(
-        Request::post(url)
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap(),
-    )
-    .await
-    .unwrap()
-    .status()
-    .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,32 +41,41 @@ async fn metrics_count_requests_logins_denials_and_replays() {
     let p = Proc::start(&s.cfg, &[]);
     let (proxy, ops) = p.urls().await;
     let c = client();
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
-    assert_eq!(post(&c, &format!("{proxy}/admin/auth/token")).await, 403);
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    assert_eq!(
+        post(&c, &format!("{proxy}/admin/auth/token"), b"{}")
+            .await
+            .status,
+        403
+    );
     s.fake.rotate_secret();
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
-    let (status, text) = get(&c, &format!("{ops}/metrics")).await;
-    assert_eq!(status, 200);
-    for needle in [
-        "medusa_auth_proxy_requests_total{method=\"GET\",status_class=\"2xx\"} 2",
-        "medusa_auth_proxy_requests_total{method=\"POST\",status_class=\"4xx\"} 1",
-        "medusa_auth_proxy_request_duration_seconds_count 3",
-        "medusa_auth_proxy_requests_in_flight 0",
-        "medusa_auth_proxy_logins_total{kind=\"login\",result=\"success\"} 2",
-        "medusa_auth_proxy_replays_total{result=\"success\"} 1",
-        "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",
-        "medusa_auth_proxy_upstream_errors_total{kind=\"unreachable\"} 0",
-        "medusa_auth_proxy_build_info{version=",
-        "# EOF",
-    ] {
-        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
-    }
-    let expiry = text
-        .lines()
-        .find(|l| l.starts_with("medusa_auth_proxy_token_expiry_timestamp_seconds "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap();
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    // A request is counted as its response ends, which the client may see first: wait for
+    // the exact counts.
+    let text = metrics::wait_lines(
+        &ops,
+        &[
+            "medusa_auth_proxy_requests_total{method=\"GET\",status_class=\"2xx\"} 2",
+            "medusa_auth_proxy_requests_total{method=\"POST\",status_class=\"4xx\"} 1",
+            "medusa_auth_proxy_request_duration_seconds_count 3",
+            "medusa_auth_proxy_requests_in_flight 0",
+            "medusa_auth_proxy_logins_total{kind=\"login\",result=\"success\"} 2",
+            "medusa_auth_proxy_replays_total{result=\"success\"} 1",
+            "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1",
+            "medusa_auth_proxy_upstream_errors_total{kind=\"unreachable\"} 0",
+            "medusa_auth_proxy_build_info{version=",
+            "# EOF",
+        ],
+    )
+    .await;
+    let expiry =
+        metrics::value(&text, "medusa_auth_proxy_token_expiry_timestamp_seconds ").unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -125,7 +98,7 @@ async fn json_logs_and_access_log_without_secrets() {
     .header("authorization", "Bearer client-secret-value")
     .body(Full::default())
     .unwrap();
-    assert_eq!(c.request(req).await.unwrap().status(), 200);
+    assert_eq!(send(&c, req).await.status, 200);
     let line = p.wait_line("\"target\":\"access\"").await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["method"], "GET");
@@ -159,7 +132,10 @@ async fn access_log_can_be_switched_off() {
     let p = Proc::start(&s.cfg, &[]);
     let (proxy, _) = p.urls().await;
     let c = client();
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
     p.wait_line("obtained a Medusa token").await;
     assert_eq!(p.count_lines("access"), 0, "{}", p.log());
 }
@@ -170,41 +146,48 @@ async fn reload_applies_good_config_rejects_bad_and_reports_restarts() {
     let p = Proc::start(&s.cfg, &[]);
     let (proxy, ops) = p.urls().await;
     let c = client();
-    assert_eq!(post(&c, &format!("{proxy}/admin/products")).await, 200);
+    assert_eq!(
+        post(&c, &format!("{proxy}/admin/products"), b"{}")
+            .await
+            .status,
+        200
+    );
 
     // A good change, by SIGHUP: read_only now applies, on the same process and listener.
     write_config(&s.cfg, &s.fake.url(), &s.pw, "[policy]\nread_only = true");
     p.signal("HUP");
-    let mut applied = false;
-    for _ in 0..300 {
-        if post(&c, &format!("{proxy}/admin/products")).await == 403 {
-            applied = true;
-            break;
+    wait::until(LONG, "the reload applied", async || {
+        match post(&c, &format!("{proxy}/admin/products"), b"{}")
+            .await
+            .status
+        {
+            s if s == 403 => Ok(()),
+            s => Err(format!("POST still {s}; log:\n{}", p.log())),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(applied, "reload not applied; log:\n{}", p.log());
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    })
+    .await;
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
 
     // A bad change (noticed by the file watch, no signal): rejected, the old config serves.
     let before = p.count_lines("configuration reload rejected");
     std::fs::write(&s.cfg, "[proxy]\nlisten = 7\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.count_lines("configuration reload rejected") == before {
-        assert!(
-            Instant::now() < deadline,
-            "bad config not noticed; log:\n{}",
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    p.wait_lines("configuration reload rejected", before + 1)
+        .await;
     assert_eq!(
-        post(&c, &format!("{proxy}/admin/products")).await,
+        post(&c, &format!("{proxy}/admin/products"), b"{}")
+            .await
+            .status,
         403,
         "old config still in force"
     );
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
-    let (_, metrics) = get(&c, &format!("{ops}/metrics")).await;
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    let metrics = metrics::scrape(&ops).await;
     assert!(
         metrics.contains("medusa_auth_proxy_config_reloads_total{result=\"failure\"}"),
         "{metrics}"
@@ -236,7 +219,10 @@ async fn log_next_to_the_config_does_not_cause_a_reload_loop() {
     let p = Proc::start_logging_to(&s.cfg, &[], &log);
     let (proxy, _) = p.urls().await;
     let c = client();
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
 
     // One edit, live and restart-only keys both (the restart warning kept the loop going).
     write_config(
@@ -285,7 +271,9 @@ async fn log_next_to_the_config_does_not_cause_a_reload_loop() {
         "one rejection for one broken edit; log:\n{text}"
     );
     assert_eq!(
-        post(&c, &format!("{proxy}/admin/products")).await,
+        post(&c, &format!("{proxy}/admin/products"), b"{}")
+            .await
+            .status,
         403,
         "the edit is in force"
     );
@@ -297,12 +285,18 @@ async fn reload_with_new_password_logs_in_again() {
     let p = Proc::start(&s.cfg, &[]);
     let (proxy, _) = p.urls().await;
     let c = client();
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
     s.fake
         .set_credentials(fake_medusa::DEFAULT_EMAIL, "new-password-789");
     std::fs::write(&s.pw, "new-password-789\n").unwrap();
     s.fake.wait_until(|f| f.logins() == 2).await;
-    assert_eq!(get(&c, &format!("{proxy}/admin/products")).await.0, 200);
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
     let _ = &s.dir;
 }
 
@@ -312,19 +306,8 @@ async fn wait_command_waits_for_readiness() {
     s.fake.set_login_delay(Duration::from_millis(700));
     let p = Proc::start(&s.cfg, &[]);
     let (_, ops) = p.urls().await;
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["wait", "--ops", &ops, "--timeout", "10s"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_async(&["wait", "--ops", &ops, "--timeout", "30s"], &[]).await;
+    assert!(out.ok(), "{}", out.err);
     assert_eq!(s.fake.logins(), 1, "wait returned only after the login");
 
     // Never ready: wrong password.
@@ -333,17 +316,9 @@ async fn wait_command_waits_for_readiness() {
         .set_credentials(fake_medusa::DEFAULT_EMAIL, "other");
     let p2 = Proc::start(&bad.cfg, &[]);
     let (_, ops) = p2.urls().await;
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["wait", "--ops", &ops, "--timeout", "1s"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("invalid credentials"), "{err}");
+    let out = run_async(&["wait", "--ops", &ops, "--timeout", "1s"], &[]).await;
+    assert!(!out.ok());
+    assert!(out.err.contains("invalid credentials"), "{}", out.err);
     drop(p);
 }
 
@@ -365,7 +340,7 @@ async fn access_log_names_the_caller_by_key_fingerprint_never_the_key() {
         .header("proxy-authorization", format!("Bearer {KEY}"))
         .body(Full::default())
         .unwrap();
-    assert_eq!(c.request(req).await.unwrap().status(), 200);
+    assert_eq!(send(&c, req).await.status, 200);
     let line = p.wait_line("\"target\":\"access\"").await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     // The operator can compute it: printf %s "$KEY" | sha256sum | cut -c1-8

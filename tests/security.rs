@@ -8,122 +8,49 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use medusa_auth_proxy::app::{self, Running};
-use medusa_auth_proxy::config::Rules;
+use common::harness::{self, Harness, client, client_for, login_auth, password_file, proxy_config};
+use common::metrics;
+use common::process::{Ran, run};
+use common::wait::{self, LONG};
+use common::wire;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use medusa_auth_proxy::app;
 use medusa_auth_proxy::config::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct H {
-    fake: FakeMedusa,
-    proxy: Running,
-    client: Client<HttpConnector, Full<Bytes>>,
-    dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn code(&self) -> String {
-        serde_json::from_slice::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-}
-
-/// `sections` is TOML appended after the base config (e.g. "[access]\n...").
+/// A v1 config in front of `fake_url` with its password in `dir/password` (written once):
+/// `proxy_extra` goes in `[proxy]`, `sections` at the end (e.g. "[access]\n...").
 fn toml(fake_url: &str, dir: &std::path::Path, proxy_extra: &str, sections: &str) -> String {
     let pw = dir.join("password");
     if !pw.exists() {
-        std::fs::write(&pw, fake_medusa::DEFAULT_PASSWORD).unwrap();
+        password_file(dir);
     }
-    format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-{proxy_extra}
-[upstream]
-url = "{fake_url}"
-connect_timeout = "1s"
-[auth]
-email = "{email}"
-password_file = "{pw}"
-login_timeout = "2s"
-[ops]
-listen = "127.0.0.1:0"
-{sections}
-"#,
-        email = fake_medusa::DEFAULT_EMAIL,
-        pw = pw.display()
-    )
+    let auth = format!("{}login_timeout = \"2s\"\n", login_auth("v1", &pw));
+    proxy_config(proxy_extra, fake_url, "", &auth, sections)
 }
 
-async fn start(proxy_extra: &str, sections: &str) -> H {
+async fn start(proxy_extra: &str, sections: &str) -> Harness {
     let fake = FakeMedusa::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let settings =
-        Settings::from_toml(&toml(&fake.url(), dir.path(), proxy_extra, sections)).unwrap();
-    let proxy = app::start(common::harness::quiet(settings))
-        .await
-        .expect("proxy starts");
-    H {
-        fake,
-        proxy,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        dir,
-    }
+    let text = toml(&fake.url(), dir.path(), proxy_extra, sections);
+    Harness::start(fake, dir, &text).await
 }
 
-impl H {
-    async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
-        let resp = self.client.request(req).await.expect("proxy answers");
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    }
+/// `check --config` of the binary on the config `text` (written to a fresh folder): how the
+/// proxy judges a configuration, as an operator runs it.
+fn check(text: &str) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(&cfg, text).unwrap();
+    run(&["check", "--config", cfg.to_str().unwrap()], &[])
+}
 
-    fn req(&self, method: &str, path: &str) -> http::request::Builder {
-        Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).unwrap())
-            .uri(format!("http://{}{}", self.proxy.proxy_addr, path))
-    }
-
-    async fn call(&self, method: &str, path: &str) -> Reply {
-        self.send(self.req(method, path).body(Full::default()).unwrap())
-            .await
-    }
-
-    /// Raw bytes on a fresh connection; returns everything read until the server closes or
-    /// 2 s of silence.
-    /// Raw bytes on a fresh connection: what came back, and whether the proxy closed the
-    /// connection (EOF or reset) rather than going silent for 3 s.
-    async fn raw(&self, bytes: &[u8]) -> (String, bool) {
-        let mut s = TcpStream::connect(self.proxy.proxy_addr).await.unwrap();
-        s.write_all(bytes).await.unwrap();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        let closed = loop {
-            match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break true,
-                Err(_) => break false,
-                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            }
-        };
-        (String::from_utf8_lossy(&out).into_owned(), closed)
-    }
+/// Raw bytes on a fresh connection to the proxy: what came back, and whether the proxy closed
+/// the connection (EOF or reset) rather than going silent for 3 s.
+async fn raw(h: &Harness, bytes: &[u8]) -> (String, bool) {
+    wire::exchange(h.proxy.proxy_addr, bytes, Duration::from_secs(3)).await
 }
 
 // ---- who may call ------------------------------------------------------------------------------
@@ -148,7 +75,7 @@ async fn client_keys_are_required_checked_and_never_forwarded() {
     assert_eq!(r.headers["proxy-authenticate"], "Bearer");
     let r = h
         .send(
-            h.req("GET", "/admin/products")
+            h.request("GET", "/admin/products")
                 .header("proxy-authorization", "Bearer wrong-key-0123456789abcdef")
                 .body(Full::default())
                 .unwrap(),
@@ -161,7 +88,7 @@ async fn client_keys_are_required_checked_and_never_forwarded() {
     );
 
     let ok = |key: &'static str| {
-        h.req("GET", "/admin/products")
+        h.request("GET", "/admin/products")
             .header("proxy-authorization", format!("bearer {key}"))
             .body(Full::default())
             .unwrap()
@@ -172,19 +99,22 @@ async fn client_keys_are_required_checked_and_never_forwarded() {
 
     // The file is re-read when it changes: the old key stops working, the new one works.
     std::fs::write(&keys, "third-key-0123456789abcdef\n").unwrap();
-    let mut switched = false;
-    for _ in 0..300 {
-        if h.send(ok("second-key-0123456789abcdef")).await.status == 407 {
-            switched = true;
-            break;
+    wait::until(LONG, "the key file change picked up", async || {
+        match h.send(ok("second-key-0123456789abcdef")).await.status {
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED => Ok(()),
+            s => Err(format!("the old key still answered {s}")),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(switched, "key file change not picked up");
+    })
+    .await;
     assert_eq!(h.send(ok("third-key-0123456789abcdef")).await.status, 200);
-    // A broken file keeps the last good keys.
+    // A broken file keeps the last good keys: once its reload has been rejected.
     std::fs::write(&keys, "short\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    metrics::wait_metric(
+        &h.ops_url(),
+        "medusa_auth_proxy_config_reloads_total{result=\"failure\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(h.send(ok("third-key-0123456789abcdef")).await.status, 200);
 }
 
@@ -198,7 +128,7 @@ async fn host_and_origin_guards() {
     for host in ["evil.example", "localhost.evil.example", "127.0.0.1.nip.io"] {
         let r = h
             .send(
-                h.req("GET", "/admin/products")
+                h.request("GET", "/admin/products")
                     .header("host", host)
                     .body(Full::default())
                     .unwrap(),
@@ -210,7 +140,7 @@ async fn host_and_origin_guards() {
     for host in ["localhost", "LOCALHOST:7000", "127.0.0.1:1", "localhost."] {
         let r = h
             .send(
-                h.req("GET", "/admin/products")
+                h.request("GET", "/admin/products")
                     .header("host", host)
                     .body(Full::default())
                     .unwrap(),
@@ -220,7 +150,7 @@ async fn host_and_origin_guards() {
     }
     let r = h
         .send(
-            h.req("GET", "/admin/products")
+            h.request("GET", "/admin/products")
                 .header("origin", "http://evil.example")
                 .body(Full::default())
                 .unwrap(),
@@ -230,7 +160,7 @@ async fn host_and_origin_guards() {
     assert_eq!(r.code(), "origin_not_allowed");
     let r = h
         .send(
-            h.req("GET", "/admin/products")
+            h.request("GET", "/admin/products")
                 .header("origin", "null")
                 .body(Full::default())
                 .unwrap(),
@@ -239,7 +169,7 @@ async fn host_and_origin_guards() {
     assert_eq!(r.status, 403);
     let r = h
         .send(
-            h.req("GET", "/admin/products")
+            h.request("GET", "/admin/products")
                 .header("origin", "http://tool.internal:3000")
                 .body(Full::default())
                 .unwrap(),
@@ -258,11 +188,11 @@ async fn peers_outside_allow_cidrs_are_refused() {
     let h = start("", "[access]\nallow_cidrs = [\"10.0.0.0/8\"]").await;
     // Closed at accept, before a byte is read: no answer at all (issue 12).
     let req = h
-        .req("GET", "/admin/products")
+        .request("GET", "/admin/products")
         .body(Full::default())
         .unwrap();
     assert!(h.client.request(req).await.is_err());
-    let text = h.proxy.metrics.encode();
+    let text = h.ops("/metrics").await.text();
     assert!(
         text.contains("medusa_auth_proxy_connections_refused_total{reason=\"peer_not_allowed\"} 1"),
         "{text}"
@@ -278,22 +208,24 @@ fn non_loopback_listen_needs_keys_or_explicit_opt_in() {
         "listen = \"0.0.0.0:7000\"",
         1,
     );
-    // Refused when the config is loaded (one validation), naming the key.
-    let e = Settings::from_toml(&base).unwrap_err().to_string();
-    assert!(e.contains("[access]") && e.contains("proxy.listen"), "{e}");
-    let s = Settings::from_toml(&format!(
+    let r = check(&base);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.err.contains("[access]") && r.err.contains("proxy.listen"),
+        "{}",
+        r.err
+    );
+    let r = check(&format!(
         "{base}\n[access]\nallow_unauthenticated_remote = true"
-    ))
-    .unwrap();
-    assert!(Rules::from_settings(&s).is_ok());
-    let s =
-        Settings::from_toml(&format!("{base}\n[access]\nallow_cidrs = [\"10.0.0.0/8\"]")).unwrap();
-    assert!(Rules::from_settings(&s).is_ok());
-    let e = Settings::from_toml(&format!(
+    ));
+    assert!(r.ok(), "{r:?}");
+    let r = check(&format!("{base}\n[access]\nallow_cidrs = [\"10.0.0.0/8\"]"));
+    assert!(r.ok(), "{r:?}");
+    let r = check(&format!(
         "{base}\n[access]\nallow_cidrs = [\"10.0.0.0/33\"]"
-    ))
-    .unwrap_err();
-    assert!(e.to_string().contains("access.allow_cidrs"), "{e}");
+    ));
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.err.contains("access.allow_cidrs"), "{}", r.err);
 }
 
 // ---- what they may reach -----------------------------------------------------------------------
@@ -393,10 +325,12 @@ async fn a_lifted_builtin_deny_is_reachable() {
         "",
         "[policy]\nunsafe_lift_builtin_denies = [\"no-such-rule\"]",
     );
-    let e = Settings::from_toml(&bad).unwrap_err().to_string();
+    let r = check(&bad);
+    assert_eq!(r.code, Some(2), "{r:?}");
     assert!(
-        e.contains("unsafe_lift_builtin_denies") && e.contains("v1-auth-token"),
-        "{e}"
+        r.err.contains("unsafe_lift_builtin_denies") && r.err.contains("v1-auth-token"),
+        "{}",
+        r.err
     );
 }
 
@@ -407,7 +341,7 @@ async fn max_body_by_length_and_while_streaming() {
     let h = start("", "[policy]\nmax_body = \"1KiB\"").await;
     let r = h
         .send(
-            h.req("POST", "/admin/echo")
+            h.request("POST", "/admin/echo")
                 .body(Full::new(Bytes::from(vec![1u8; 2048])))
                 .unwrap(),
         )
@@ -420,7 +354,7 @@ async fn max_body_by_length_and_while_streaming() {
     );
     assert_eq!(
         h.send(
-            h.req("POST", "/admin/echo")
+            h.request("POST", "/admin/echo")
                 .body(Full::new(Bytes::from(vec![1u8; 1024])))
                 .unwrap()
         )
@@ -433,17 +367,17 @@ async fn max_body_by_length_and_while_streaming() {
     let chunks = (0..10)
         .map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![2u8; 1000]))));
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let resp = client
-        .request(
-            Request::post(format!("http://{}/admin/upload", h.proxy.proxy_addr))
-                .body(body)
-                .unwrap(),
-        )
+    let resp = client_for()
+        .request(Request::post(h.url("/admin/upload")).body(body).unwrap())
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // If the proxy forwarded part of it, Medusa records the request once the body ends:
+    // give it the chance to, then check nothing was taken as complete.
+    wait::at_most(Duration::from_secs(2), || {
+        !h.fake.requests_to("/admin/upload").is_empty()
+    })
+    .await;
     for r in h.fake.requests_to("/admin/upload") {
         assert_ne!(
             r.status, 200,
@@ -457,9 +391,9 @@ async fn max_body_by_length_and_while_streaming() {
 async fn concurrency_cap_answers_503_at_once() {
     let h = Arc::new(start("max_concurrent_requests = 2", "").await);
     h.call("GET", "/admin/products").await;
-    let slow = |h: Arc<H>| async move {
+    let slow = |h: Arc<Harness>| async move {
         h.send(
-            h.req("GET", "/admin/products")
+            h.request("GET", "/admin/products")
                 .header(fake_medusa::DELAY_HEADER, "1000")
                 .body(Full::default())
                 .unwrap(),
@@ -493,7 +427,7 @@ async fn header_limits_and_smuggling_attempts() {
         many.push_str(&format!("x-h{i}: 1\r\n"));
     }
     many.push_str("\r\n");
-    let (out, closed) = h.raw(many.as_bytes()).await;
+    let (out, closed) = raw(&h, many.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
     // A GET whose one extra header has a value of `n` bytes.
     let big = |n: usize| {
@@ -503,26 +437,26 @@ async fn header_limits_and_smuggling_attempts() {
         )
     };
     // A huge header: over the 64 KiB head limit.
-    let (out, closed) = h.raw(big(100_000).as_bytes()).await;
+    let (out, closed) = raw(&h, big(100_000).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
     assert!(out.contains("header_too_large"), "{out}");
     // Larger than the connection's read buffer: hyper refuses it before the handler runs.
-    let (out, closed) = h.raw(big(300_000).as_bytes()).await;
+    let (out, closed) = raw(&h, big(300_000).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431") && closed, "{out:.80}");
     // Just under the 64 KiB head limit: forwarded.
-    let (out, _) = h.raw(big(60_000).as_bytes()).await;
+    let (out, _) = raw(&h, big(60_000).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out:.80}");
     // Conflicting Content-Length: 400 and the connection closed; the smuggled request never runs.
-    let (out, closed) = h.raw(b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!GET /admin/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (out, closed) = raw(&h, b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!GET /admin/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400") && closed, "{out:.80}");
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     // Transfer-Encoding that is not chunked-last: 400 and closed.
-    let (out, closed) = h.raw(b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n").await;
+    let (out, closed) = raw(&h, b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400") && closed, "{out:.80}");
     // Transfer-Encoding with Content-Length: 400, never forwarded, the connection closed, so
     // the request pipelined behind it is never processed either.
     let echo_before = h.fake.requests_to("/admin/echo").len();
-    let (out, closed) = h.raw(b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (out, closed) = raw(&h, b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400") && closed, "{out}");
     assert!(out.contains("Transfer-Encoding"), "{out}");
     assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
@@ -536,10 +470,10 @@ async fn header_limits_and_smuggling_attempts() {
         "a smuggled request reached Medusa"
     );
     // The same with the headers the other way round and in other spellings.
-    let (out, closed) = h.raw(b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\ntransfer-encoding: CHUNKED\r\ncontent-length: 4\r\n\r\n0\r\n\r\n").await;
+    let (out, closed) = raw(&h, b"POST /admin/echo HTTP/1.1\r\nHost: localhost\r\ntransfer-encoding: CHUNKED\r\ncontent-length: 4\r\n\r\n0\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400") && closed, "{out}");
     // A keep-alive connection with ordinary requests first: only the offending one is refused.
-    let (out, closed) = h.raw(b"GET /admin/products HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhiPOST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
+    let (out, closed) = raw(&h, b"GET /admin/products HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhiPOST /admin/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
     assert!(out.contains("HTTP/1.1 400") && closed, "{out}");
     // A slow client is disconnected after header_read_timeout.
@@ -547,6 +481,7 @@ async fn header_limits_and_smuggling_attempts() {
     s.write_all(b"GET /admin/products HTTP/1.1\r\nHost: loc")
         .await
         .unwrap();
+    // Disconnected after the 1 s timeout, not never; the bound is five times it.
     let mut buf = [0u8; 1024];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
         .await
@@ -630,55 +565,36 @@ async fn https_upstream_with_private_ca_and_certificate_failures() {
             ca_file.display()
         ),
     );
-    let proxy = app::start(common::harness::quiet(Settings::from_toml(&text).unwrap()))
+    let proxy = app::start(harness::quiet(Settings::from_toml(&text).unwrap()))
         .await
         .unwrap();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client
-        .request(
-            Request::get(format!("http://{}/admin/products", proxy.proxy_addr))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let client = client();
+    let products = format!("http://{}/admin/products", proxy.proxy_addr);
+    assert_eq!(harness::get(&client, &products).await.status, 200);
     assert_eq!(fake.logins(), 1);
 
     // Without the private CA the certificate is refused, and both the error and readiness say so.
     let text = toml(&url, dir.path(), "", "");
-    let proxy = app::start(common::harness::quiet(Settings::from_toml(&text).unwrap()))
+    let proxy = app::start(harness::quiet(Settings::from_toml(&text).unwrap()))
         .await
         .unwrap();
     let ops = format!("http://{}/readyz", proxy.ops_addr);
-    let mut reason = String::new();
-    for _ in 0..300 {
-        let resp = client
-            .request(Request::get(&ops).body(Full::default()).unwrap())
-            .await
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        reason = v["reason"].as_str().unwrap_or_default().to_owned();
+    wait::until(LONG, "readiness to name the certificate", async || {
+        let r = harness::get(&client, &ops).await;
+        let reason = r.json()["reason"].as_str().unwrap_or_default().to_owned();
         if reason.contains("certificate") {
-            break;
+            Ok(())
+        } else {
+            Err(format!("readiness reason: {reason}"))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(reason.contains("certificate"), "readiness reason: {reason}");
-    let resp = client
-        .request(
-            Request::get(format!("http://{}/admin/products", proxy.proxy_addr))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        String::from_utf8_lossy(&body).contains("certificate"),
-        "{body:?}"
-    );
+    })
+    .await;
+    let r = harness::get(
+        &client,
+        &format!("http://{}/admin/products", proxy.proxy_addr),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("certificate"), "{:?}", r.body);
     assert_eq!(fake.logins(), 1, "no login got through without the CA");
 }

@@ -11,37 +11,25 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::{HeaderMap, Request, StatusCode};
+use http::Request;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::common::fake_medusa::{
     self, CHUNK_BYTES_HEADER, ENCODING_HEADER, FakeMedusa, Mode, SECRET_MARK,
 };
-use crate::common::harness::{config_text, login_auth, password_file};
+use crate::common::harness::{self, Reply, client_for, config_text, login_auth, password_file};
 use crate::common::process::Proc;
 
 type Body = BoxBody<Bytes, Infallible>;
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn leaks(&self) -> bool {
-        memchr::memmem::find(&self.body, SECRET_MARK.as_bytes()).is_some()
-    }
+/// Whether a secret the fake handed out is anywhere in the reply's body.
+fn leaks(r: &Reply) -> bool {
+    memchr::memmem::find(&r.body, SECRET_MARK.as_bytes()).is_some()
 }
 
 /// The proxy under test: the binary, or the in-process app.
@@ -56,11 +44,12 @@ struct Target {
 
 fn config(fake: &FakeMedusa, dir: &std::path::Path, tail: &str) -> String {
     let pw = password_file(dir);
-    let flavor = match fake.mode() {
-        Mode::V1 => "v1",
-        Mode::V2 => "v2",
-    };
-    config_text(&fake.url(), "", &login_auth(flavor, &pw), tail)
+    config_text(
+        &fake.url(),
+        "",
+        &login_auth(fake.mode().flavor(), &pw),
+        tail,
+    )
 }
 
 impl Target {
@@ -73,7 +62,7 @@ impl Target {
         let addr = proc.addr().await.parse().unwrap();
         Target {
             addr,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: client_for(),
             fake,
             _proc: Some(proc),
             _app: None,
@@ -86,12 +75,12 @@ impl Target {
         let dir = tempfile::tempdir().unwrap();
         let text = config(&fake, dir.path(), tail);
         let settings = medusa_auth_proxy::config::Settings::from_toml(&text).unwrap();
-        let app = medusa_auth_proxy::app::start(crate::common::harness::quiet(settings))
+        let app = medusa_auth_proxy::app::start(harness::quiet(settings))
             .await
             .unwrap();
         Target {
             addr: app.proxy_addr,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: client_for(),
             fake,
             _proc: None,
             _app: Some(app),
@@ -106,13 +95,7 @@ impl Target {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.client.request(req.body(body).unwrap()).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        harness::send(&self.client, req.body(body).unwrap()).await
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -178,7 +161,7 @@ async fn read_clean(
         "{path}: the fake sent no secret to hide"
     );
     assert!(
-        !r.leaks(),
+        !leaks(&r),
         "{path} ({headers:?}): a credential reached the client"
     );
     assert_eq!(r.body.len(), sent.len(), "{path}: length changed");
@@ -268,12 +251,12 @@ async fn compressed_answers_are_refused_not_passed_on() {
     let r = t.get("/admin/users", &[(ENCODING_HEADER, "gzip")]).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "upstream_encoded");
-    assert!(!r.leaks());
+    assert!(!leaks(&r));
     let r = t
         .get("/admin/users", &[(ENCODING_HEADER, "identity")])
         .await;
     assert_eq!(r.status, 200);
-    assert!(!r.leaks());
+    assert!(!leaks(&r));
     let sent = t.fake.requests_to("/admin/users");
     assert_eq!(sent.len(), 2);
     for rec in sent {
@@ -386,7 +369,7 @@ async fn api_token_writes_never_reach_medusa() {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert!(!r.leaks());
+    assert!(!leaks(&r));
     let r = t
         .send(
             "POST",
@@ -425,7 +408,7 @@ async fn lifted_credential_rules_pass_through_with_a_warning() {
     let r = t.get("/admin/users", &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.body.len() == fake_medusa::v1_users_json(3).to_string().len());
-    assert!(r.leaks(), "lifted api-token-read still scrubbed");
+    assert!(leaks(&r), "lifted api-token-read still scrubbed");
     assert_eq!(r.json(), fake_medusa::v1_users_json(3));
     let r = t.get("/admin/invites", &[]).await;
     assert_eq!(r.json(), fake_medusa::invites_json(Mode::V1));

@@ -8,13 +8,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-use http::StatusCode;
+use std::time::{Duration, Instant};
 
 use crate::common::fake_medusa::{self, ALWAYS_401, FakeMedusa, Mode};
 use crate::common::harness::{
-    HttpClient, client, config_text, fetch as get, login_auth, password_file,
+    HttpClient, client, config_text, fetch as get, login_auth, password_file, wait_200,
 };
 use crate::common::process::Proc;
 
@@ -34,11 +32,7 @@ async fn served(mode: Mode) -> Served {
     let fake = FakeMedusa::start_mode(mode).await;
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path());
-    let flavor = match mode {
-        Mode::V1 => "v1",
-        Mode::V2 => "v2",
-    };
-    let auth = format!("{}login_timeout = \"2s\"\n", login_auth(flavor, &pw));
+    let auth = format!("{}login_timeout = \"2s\"\n", login_auth(mode.flavor(), &pw));
     let text = config_text(
         &fake.url(),
         "",
@@ -59,17 +53,6 @@ async fn served(mode: Mode) -> Served {
         _p: p,
         _dir: dir,
     }
-}
-
-/// Polls `url` every 20 ms until it answers 200; panics after 10 s.
-async fn wait_200(c: &HttpClient, url: &str) {
-    for _ in 0..500 {
-        if get(c, url).await.0 == StatusCode::OK {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{url} never answered 200");
 }
 
 /// Medusa's own 401 body on admin and store routes, per shape.
@@ -93,6 +76,7 @@ async fn a_401_route_every_second(mode: Mode) {
     } = served(mode).await;
     assert_eq!(fake.logins(), 1);
 
+    let began = Instant::now();
     let attacker = {
         let (c, url) = (c.clone(), format!("{base}{ALWAYS_401}"));
         tokio::spawn(async move {
@@ -117,17 +101,21 @@ async fn a_401_route_every_second(mode: Mode) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     attacker.await.unwrap();
+    let took = began.elapsed();
     assert!(
         served >= 100,
         "{mode:?}: only {served} requests during the attack"
     );
     assert_eq!(fake.always_401_requests(), 30, "{mode:?}");
     assert_eq!(fake.logins(), 1, "{mode:?}: the attack cost no login");
-    // At most one check per 5 s for 30 s of attack (plus one for a window boundary).
+    // At most one check per 5 s over the attack (plus one for a window boundary): 7 for the
+    // 30 s it takes on an idle machine. The rate is the behaviour, so the bound follows the
+    // time the attack really took, which a loaded machine stretches.
     let checks = fake.token_checks();
+    let most = took.as_secs() as usize / 5 + 1;
     assert!(
-        (1..=7).contains(&checks),
-        "{mode:?}: {checks} token checks for 30 attacks in 30 s"
+        (1..=most).contains(&checks),
+        "{mode:?}: {checks} token checks for 30 attacks in {took:?} (at most {most})"
     );
 }
 

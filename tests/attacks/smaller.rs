@@ -1,46 +1,11 @@
 //! The smaller holes: the framing guard after a refused `Upgrade` on the same connection, and
 //! client headers that claim where a request came from or what it is.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 use crate::common::process::Proc;
-use crate::exhaustion::{addr_of, connect_from, setup};
-
-/// Read one HTTP/1.1 response (head, and a Content-Length or chunked body) from `c`.
-async fn read_response(c: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
-            .await
-            .expect("a response within 5 s")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let head = text[..end].to_ascii_lowercase();
-            let body = &text[end + 4..];
-            if let Some(len) = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                if body.len() >= len {
-                    break;
-                }
-            } else if head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n") {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
+use crate::common::wire::{addr_of, connect_from, read_response};
+use crate::exhaustion::setup;
 
 /// A request with `Upgrade` that is not switched (Medusa answers 200, or the proxy refuses
 /// it) leaves the connection HTTP: a following request with Content-Length *and*

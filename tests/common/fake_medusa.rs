@@ -55,6 +55,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::wait::{self, LONG};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -78,6 +80,16 @@ const CHUNK: usize = 64 * 1024;
 pub enum Mode {
     V1,
     V2,
+}
+
+impl Mode {
+    /// The proxy's `auth.flavor` that logs in to this Medusa.
+    pub fn flavor(self) -> &'static str {
+        match self {
+            Mode::V1 => "v1",
+            Mode::V2 => "v2",
+        }
+    }
 }
 
 /// How the login route (`POST /admin/auth/token` in v1, `POST /auth/user/emailpass` in v2)
@@ -141,7 +153,8 @@ struct Knobs {
 /// mode's login route), `logins` (tokens issued by a login), `logins_in_flight`,
 /// `max_concurrent_logins` (high-water mark), `refresh_attempts` (every v2 `POST
 /// /auth/token/refresh`), `refreshes` (tokens issued by a refresh), `connections` (TCP
-/// accepted), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
+/// accepted), `connections_closed` (accepted connections since gone, whoever closed them; see
+/// [`FakeMedusa::open_connections`]), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
 /// refresh routes), `key_requests` (requests authenticated by the static key),
 /// `sessions_created` (v1 only), `download_bytes` (body bytes produced by `/admin/download`,
 /// counted as the client pulls them), `idle_closes` (connections closed by the idle timeout),
@@ -162,6 +175,7 @@ counters!(
     refresh_attempts,
     refreshes,
     connections,
+    connections_closed,
     expired_token_requests,
     rejected_requests,
     key_requests,
@@ -321,29 +335,37 @@ impl FakeMedusa {
         let same = |r: &Recorded| r.uri.split('?').next() == Some(path);
         self.requests().into_iter().filter(same).collect()
     }
+    /// Connections accepted and not yet gone.
+    pub fn open_connections(&self) -> usize {
+        // Closed is read first: a connection closing between the two reads is not counted
+        // as closed and never open.
+        let closed = self.connections_closed();
+        self.connections() - closed
+    }
+
     pub fn last_token(&self) -> Option<String> {
         lock(&self.state.last_token).clone()
     }
 
-    /// Polls `f` every 5 ms; panics after 10 s.
+    /// Polls `f` until it holds; panics after [`LONG`] with the fake's counters.
     pub async fn wait_until(&self, f: impl Fn(&FakeMedusa) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f(self) {
-            if Instant::now() > deadline {
-                panic!(
-                    "fake medusa: condition not met within 10s (login_attempts={}, logins={}, \
-                     refresh_attempts={}, refreshes={}, requests={}, rejected={}, connections={})",
-                    self.login_attempts(),
-                    self.logins(),
-                    self.refresh_attempts(),
-                    self.refreshes(),
-                    self.requests().len(),
-                    self.rejected_requests(),
-                    self.connections()
-                );
+        wait::until(LONG, "a fake Medusa condition", async || {
+            if f(self) {
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            Err(format!(
+                "login_attempts={}, logins={}, refresh_attempts={}, refreshes={}, requests={}, \
+                 rejected={}, connections={}",
+                self.login_attempts(),
+                self.logins(),
+                self.refresh_attempts(),
+                self.refreshes(),
+                self.requests().len(),
+                self.rejected_requests(),
+                self.connections()
+            ))
+        })
+        .await
     }
 
     /// Stops accepting and drops every open connection ("Medusa down"). Takes effect at the
@@ -572,6 +594,8 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
                     });
                     let io = ConnIo { tcp, conn: conn.clone() };
                     conns.spawn(async move {
+                        // Counted however the connection ends, an abort ("Medusa down") too.
+                        let _closed = CountOnDrop(st.clone());
                         let counters = st.clone();
                         let c = conn.clone();
                         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -608,6 +632,15 @@ async fn serve(listener: TcpListener, st: Arc<State>) {
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+/// Counts a connection as closed when its task ends or is dropped.
+struct CountOnDrop(Arc<State>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.n.connections_closed.fetch_add(1, SeqCst);
     }
 }
 

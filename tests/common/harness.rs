@@ -1,13 +1,13 @@
 //! The in-process harness: the proxy started by `app::start` from a TOML config in front of a
-//! fake Medusa, and a hyper-util client to talk to it.
+//! fake Medusa, and the one way the tests make HTTP clients and read replies.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -15,11 +15,48 @@ use medusa_auth_proxy::app::{self, Running};
 use medusa_auth_proxy::config::Settings;
 
 use super::fake_medusa::{self, FakeMedusa};
+use super::wait::{self, LONG};
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// An HTTP/1.1 client with its own connection pool, for buffered request bodies.
 pub fn client() -> HttpClient {
+    client_for()
+}
+
+/// An HTTP/1.1 client for request bodies of type `B` (streamed uploads, boxed bodies).
+pub fn client_for<B>() -> Client<HttpConnector, B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 client with prior knowledge (h2c), for buffered request bodies.
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `req` through `c` and reads the whole reply; panics if nothing answers or the body
+/// breaks off.
+pub async fn send<B>(c: &Client<HttpConnector, B>, req: Request<B>) -> Reply
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let resp = c.request(req).await.expect("the proxy answers");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("the whole body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// Writes the fake's password, newline-terminated, to `dir/password`; returns its path.
@@ -38,15 +75,34 @@ pub fn login_auth(flavor: &str, pw: &Path) -> String {
     )
 }
 
-/// A proxy config in front of `upstream_url`, both listeners on ephemeral ports. `upstream`:
-/// more `[upstream]` lines; `auth`: the whole `[auth]` section; `tail`: sections appended at
-/// the end.
+/// A proxy config in front of `upstream_url`, both listeners on ephemeral ports, a 5 s
+/// shutdown grace. `upstream`: more `[upstream]` lines; `auth`: the whole `[auth]` section;
+/// `tail`: sections appended at the end.
 pub fn config_text(upstream_url: &str, upstream: &str, auth: &str, tail: &str) -> String {
+    proxy_config(
+        "shutdown_grace = \"5s\"",
+        upstream_url,
+        upstream,
+        auth,
+        tail,
+    )
+}
+
+/// [`config_text`] with `proxy` as the `[proxy]` lines after `listen` (no shutdown grace
+/// unless given there). Every test config is written by these two, so the sections a test
+/// does not care about are the same everywhere.
+pub fn proxy_config(
+    proxy: &str,
+    upstream_url: &str,
+    upstream: &str,
+    auth: &str,
+    tail: &str,
+) -> String {
     format!(
         r#"
 [proxy]
 listen = "127.0.0.1:0"
-shutdown_grace = "5s"
+{proxy}
 [upstream]
 url = "{upstream_url}"
 connect_timeout = "1s"
@@ -60,6 +116,18 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// `e` and its sources, `: `-separated (hyper's errors say little without their sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
 /// `settings` without the access log, for a proxy run in-process. Its lines go straight to
 /// the test process's stderr (the test harness captures only `print!`-style output), so
 /// `cargo test` printed ~33,000 of them between the test names. Access logging itself is
@@ -71,10 +139,34 @@ pub fn quiet(mut settings: Settings) -> Settings {
 
 /// Status and body of `GET url` through `c`; panics if nothing answers.
 pub async fn fetch(c: &HttpClient, url: &str) -> (StatusCode, Bytes) {
-    let req = Request::get(url).body(Full::default()).unwrap();
-    let resp = c.request(req).await.expect("the proxy answers");
-    let status = resp.status();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
+    let r = get(c, url).await;
+    (r.status, r.body)
+}
+
+/// `GET url` through `c`; panics if nothing answers.
+pub async fn get(c: &HttpClient, url: &str) -> Reply {
+    send(c, Request::get(url).body(Full::default()).unwrap()).await
+}
+
+/// `POST url` through `c` with `body` (no content type); panics if nothing answers.
+pub async fn post(c: &HttpClient, url: &str, body: &'static [u8]) -> Reply {
+    let req = Request::post(url)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    send(c, req).await
+}
+
+/// Polls `GET url` through `c` until it answers 200; panics after [`LONG`].
+pub async fn wait_200(c: &HttpClient, url: &str) {
+    wait::until(LONG, &format!("200 from {url}"), async || {
+        let r = get(c, url).await;
+        if r.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("last {} {}", r.status, r.text()))
+        }
+    })
+    .await
 }
 
 /// The proxy, run in-process in front of `fake`.
@@ -82,7 +174,8 @@ pub struct Harness {
     pub fake: FakeMedusa,
     pub proxy: Running,
     pub client: HttpClient,
-    _dir: tempfile::TempDir,
+    /// The folder holding the files the config names (password file, keys).
+    pub dir: tempfile::TempDir,
 }
 
 /// A response, its body read to the end.
@@ -100,6 +193,11 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The proxy's `error` code of its own error replies; empty for any other body.
+    pub fn code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
 }
 
 impl Harness {
@@ -112,7 +210,7 @@ impl Harness {
             fake,
             proxy,
             client: client(),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -120,26 +218,34 @@ impl Harness {
         format!("http://{}{}", self.proxy.proxy_addr, path)
     }
 
+    /// The ops listener's base URL (`http://127.0.0.1:port`).
+    pub fn ops_url(&self) -> String {
+        format!("http://{}", self.proxy.ops_addr)
+    }
+
+    /// A request builder for `method path` on the proxy.
+    pub fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(self.url(path))
+    }
+
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
-        let resp = self.client.request(req).await.expect("proxy answers");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        send(&self.client, req).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(Request::get(self.url(path)).body(Full::default()).unwrap())
+        self.call("GET", path).await
+    }
+
+    /// `method path` without a body.
+    pub async fn call(&self, method: &str, path: &str) -> Reply {
+        self.send(self.request(method, path).body(Full::default()).unwrap())
             .await
     }
 
     pub async fn ops(&self, path: &str) -> Reply {
-        let url = format!("http://{}{}", self.proxy.ops_addr, path);
-        self.send(Request::get(url).body(Full::default()).unwrap())
-            .await
+        get(&self.client, &format!("{}{path}", self.ops_url())).await
     }
 
     /// One request that succeeds, so the current token is known good.
@@ -148,46 +254,28 @@ impl Harness {
         assert_eq!(r.status, 200, "warm-up: {:?}", r.body);
     }
 
-    /// Polls `/readyz` every 10 ms until it answers `want`; panics after 10 s.
+    /// Polls `/readyz` until it answers `want`; panics after [`LONG`].
     pub async fn wait_readyz(&self, want: u16) -> Reply {
         self.wait_readyz_until(&want.to_string(), |r| r.status == want)
             .await
     }
 
-    /// Polls `/readyz` every 10 ms until `f` holds for the reply; panics after 10 s.
+    /// Polls `/readyz` until `f` holds for the reply; panics after [`LONG`].
     pub async fn wait_readyz_until(&self, what: &str, f: impl Fn(&Reply) -> bool) -> Reply {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait::until(LONG, &format!("/readyz to show {what}"), async || {
             let r = self.ops("/readyz").await;
             if f(&r) {
-                return r;
+                Ok(r)
+            } else {
+                Err(format!("last {} {}", r.status, r.text()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never showed {what}: last {} {}",
-                r.status,
-                r.text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
-    /// Polls `GET path` every 20 ms until it answers 200; panics after 10 s.
+    /// Polls `GET path` until it answers 200; panics after [`LONG`].
     pub async fn wait_ok(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.get(path).await;
-            if r.status == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never recovered: last {} {}",
-                r.status,
-                r.text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_200(&self.client, &self.url(path)).await
     }
 
     /// `n` concurrent GETs of `path`.

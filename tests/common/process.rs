@@ -1,4 +1,5 @@
-//! The proxy binary as a child process, its stderr collected line by line.
+//! The proxy binary as a child process: run to completion ([`run`]), or kept running
+//! ([`Proc`]) with its stderr collected line by line.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -6,7 +7,70 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::wait::{self, LONG};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
+
+/// What a finished run of the binary left: its exit code (`None` if killed by a signal),
+/// stdout and stderr.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub out: String,
+    pub err: String,
+}
+
+impl Ran {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// `(succeeded, stdout, stderr)`.
+    pub fn split(self) -> (bool, String, String) {
+        (self.ok(), self.out, self.err)
+    }
+}
+
+/// Runs the binary with exactly `args` to completion, with `env` set and without the
+/// variables a caller's shell could leak in: `RUST_LOG`, `MEDUSA_AUTH_PROXY_CONFIG` and the
+/// tests' own `MAP_*` secrets. Blocking: from async code use [`run_async`].
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("MEDUSA_AUTH_PROXY_CONFIG");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    Ran {
+        code: out.status.code(),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// [`run`] on a blocking thread, so the runtime keeps serving (the fake Medusa the binary
+/// talks to may run on it).
+pub async fn run_async(args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&args, &env)
+    })
+    .await
+    .unwrap()
+}
 
 /// A running proxy binary whose stderr is collected line by line. Killed on drop.
 pub struct Proc {
@@ -141,33 +205,31 @@ impl Proc {
         self.lines().iter().filter(|l| l.contains(needle)).count()
     }
 
-    /// Wait for a log line containing `needle`; return it.
+    /// Waits for a log line containing `needle`; returns it. Panics after [`LONG`].
     pub async fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait::until(LONG, &format!("a log line with {needle:?}"), async || {
+            self.lines()
+                .into_iter()
+                .find(|l| l.contains(needle))
+                .ok_or_else(|| format!("log:\n{}", self.log()))
+        })
+        .await
     }
 
-    /// Wait until `n` log lines contain `needle`.
+    /// Waits until `n` log lines contain `needle`. Panics after [`LONG`].
     pub async fn wait_lines(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.count_lines(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no log line {n} with {needle:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait::until(
+            LONG,
+            &format!("{n} log lines with {needle:?}"),
+            async || {
+                if self.count_lines(needle) >= n {
+                    Ok(())
+                } else {
+                    Err(format!("log:\n{}", self.log()))
+                }
+            },
+        )
+        .await
     }
 
     /// The proxy's listen address, from its start-up line.
@@ -209,17 +271,24 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// Waits for the process to exit; panics if it is still running after `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        match self.try_wait_exit(within).await {
+            Some(s) => s,
+            None => panic!("did not exit within {within:?}; log:\n{}", self.log()),
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it is still running.
+    pub async fn try_wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
+                return Some(s);
             }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit within {within:?}; log:\n{}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -230,26 +299,37 @@ impl Proc {
 
     /// A line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...), in KiB.
     pub fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        self.try_status_kib(field)
+            .unwrap_or_else(|| panic!("no {field} for pid {}", self.pid()))
+    }
+
+    /// [`Proc::status_kib`], `None` once the process is gone.
+    pub fn try_status_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         let line = status
             .lines()
-            .find(|l| l.starts_with(&format!("{field}:")))
-            .unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+            .find(|l| l.starts_with(&format!("{field}:")))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// How many file descriptors the process has open.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
+        self.try_open_fds()
+            .unwrap_or_else(|| panic!("no /proc/{}/fd", self.pid()))
+    }
+
+    /// [`Proc::open_fds`], `None` once the process is gone.
+    pub fn try_open_fds(&self) -> Option<usize> {
+        Some(
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .ok()?
+                .count(),
+        )
     }
 
     /// The process's peak resident set (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        self.status_kib("VmHWM")
     }
 }
 

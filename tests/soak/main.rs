@@ -20,19 +20,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::fake_medusa::{self, FakeMedusa, Mode};
+use common::fake_medusa::{FakeMedusa, Mode};
+use common::harness::{HttpClient, client, login_auth, password_file, proxy_config};
+use common::process::Proc;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
-const BIN: &str = env!("CARGO_BIN_EXE_medusa-auth-proxy");
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -99,11 +96,7 @@ impl Shared {
 }
 
 /// One request of the mix; `None` on success, else the failure's kind.
-async fn one(
-    c: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    base: &str,
-    n: u64,
-) -> (&'static str, Option<String>) {
+async fn one(c: &HttpClient, base: &str, n: u64) -> (&'static str, Option<String>) {
     // GET 50 %, POST 25 %, DELETE 15 %, a 256 KiB download 5 %, a 100 KiB upload 5 %.
     let (method, label, path, body): (Method, &'static str, String, Bytes) = match n % 20 {
         0..=9 => (
@@ -181,87 +174,26 @@ fn short(e: &dyn std::error::Error) -> String {
     s.chars().take(80).collect()
 }
 
-fn proc_status(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn open_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-}
-
 fn mean(v: &[u64]) -> f64 {
     v.iter().sum::<u64>() as f64 / v.len().max(1) as f64
 }
 
-/// The proxy process; killed (by its own handle) if still running when dropped.
-struct ProxyProc(Child);
-
-impl Drop for ProxyProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_proxy(dir: &Path, fake_url: &str, flavor: &str) -> (ProxyProc, String) {
-    let pw = dir.join("password");
-    std::fs::write(&pw, format!("{}\n", fake_medusa::DEFAULT_PASSWORD)).unwrap();
+/// The proxy binary in front of `fake_url`, its log in `dir/proxy.log`; its address.
+async fn start_proxy(dir: &Path, fake_url: &str, flavor: &str) -> (Proc, String) {
+    let pw = password_file(dir);
     let cfg = dir.join("proxy.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-shutdown_grace = "10s"
-[upstream]
-url = "{fake_url}"
-connect_timeout = "1s"
-request_timeout = "20s"
-[auth]
-flavor = "{flavor}"
-email = "{email}"
-password_file = "{pw}"
-login_timeout = "2s"
-[ops]
-listen = "127.0.0.1:0"
-[log]
-access = false
-"#,
-            email = fake_medusa::DEFAULT_EMAIL,
-            pw = pw.display()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.join("proxy.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = ProxyProc(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let auth = format!("{}login_timeout = \"2s\"", login_auth(flavor, &pw));
+    let text = proxy_config(
+        "shutdown_grace = \"10s\"",
+        fake_url,
+        "request_timeout = \"20s\"",
+        &auth,
+        "[log]\naccess = false",
     );
-    // The listen address from the start-up line.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("medusa-auth-proxy started"))
-        {
-            let start = line.find("listen=").unwrap() + "listen=".len();
-            let addr = line[start..].split_whitespace().next().unwrap().to_owned();
-            return (child, addr);
-        }
-        assert!(Instant::now() < deadline, "proxy did not start:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    std::fs::write(&cfg, text).unwrap();
+    let p = Proc::start_logging_to(&cfg, &[], &dir.join("proxy.log"));
+    let addr = p.addr().await;
+    (p, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,8 +222,8 @@ async fn soak() {
         fake.set_idle_timeout(Some(Duration::from_millis(idle_ms)));
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start_proxy(dir.path(), &fake.url(), &flavor);
-    let pid = child.0.id();
+    let (mut child, addr) = start_proxy(dir.path(), &fake.url(), &flavor).await;
+    let pid = child.pid();
     let base = format!("http://{addr}");
     println!(
         "soak: {seconds} s, {clients} clients (pause {pause:?}), {flavor} tokens of {token:?}, \
@@ -310,7 +242,7 @@ async fn soak() {
         .map(|_| {
             let (shared, base) = (shared.clone(), base.clone());
             tokio::spawn(async move {
-                let c = Client::builder(TokioExecutor::new()).build_http();
+                let c = client();
                 while !shared.stop.load(SeqCst) {
                     let n = shared.seq.fetch_add(1, SeqCst);
                     let started = Instant::now();
@@ -359,8 +291,8 @@ async fn soak() {
     while t0.elapsed() < Duration::from_secs(seconds) {
         let left = Duration::from_secs(seconds).saturating_sub(t0.elapsed());
         tokio::time::sleep(report_every.min(left)).await;
-        let r = proc_status(pid, "VmRSS:").unwrap_or(0);
-        let f = open_fds(pid).unwrap_or(0);
+        let r = child.try_status_kib("VmRSS").unwrap_or(0);
+        let f = child.try_open_fds().unwrap_or(0) as u64;
         rss.push(r);
         fds.push(f);
         let s = shared.stats.lock().unwrap();
@@ -389,21 +321,8 @@ async fn soak() {
     }
     // Medusa back up if the run ended inside an outage, then a clean stop.
     let _ = fake.restart().await;
-    let _ = Command::new("kill")
-        .args(["-s", "TERM", &pid.to_string()])
-        .status();
-    let exit = {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    child.signal("TERM");
+    let exit = child.try_wait_exit(Duration::from_secs(15)).await;
 
     let s = shared.stats.lock().unwrap();
     let outside: u64 = s.outside.values().sum();
