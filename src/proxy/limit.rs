@@ -7,6 +7,11 @@
 //! connection); streamed ones are not.
 //!
 //! The buffering path is the one boxed future of this step (it waits for the client).
+//!
+//! Not `tower_http::limit::RequestBodyLimitLayer`: it caps the body, but the proxy must also
+//! decide per request whether to buffer (for a replay after a 401, and for the built-in body
+//! rules) or to stream, and must turn a stream broken off at the cap into the client's 413
+//! after the send failed; that decision and that mapping are this step.
 
 use std::pin::Pin;
 use std::sync::Arc;

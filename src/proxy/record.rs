@@ -1,6 +1,11 @@
 //! `record`: the outermost step. Counts every request in the metrics and writes its access
 //! log line when its response body ends (or when the client goes away first: 499, as nginx
 //! logs it). Inner steps leave what only they know as response extensions ([`Noted`]).
+//!
+//! Not `tower_http::trace::TraceLayer`: the access line has its own stable format (text or
+//! JSON, redacted query, key fingerprint, replayed flag) written through a buffered sink, and
+//! the metrics are pre-resolved counters; a tracing span per request would cost more than the
+//! whole step.
 
 use std::convert::Infallible;
 use std::future::Future;
