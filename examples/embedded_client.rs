@@ -36,6 +36,7 @@
 //! real Medusa v1 and v2 servers.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
@@ -43,7 +44,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use medusa_auth_proxy::auth::{BuildError, Flavor, SecretSource, TokenManager};
+use medusa_auth_proxy::auth::login::LoginError;
+use medusa_auth_proxy::auth::{BuildError, Flavor, SecretSource, TokenError, TokenManager};
 use medusa_auth_proxy::proxy::inject::{Credential, CredentialError, CredentialLayer, Replayed};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -87,8 +89,11 @@ pub enum ExampleError {
          hyper-util's Client an https connector (hyper-rustls) and the same layer"
     )]
     NotHttp(String),
-    /// No answer from Medusa: no token could be had (login failed, Medusa down), or the
-    /// request itself failed.
+    /// The login failed (refused credentials, Medusa down or answering errors). The
+    /// message names the account, the login URL and where the password came from.
+    #[error("login to Medusa failed: {0}")]
+    Login(#[source] Arc<LoginError>),
+    /// The request failed otherwise: no token in time, or no answer from Medusa.
     #[error("the request failed: {0}")]
     Request(#[source] CredentialError<hyper_util::client::legacy::Error>),
     /// The answer's body broke off.
@@ -110,7 +115,7 @@ impl ExampleError {
             | ExampleError::BadFlavor(_)
             | ExampleError::Build(_)
             | ExampleError::NotHttp(_) => 2,
-            ExampleError::Request(_) | ExampleError::Body(_) => 1,
+            ExampleError::Login(_) | ExampleError::Request(_) | ExampleError::Body(_) => 1,
         }
     }
 }
@@ -192,11 +197,14 @@ pub async fn get(client: &MedusaClient, uri: Uri) -> Result<Answer, ExampleError
     *req.uri_mut() = uri;
     // `oneshot` waits for the service to be ready, then calls it. The first call waits for
     // the driver's login; later calls find the token cached.
-    let resp = client
-        .clone()
-        .oneshot(req)
-        .await
-        .map_err(ExampleError::Request)?;
+    let resp = client.clone().oneshot(req).await.map_err(|e| match e {
+        // The driver's login failed: its error says why (the layer's own message is the
+        // short one the proxy shows its clients).
+        CredentialError::Token(TokenError::LoginFailed { source, .. }) => {
+            ExampleError::Login(source)
+        }
+        other => ExampleError::Request(other),
+    })?;
     let replayed = resp.extensions().get::<Replayed>().is_some();
     let status = resp.status();
     let body = resp
