@@ -35,6 +35,7 @@
 //! test suite's fake Medusa; the e2e suite (`tests/e2e/run.sh`) runs the built example against
 //! real Medusa v1 and v2 servers.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -277,6 +278,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let outcome = match Config::from_lookup(|name| std::env::var(name).ok()) {
