@@ -386,7 +386,7 @@ run_v2() {
     # Long-lived tokens first: a rotation is only a rotation if the old token is still valid.
     "$CTL" start-medusa v2 --jwt-secret "e2e-jwt-v2-$(date +%s)" --jwt-expires-in 1h
     with_flavor v2 v2 "$(password_auth_lines 60s)" -- body_v2_long
-    example v2   # while tokens live 1 h (the example keeps the default 60 s renewal margin)
+    example v2
     if wanted v2; then
         banner "Medusa v2 restarted with jwtExpiresIn 6s"
         e2e_stop medusa-v2
