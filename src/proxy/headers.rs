@@ -116,7 +116,8 @@ const ORIGIN_CLAIMS: [HeaderName; 10] = [
     HeaderName::from_static("x-original-forwarded-for"),
 ];
 
-/// Remove every client claim about the request's origin or method (see [`ORIGIN_CLAIMS`]),
+/// Remove every client claim about the request's origin or method (`Forwarded`, `X-Real-IP`,
+/// `X-Original-URL`, `X-HTTP-Method-Override`, the rest of the private `ORIGIN_CLAIMS`),
 /// including all `X-Forwarded-*` headers, whatever their spelling (header names are
 /// case-insensitive and `http` stores them lowercased).
 pub fn strip_origin_claims(headers: &mut HeaderMap) {

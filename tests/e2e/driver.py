@@ -1159,12 +1159,77 @@ def sc_nologin(args) -> int:
     return ck.finish("nologin")
 
 
+def sc_example(args) -> int:
+    """The library's showcase, examples/embedded_client (a TokenManager and hyper-util's Client
+    behind CredentialLayer, in the example's own process; no proxy), run against Medusa with the
+    admin account: with --ver's flavor and with the default (auto), it must exit 0, print a 2xx
+    for GET /admin/products and log in exactly once; with a wrong password it must exit 1 with
+    a message that names no password. Neither password may appear in its output."""
+    ck = Checks()
+    if not args.example_bin or not os.access(args.example_bin, os.X_OK):
+        ck.check(False, "the example binary exists", str(args.example_bin))
+        return ck.finish("example")
+    Client(args.medusa or "")  # refuses anything but http on loopback
+    password = os.environ.get(args.password_env, "")
+    ck.check(bool(password), f"${args.password_env} holds the admin password")
+    wrong = f"e2e-wrong-password-{uuid.uuid4().hex[:12]}"
+    mlog = MedusaLog(args.medusa_log, args.ver)
+
+    def run(label: str, flavor: str | None, password_env: str, extra: dict) -> tuple[int, str, str, dict]:
+        ours = {"MEDUSA_URL", "MEDUSA_EMAIL", "MEDUSA_PASSWORD_ENV", "MEDUSA_FLAVOR"}
+        env = {k: v for k, v in os.environ.items() if k not in ours}
+        env.update(extra)
+        env.update({
+            "MEDUSA_URL": args.medusa, "MEDUSA_EMAIL": args.email, "MEDUSA_PASSWORD_ENV": password_env,
+            "RUST_LOG": "medusa_auth_proxy=info",
+        })
+        if flavor:
+            env["MEDUSA_FLAVOR"] = flavor
+        mlog.mark()
+        say(f"{label}: {args.example_bin} (MEDUSA_FLAVOR={flavor or 'unset'}, MEDUSA_PASSWORD_ENV={password_env})")
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run([args.example_bin], env=env, capture_output=True, text=True, timeout=60)
+            rc, out, err = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:
+            rc, out, err = -1, str(e.stdout or ""), f"timed out after 60 s: {e.stderr or ''}"
+        ck.figure(f"{label}.seconds", round(time.monotonic() - t0, 2))
+        for name, text in (("stdout", out), ("stderr", err)):
+            for ln in text.splitlines():
+                print(f"    {label} {name}| {ln}", flush=True)
+        m = mlog.counts()
+        ck.figure(f"{label}.exit", rc)
+        ck.figure(f"{label}.medusa_log", m)
+        for secret, what in ((password, "the admin password"), (wrong, "the wrong password")):
+            if secret:
+                ck.check(secret not in out + err, f"{label}: {what} is not in the output")
+        return rc, out, err, m
+
+    for label, flavor in ((f"flavor-{args.ver}", args.ver), ("flavor-default-auto", None)):
+        rc, out, err, m = run(label, flavor, args.password_env, {})
+        st = re.search(r"^status: (\d{3})", out, re.M)
+        code = int(st.group(1)) if st else 0
+        ck.figure(f"{label}.status", code)
+        ck.check(rc == 0, f"{label}: exits 0", f"exit {rc}; {err.strip()[-300:]}" if rc else "")
+        ck.check(200 <= code < 300, f"{label}: printed a 2xx for GET /admin/products", st.group(0) if st else "no status line")
+        ck.check(re.search(r"^body: .*products", out, re.M) is not None, f"{label}: printed the start of the products body")
+        ok_logins = m["logins"] - m["logins_failed"]
+        ck.check(ok_logins == 1, f"{label}: exactly one login in Medusa's log", f"{ok_logins} successful of {m['logins']}")
+
+    rc, out, err, m = run("wrong-password", args.ver, "E2E_EXAMPLE_WRONG_PASSWORD", {"E2E_EXAMPLE_WRONG_PASSWORD": wrong})
+    ck.check(rc == 1, "wrong-password: exits 1", f"exit {rc}")
+    ck.check("invalid credentials" in err and args.email in err,
+             "wrong-password: says the login was refused, for which account", err.strip()[-300:])
+    ck.check(m["logins"] - m["logins_failed"] == 0, "wrong-password: no login succeeded", str(m))
+    return ck.finish("example")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["crud", "soak", "rotate", "outage", "rss", "mkkey", "nologin", "smoke", "creds"])
+    ap.add_argument("scenario", choices=["crud", "soak", "rotate", "outage", "rss", "mkkey", "nologin", "smoke", "creds", "example"])
     ap.add_argument("--ver", choices=["v1", "v2"], required=True)
     ap.add_argument("--via", default="proxy", choices=["proxy", "none", "direct", "direct-nocookie"])
     ap.add_argument("--proxy", help="proxy base URL, e.g. http://127.0.0.1:PORT")
@@ -1202,13 +1267,14 @@ def main() -> int:
     ap.add_argument("--out", help="mkkey: file to write the key to")
     ap.add_argument("--expect-log", help="smoke: a regex the proxy's log must match")
     ap.add_argument("--since", type=int, default=0, help="nologin: byte offset into --medusa-log")
+    ap.add_argument("--example-bin", help="example: the built examples/embedded_client")
     args = ap.parse_args()
     if args.scenario == "outage" and args.max_logins is None:
         args.max_logins = 1
     fn = {
         "crud": sc_crud, "soak": sc_soak, "rotate": sc_rotate, "outage": sc_outage,
         "rss": sc_rss, "mkkey": sc_mkkey, "nologin": sc_nologin, "smoke": sc_smoke,
-        "creds": sc_creds,
+        "creds": sc_creds, "example": sc_example,
     }[args.scenario]
     say(f"scenario {args.scenario} (Medusa {args.ver}, via {args.via})")
     return fn(args)

@@ -11,6 +11,9 @@
 #   E2E_DIR            work dir for installs, state, logs (default /tmp/medusa-auth-proxy-e2e)
 #   E2E_PROXY_BIN      the proxy binary (default target/release/medusa-auth-proxy, built with
 #                      `cargo build --release --locked` when missing)
+#   E2E_EXAMPLE_BIN    the built examples/embedded_client (default: next to the proxy binary,
+#                      target/{debug,release}/examples/, built with `cargo build [--release]
+#                      --examples --locked` when missing)
 #   E2E_REQUIRE        flavors that must run, never SKIP (default "v1"; "all" = every flavor)
 #   E2E_FLAVORS        run only these flavors (default: all four, each skipped loudly when
 #                      `medusa-auth-proxy check` rejects its config, i.e. not supported yet)
@@ -107,6 +110,29 @@ resolve_proxy() {
     [ -x "$PROXY_BIN" ] || e2e_die "no proxy binary at $PROXY_BIN"
     "$PROXY_BIN" --help >/dev/null || e2e_die "$PROXY_BIN --help failed"
     e2e_log "proxy: $PROXY_BIN ($("$PROXY_BIN" --version 2>/dev/null || echo 'no --version'))"
+}
+
+# The library's showcase (examples/embedded_client), for the `*-example` scenarios: the one
+# next to the proxy binary's profile, built the same way when missing.
+resolve_example() {
+    local dir profile
+    dir=$(dirname "$PROXY_BIN")
+    profile=$(basename "$dir")
+    if [ "$profile" != debug ] && [ "$profile" != release ]; then
+        profile=release dir=$E2E_REPO/target/release
+    fi
+    EXAMPLE_BIN=${E2E_EXAMPLE_BIN:-$dir/examples/embedded_client}
+    if [ ! -x "$EXAMPLE_BIN" ] && [ -z "${E2E_EXAMPLE_BIN:-}" ]; then
+        if [ "$profile" = release ]; then
+            e2e_log "building the example: cargo build --release --examples --locked"
+            (cd "$E2E_REPO" && cargo build --release --examples --locked)
+        else
+            e2e_log "building the example: cargo build --examples --locked"
+            (cd "$E2E_REPO" && cargo build --examples --locked)
+        fi
+    fi
+    [ -x "$EXAMPLE_BIN" ] || e2e_die "no example binary at $EXAMPLE_BIN"
+    e2e_log "example: $EXAMPLE_BIN"
 }
 
 # write_proxy_config NAME FLAVOR MEDUSA_PORT [AUTH_LINES...]: writes $PROXY_CFG with fresh
@@ -311,6 +337,24 @@ body_auto() {   # flavor "auto": one probe at start-up, then it behaves as the d
         --expect-log "auto: Medusa $ver detected|flavor\W+$ver\b.*detect|detect.*\b$ver\b"
 }
 
+# example VER : the library's showcase straight at Medusa VER (no proxy in between), logging
+# in with the suite's admin account; the password reaches it as the name of a variable.
+example() {
+    local ver=$1 mport
+    if ! wanted "$ver"; then
+        skip "$ver-example" "not in E2E_FLAVORS ($E2E_FLAVORS)"
+        return 0
+    fi
+    if [ "$VIA" = direct ]; then
+        skip "$ver-example" "the self-check runs no binary of ours"
+        return 0
+    fi
+    mport=$("$CTL" port "$ver")
+    scenario "$ver-example" "${DRIVER[@]}" example --ver "$ver" --medusa "http://127.0.0.1:$mport" \
+        --medusa-log "$E2E_LOGS/medusa-$ver.log" --email "$E2E_ADMIN_EMAIL" \
+        --password-env MEDUSA_ADMIN_PASSWORD --example-bin "$EXAMPLE_BIN"
+}
+
 make_key() {   # make_key FLAVOR VER : create the static credential with a hand-fetched token
     local flavor=$1 ver=$2 mport
     mport=$("$CTL" port "$ver")
@@ -333,6 +377,7 @@ run_v1() {
         skip v1-api-token "not in E2E_FLAVORS ($E2E_FLAVORS)"
     fi
     with_flavor auto v1 "$(password_auth_lines 60s)" -- body_auto
+    example v1
     e2e_stop medusa-v1
 }
 
@@ -341,6 +386,7 @@ run_v2() {
     # Long-lived tokens first: a rotation is only a rotation if the old token is still valid.
     "$CTL" start-medusa v2 --jwt-secret "e2e-jwt-v2-$(date +%s)" --jwt-expires-in 1h
     with_flavor v2 v2 "$(password_auth_lines 60s)" -- body_v2_long
+    example v2
     if wanted v2; then
         banner "Medusa v2 restarted with jwtExpiresIn 6s"
         e2e_stop medusa-v2
@@ -373,7 +419,10 @@ main() {
         "$E2E_SRC/setup.sh" "$WHICH"
     fi
     rm -f "$E2E_STATE"/medusa-*.port "$E2E_STATE"/medusa-*.jwt_* "$E2E_STATE"/*.key "$E2E_LOGS"/scenario-*.log
-    if [ "$VIA" = proxy ]; then resolve_proxy; fi
+    if [ "$VIA" = proxy ]; then
+        resolve_proxy
+        resolve_example
+    fi
     if [ "$WHICH" = v1 ] || [ "$WHICH" = all ]; then run_v1; fi
     if [ "$WHICH" = v2 ] || [ "$WHICH" = all ]; then run_v2; fi
 }
