@@ -435,3 +435,28 @@ impl TokenManager {
         })
     }
 }
+
+#[cfg(test)]
+impl TokenManager {
+    /// Tests only: hold a token as if the driver had just obtained one (a static key that
+    /// names `user_id`), with no Medusa, no login and no driver; returns it. A `user_id` sets
+    /// [`TokenManager::user_id_hint`], as a login naming one does.
+    pub(crate) async fn seed_token(&self, user_id: Option<&str>) -> Arc<Token> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // Far above the driver's ids (it counts from 1), so "still the cached one" checks
+        // never mistake a seeded token for one of the driver's.
+        static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
+        let cred = login::Credential {
+            value: Secret::new("seeded-test-key".into()),
+            flavor: Flavor::V1ApiToken,
+            how: login::Obtained::KeyCheck,
+            user_id: user_id.map(str::to_owned),
+        };
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let token = Token::new(cred, &self.inner.settings, id, false)
+            .map(Arc::new)
+            .expect("a static key always makes a token");
+        self.inner.cache.insert(token.clone()).await;
+        token
+    }
+}

@@ -123,3 +123,257 @@ impl<RB> Finish<Result<Response<RB>, ProxyError>> for Fingerprint {
         Ok(resp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http::HeaderValue;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::access::{ClientKeys, HostList};
+    use crate::proxy::testing::stand_in;
+
+    const KEY: &str = "key-a-0123456789abcdef";
+
+    fn rules(keys: bool) -> AccessConfig {
+        AccessConfig {
+            allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+            allow_hosts: HostList::from(vec!["localhost".to_owned()]),
+            allow_origins: vec!["https://dash.example.com".to_owned()],
+            client_keys: keys.then(|| ClientKeys::parse(KEY).unwrap()),
+        }
+    }
+
+    fn shared(cfg: AccessConfig) -> AccessRules {
+        Arc::new(ArcSwap::from_pointee(cfg))
+    }
+
+    /// A request from 127.0.0.1 to `Host: localhost:7000`, with `extra` headers.
+    fn request(extra: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut req = Request::builder()
+            .uri("/admin/products")
+            .header("host", "localhost:7000")
+            .body(())
+            .unwrap();
+        for (name, value) in extra {
+            req.headers_mut()
+                .insert(*name, HeaderValue::from_static(value));
+        }
+        req.extensions_mut()
+            .insert(PeerAddr("127.0.0.1:50000".parse::<SocketAddr>().unwrap()));
+        req
+    }
+
+    fn from(peer: &str, mut req: Request<()>) -> Request<()> {
+        req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        req
+    }
+
+    /// The `access` step over a stand-in answering 200, and how often it was called.
+    fn access(
+        rules: &AccessRules,
+    ) -> (
+        impl Service<Request<()>, Response = Response<()>, Error = ProxyError>,
+        crate::proxy::testing::Probe<()>,
+    ) {
+        let (inner, probe) = stand_in(|_| Ok(Response::new(())));
+        (AccessLayer(rules.clone()).layer(inner), probe)
+    }
+
+    fn forbidden(err: &ProxyError) -> (&'static str, &str) {
+        match err {
+            ProxyError::Forbidden { code, message } => (code, message),
+            other => panic!("expected 403, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_outside_allow_cidrs_is_refused() {
+        let rules = shared(rules(false));
+        let (svc, probe) = access(&rules);
+        let err = svc
+            .oneshot(from("10.1.2.3:4000", request(&[])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        let (code, message) = forbidden(&err);
+        assert_eq!(code, "peer_not_allowed");
+        assert!(message.contains("allow_cidrs"), "{message}");
+        assert_eq!(probe.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_peer_address_is_refused() {
+        // Fails closed: no `PeerAddr` is 0.0.0.0, in no range.
+        let rules = shared(rules(false));
+        let (svc, probe) = access(&rules);
+        let mut req = request(&[]);
+        req.extensions_mut().remove::<PeerAddr>();
+        let err = svc.oneshot(req).await.unwrap_err();
+        assert_eq!(forbidden(&err).0, "peer_not_allowed");
+        assert_eq!(probe.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_host_is_refused_and_named() {
+        let rules = shared(rules(false));
+        let (svc, probe) = access(&rules);
+        let err = svc
+            .oneshot(request(&[("host", "evil.example:7000")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        let (code, message) = forbidden(&err);
+        assert_eq!(code, "host_not_allowed");
+        assert!(message.contains("\"evil.example:7000\""), "{message}");
+        assert!(message.contains("allow_hosts"), "{message}");
+        assert_eq!(probe.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_does_not_look_like_one_is_not_echoed() {
+        let rules = shared(rules(false));
+        let (svc, probe) = access(&rules);
+        let err = svc
+            .oneshot(request(&[("host", "evil<script>")]))
+            .await
+            .unwrap_err();
+        let (code, message) = forbidden(&err);
+        assert_eq!(code, "host_not_allowed");
+        assert!(!message.contains("script"), "{message}");
+        assert_eq!(message, Denied::Host.message());
+        assert_eq!(probe.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_origin_must_be_listed() {
+        let rules = shared(rules(false));
+        let (mut svc, probe) = access(&rules);
+        let err = (&mut svc)
+            .oneshot(request(&[("origin", "https://evil.example")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        assert_eq!(forbidden(&err).0, "origin_not_allowed");
+        // A cross-site browser request without an Origin is refused too.
+        let err = (&mut svc)
+            .oneshot(request(&[("sec-fetch-site", "cross-site")]))
+            .await
+            .unwrap_err();
+        assert_eq!(forbidden(&err).0, "origin_not_allowed");
+        assert_eq!(probe.calls(), 0);
+        (&mut svc)
+            .oneshot(request(&[("origin", "https://dash.example.com")]))
+            .await
+            .unwrap();
+        assert_eq!(probe.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_client_key_is_407() {
+        let rules = shared(rules(true));
+        let (mut svc, probe) = access(&rules);
+        let err = (&mut svc).oneshot(request(&[])).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        assert!(
+            matches!(
+                err,
+                ProxyError::ProxyAuth {
+                    code: "proxy_auth_required",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = (&mut svc)
+            .oneshot(request(&[(
+                "proxy-authorization",
+                "Bearer key-a-0123456789abcdeX",
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        assert!(
+            matches!(
+                err,
+                ProxyError::ProxyAuth {
+                    code: "proxy_auth_invalid",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // The key is not in what the client is told.
+        assert!(!err.to_string().contains("key-a-"), "{err}");
+        assert_eq!(probe.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_caller_reaches_inner_and_its_key_is_noted() {
+        let rules = shared(rules(true));
+        let (svc, probe) = access(&rules);
+        let resp = svc
+            .oneshot(request(&[(
+                "proxy-authorization",
+                "Bearer key-a-0123456789abcdef",
+            )]))
+            .await
+            .unwrap();
+        assert_eq!(probe.calls(), 1);
+        let want = ClientKeys::parse(KEY).unwrap().fingerprints();
+        let noted = resp.extensions().get::<Noted>().expect("Noted set");
+        assert_eq!(noted.key_fingerprint.as_ref(), Some(&want[0]));
+        // The request itself went on as it came (hygiene strips the key, not access).
+        assert_eq!(probe.last().uri(), "/admin/products");
+    }
+
+    #[tokio::test]
+    async fn without_keys_nothing_is_noted() {
+        let rules = shared(rules(false));
+        let (svc, probe) = access(&rules);
+        let resp = svc.oneshot(request(&[])).await.unwrap();
+        assert_eq!(probe.calls(), 1);
+        assert!(resp.extensions().get::<Noted>().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_inner_error_is_passed_on() {
+        let rules = shared(rules(false));
+        let (inner, probe) = stand_in::<(), ()>(|_| Err(ProxyError::Overloaded(4)));
+        let err = AccessLayer(rules)
+            .layer(inner)
+            .oneshot(request(&[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Overloaded(4)), "{err:?}");
+        assert_eq!(probe.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn swapped_rules_apply_to_the_next_request() {
+        let rules = shared(rules(false));
+        let (mut svc, probe) = access(&rules);
+        (&mut svc).oneshot(request(&[])).await.unwrap();
+        assert_eq!(probe.calls(), 1);
+        // Reload: keys required now, on the same service (an open connection).
+        rules.store(Arc::new(super::tests::rules(true)));
+        let err = (&mut svc).oneshot(request(&[])).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        // Reload: another host allowed, localhost no longer.
+        let mut other = super::tests::rules(false);
+        other.allow_hosts = HostList::from(vec!["proxy.internal".to_owned()]);
+        rules.store(Arc::new(other));
+        let err = (&mut svc).oneshot(request(&[])).await.unwrap_err();
+        assert_eq!(forbidden(&err).0, "host_not_allowed");
+        (&mut svc)
+            .oneshot(request(&[("host", "proxy.internal")]))
+            .await
+            .unwrap();
+        assert_eq!(probe.calls(), 2);
+        // The accept-time check reads the same rules.
+        assert!(peer_allowed(&rules, "127.0.0.1".parse().unwrap()));
+        assert!(!peer_allowed(&rules, "10.0.0.1".parse().unwrap()));
+    }
+}

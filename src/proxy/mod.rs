@@ -25,4 +25,6 @@ pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod respond;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod upgrade;

@@ -148,3 +148,424 @@ impl<RB: Body> Finish<Result<Response<RB>, ProxyError>> for Scrubbed {
         Ok(resp.map(|b| ScrubBody::new(b, scrub)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{StatusCode, Uri};
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::{Flavor, SecretSource};
+    use crate::policy::PolicyConfig;
+    use crate::proxy::testing::{Probe, body_text, response, stand_in};
+
+    const OWN: &str = "usr_own";
+
+    /// A token manager for a Medusa nobody listens for (127.0.0.1:9), whose driver is never
+    /// started: it has a token (and a user id) only when a test seeds one.
+    fn tokens() -> TokenManager {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "static-key-0123456789").unwrap();
+        TokenManager::builder("http://127.0.0.1:9", Flavor::V1ApiToken)
+            .secret(SecretSource::File(key))
+            .build()
+            .unwrap()
+    }
+
+    /// A manager holding a token for the proxy's own user, `OWN`.
+    async fn logged_in() -> TokenManager {
+        let tokens = tokens();
+        tokens.seed_token(Some(OWN)).await;
+        tokens
+    }
+
+    fn rules(cfg: PolicyConfig) -> PolicyRules {
+        Arc::new(ArcSwap::from_pointee(Policy::new(cfg).unwrap()))
+    }
+
+    fn defaults() -> PolicyRules {
+        rules(PolicyConfig::default())
+    }
+
+    fn request(method: Method, path: &str) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = Uri::try_from(path).unwrap();
+        req
+    }
+
+    type Answer = Response<ScrubBody<Full<Bytes>>>;
+
+    /// One request through `policy` over a stand-in answering `answer`.
+    async fn through(
+        rules: &PolicyRules,
+        tokens: &TokenManager,
+        req: Request<()>,
+        answer: impl Fn() -> Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> (Result<Answer, ProxyError>, Probe<()>) {
+        let (inner, probe) = stand_in(move |_| Ok(answer()));
+        let layer = PolicyLayer {
+            rules: rules.clone(),
+            tokens: tokens.clone(),
+        };
+        (layer.layer(inner).oneshot(req).await, probe)
+    }
+
+    fn ok() -> Response<Full<Bytes>> {
+        response(StatusCode::OK, "{}")
+    }
+
+    fn json(body: &'static str) -> Response<Full<Bytes>> {
+        let mut resp = response(StatusCode::OK, body);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// The 403 `route_denied` message, or a panic.
+    fn route_denied(answer: Result<Answer, ProxyError>) -> String {
+        match answer {
+            Err(
+                e @ ProxyError::Forbidden {
+                    code: "route_denied",
+                    ..
+                },
+            ) => {
+                assert_eq!(e.status(), StatusCode::FORBIDDEN);
+                e.to_string()
+            }
+            Err(other) => panic!("expected route_denied, got {other:?}"),
+            Ok(resp) => panic!("expected route_denied, got {}", resp.status()),
+        }
+    }
+
+    #[tokio::test]
+    async fn built_in_denies_reach_nobody() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        for (method, path, rule) in [
+            (Method::POST, "/admin/auth/token", "v1-auth-token"),
+            (Method::GET, "/ADMIN/auth/token/", "v1-auth-token"),
+            (Method::POST, "/admin/auth", "v1-auth-session"),
+            (Method::POST, "/auth/user/emailpass", "v2-auth"),
+            (Method::POST, "/auth/token/refresh", "v2-auth"),
+            (Method::POST, "/admin/api-keys", "api-keys-create"),
+            (Method::POST, "/admin/invites", "invites-create"),
+        ] {
+            let (answer, probe) = through(&rules, &tokens, request(method, path), ok).await;
+            let message = route_denied(answer);
+            assert!(message.contains(rule), "{path}: {message}");
+            assert_eq!(probe.calls(), 0, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_own_user_rule_uses_the_logged_in_users_id() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::POST, "/admin/users/USR_OWN"),
+            ok,
+        )
+        .await;
+        assert!(route_denied(answer).contains("own-user"));
+        assert_eq!(probe.calls(), 0);
+        // Another user may be updated.
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::POST, "/admin/users/usr_other"),
+            ok,
+        )
+        .await;
+        assert_eq!(answer.unwrap().status(), StatusCode::OK);
+        assert_eq!(probe.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn allow_and_deny_lists_and_read_only() {
+        let rules = rules(PolicyConfig {
+            allow_paths: vec!["/admin/".into()],
+            deny_paths: vec!["/admin/orders".into()],
+            read_only: true,
+            lift_builtin: Vec::new(),
+        });
+        let tokens = logged_in().await;
+        for (method, path, why) in [
+            (Method::GET, "/admin/orders/ord_1", "deny_paths"),
+            (Method::GET, "/store/products", "allow_paths"),
+            (Method::POST, "/admin/products", "read_only"),
+            (Method::DELETE, "/admin/products/prod_1", "read_only"),
+        ] {
+            let (answer, probe) = through(&rules, &tokens, request(method, path), ok).await;
+            let message = route_denied(answer);
+            assert!(message.contains(why), "{path}: {message}");
+            assert_eq!(probe.calls(), 0, "{path}");
+        }
+        let (answer, probe) =
+            through(&rules, &tokens, request(Method::GET, "/admin/products"), ok).await;
+        assert_eq!(answer.unwrap().status(), StatusCode::OK);
+        assert_eq!(probe.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_path_spelled_ambiguously_is_a_bad_request() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        for path in [
+            "/admin/auth//token",
+            "/admin/%2e%2e/auth/token",
+            "/admin/./users",
+        ] {
+            let (answer, probe) = through(&rules, &tokens, request(Method::GET, path), ok).await;
+            match answer {
+                Err(e @ ProxyError::BadRequest(_)) => {
+                    assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+                    assert_eq!(e.code(), "bad_request");
+                }
+                Err(other) => panic!("{path}: expected 400, got {other:?}"),
+                Ok(resp) => panic!("{path}: expected 400, got {}", resp.status()),
+            }
+            assert_eq!(probe.calls(), 0, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_body_rules_travel_down_as_an_extension() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::POST, "/admin/users/usr_other"),
+            ok,
+        )
+        .await;
+        answer.unwrap();
+        let seen = probe.last();
+        let body_rules = seen.extensions().get::<BodyRules>().expect("body rules");
+        assert!(body_rules.refuse_api_token);
+        assert!(
+            body_rules.always_inspect,
+            "bodies to /admin/users are inspected"
+        );
+        assert!(body_rules.scrub.api_token);
+
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::POST, "/admin/products"),
+            ok,
+        )
+        .await;
+        answer.unwrap();
+        let seen = probe.last();
+        let body_rules = seen.extensions().get::<BodyRules>().expect("body rules");
+        assert!(body_rules.refuse_api_token);
+        assert!(!body_rules.always_inspect);
+
+        // With every body rule lifted, nothing travels.
+        let lifted = super::tests::rules(PolicyConfig {
+            lift_builtin: vec![
+                "api-token-read".into(),
+                "api-token-write".into(),
+                "invite-token-read".into(),
+            ],
+            ..PolicyConfig::default()
+        });
+        let (answer, probe) = through(
+            &lifted,
+            &tokens,
+            request(Method::POST, "/admin/users/usr_other"),
+            || json(r#"{"api_token":"secret-abc"}"#),
+        )
+        .await;
+        assert!(probe.last().extensions().get::<BodyRules>().is_none());
+        // ... and nothing is scrubbed.
+        let body = body_text(answer.unwrap().into_body()).await;
+        assert_eq!(body, r#"{"api_token":"secret-abc"}"#);
+    }
+
+    #[tokio::test]
+    async fn credentials_in_medusas_answer_are_scrubbed() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        let sent = r#"{"users":[{"id":"usr_1","api_token":"secret-abc"}]}"#;
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::GET, "/admin/users"),
+            move || json(sent),
+        )
+        .await;
+        assert_eq!(probe.calls(), 1);
+        let body = body_text(answer.unwrap().into_body()).await;
+        assert!(!body.contains("secret-abc"), "{body}");
+        assert_eq!(body.len(), sent.len(), "same length: Content-Length holds");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["users"][0]["api_token"], serde_json::Value::Null);
+        assert_eq!(v["users"][0]["id"], "usr_1");
+
+        // Invite tokens on invite routes only.
+        let (answer, _) = through(
+            &rules,
+            &tokens,
+            request(Method::GET, "/admin/invites"),
+            || json(r#"{"invites":[{"token":"inv-secret"}]}"#),
+        )
+        .await;
+        let body = body_text(answer.unwrap().into_body()).await;
+        assert!(!body.contains("inv-secret"), "{body}");
+        let (answer, _) = through(
+            &rules,
+            &tokens,
+            request(Method::GET, "/admin/products"),
+            || json(r#"{"token":"a-product-field"}"#),
+        )
+        .await;
+        let body = body_text(answer.unwrap().into_body()).await;
+        assert_eq!(body, r#"{"token":"a-product-field"}"#);
+
+        // A binary body is not scanned.
+        let (answer, _) = through(
+            &rules,
+            &tokens,
+            request(Method::GET, "/admin/uploads/x"),
+            || {
+                let mut resp = response(StatusCode::OK, r#"{"api_token":"bytes-by-chance"}"#);
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+                resp
+            },
+        )
+        .await;
+        let body = body_text(answer.unwrap().into_body()).await;
+        assert!(body.contains("bytes-by-chance"));
+    }
+
+    #[tokio::test]
+    async fn a_compressed_answer_on_a_scrubbed_route_is_refused() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::GET, "/admin/users"),
+            || {
+                let mut resp = json(r#"{"api_token":"secret-abc"}"#);
+                resp.headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                resp
+            },
+        )
+        .await;
+        assert_eq!(probe.calls(), 1);
+        match answer {
+            Err(e @ ProxyError::UpstreamEncoded(_)) => {
+                assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+                assert!(e.to_string().contains("gzip"), "{e}");
+            }
+            Err(other) => panic!("expected 502 upstream_encoded, got {other:?}"),
+            Ok(resp) => panic!("expected 502 upstream_encoded, got {}", resp.status()),
+        }
+        // `identity` is no encoding, and an empty body has nothing to scan.
+        for (encoding, body) in [("identity", r#"{"a":1}"#), ("gzip", "")] {
+            let (answer, _) = through(&rules, &tokens, request(Method::GET, "/admin/users"), {
+                move || {
+                    let mut resp = json(body);
+                    resp.headers_mut()
+                        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+                    resp
+                }
+            })
+            .await;
+            assert_eq!(body_text(answer.unwrap().into_body()).await, body);
+        }
+    }
+
+    #[tokio::test]
+    async fn swapped_rules_apply_to_the_next_request() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        let (inner, probe) = stand_in(|_| Ok(ok()));
+        let mut svc = PolicyLayer {
+            rules: rules.clone(),
+            tokens,
+        }
+        .layer(inner);
+        let get = || request(Method::GET, "/admin/orders");
+        (&mut svc).oneshot(get()).await.unwrap();
+        rules.store(Arc::new(
+            Policy::new(PolicyConfig {
+                deny_paths: vec!["/admin/orders".into()],
+                ..PolicyConfig::default()
+            })
+            .unwrap(),
+        ));
+        assert!(route_denied((&mut svc).oneshot(get()).await).contains("deny_paths"));
+        assert_eq!(probe.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_inner_error_is_passed_on() {
+        let (rules, tokens) = (defaults(), logged_in().await);
+        let (inner, probe) = stand_in::<(), Full<Bytes>>(|_| Err(ProxyError::Overloaded(7)));
+        let answer = PolicyLayer { rules, tokens }
+            .layer(inner)
+            .oneshot(request(Method::GET, "/admin/products"))
+            .await;
+        assert!(matches!(answer, Err(ProxyError::Overloaded(7))));
+        assert_eq!(probe.calls(), 1);
+    }
+
+    // Before any login named a user (no `user_id_hint`), the step waits for a token: the
+    // boxed path.
+
+    #[tokio::test]
+    async fn before_any_login_a_token_held_is_used_for_the_decision() {
+        // A token that names no user: the hint stays empty, the request takes the boxed path
+        // and finds the token at once. Only the `me` alias is the own user then.
+        let (rules, tokens) = (defaults(), tokens());
+        tokens.seed_token(None).await;
+        assert!(tokens.user_id_hint().is_none());
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::POST, "/admin/users/me"),
+            ok,
+        )
+        .await;
+        assert!(route_denied(answer).contains("own-user"));
+        assert_eq!(probe.calls(), 0);
+        let sent = r#"{"user":{"api_token":"secret-abc"}}"#;
+        let (answer, probe) = through(
+            &rules,
+            &tokens,
+            request(Method::GET, "/admin/auth"),
+            move || json(sent),
+        )
+        .await;
+        assert_eq!(probe.calls(), 1);
+        let body = body_text(answer.unwrap().into_body()).await;
+        assert!(
+            !body.contains("secret-abc"),
+            "scrubbed on the boxed path too: {body}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_any_login_no_token_means_503_and_no_call() {
+        // No driver runs: the wait for a first login times out (paused time runs ahead).
+        let (rules, tokens) = (defaults(), tokens());
+        let (answer, probe) =
+            through(&rules, &tokens, request(Method::GET, "/admin/products"), ok).await;
+        match answer {
+            Err(e @ ProxyError::NoToken { .. }) => {
+                assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            }
+            Err(other) => panic!("expected no_token, got {other:?}"),
+            Ok(resp) => panic!("expected no_token, got {}", resp.status()),
+        }
+        assert_eq!(probe.calls(), 0);
+    }
+}
