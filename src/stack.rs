@@ -107,8 +107,10 @@ fn from_credential(e: CredentialError<UpstreamError>) -> ProxyError {
 
 /// The body of every answer of the proxy's request path: Medusa's (pooled connection, slot
 /// held, credentials scrubbed) or the proxy's own JSON, counted by `record`.
-pub type ProxyResponseBody =
-    Tracked<Either<ScrubBody<Held<crate::upstream::ResponseBody<ProxyBody>>>, Full<Bytes>>>;
+pub type ProxyResponseBody = Answer<crate::upstream::ResponseBody<ProxyBody>>;
+
+/// The body of the stack's answers over a client to Medusa whose bodies are `RB`.
+pub type Answer<RB> = Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>;
 
 /// The proxy's request path as one `Service` for `crate::server::serve`, and the handles the
 /// reloader swaps rules through.
@@ -137,7 +139,7 @@ pub fn build<B, U, RB>(
 ) -> (
     impl Service<
         Request<B>,
-        Response = Response<Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>>,
+        Response = Response<Answer<RB>>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone

@@ -166,7 +166,11 @@ mod tests {
     async fn medusa_failures_count_as_upstream_errors() {
         let metrics = Metrics::new();
         let resp = answered(
-            || ProxyError::UpstreamTimeout(Duration::from_secs(30)),
+            || {
+                ProxyError::from(crate::upstream::UpstreamError::Timeout(
+                    Duration::from_secs(30),
+                ))
+            },
             &metrics,
         )
         .await;
