@@ -13,8 +13,8 @@ use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use super::future::{Finish, LayerFuture};
-use super::record::Noted;
+use super::future::{LayerFuture, Pass};
+use super::record::Notes;
 use crate::access::{self, AccessConfig, Denied};
 use crate::error::ProxyError;
 use crate::server::PeerAddr;
@@ -55,7 +55,7 @@ where
 {
     type Response = Response<RB>;
     type Error = ProxyError;
-    type Future = LayerFuture<S::Future, Fingerprint, Response<RB>>;
+    type Future = LayerFuture<S::Future, Pass, Response<RB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -69,7 +69,13 @@ where
         let rules = self.rules.load();
         match access::check(&rules, peer, req.headers(), req.uri()) {
             Ok(caller) => {
-                LayerFuture::called(self.inner.call(req), Fingerprint(caller.key_fingerprint))
+                // The key's fingerprint for the access line (also when a later step fails).
+                if let (Some(fp), Some(notes)) =
+                    (caller.key_fingerprint, req.extensions().get::<Notes>())
+                {
+                    notes.note(|n| n.key_fingerprint = Some(fp));
+                }
+                LayerFuture::called(self.inner.call(req), Pass)
             }
             Err(d) => LayerFuture::refuse(refusal(d, &req, peer)),
         }
@@ -105,22 +111,6 @@ fn refusal<B>(d: Denied, req: &Request<B>, peer: IpAddr) -> ProxyError {
                 None => d.message().to_owned(),
             },
         },
-    }
-}
-
-/// Finishes `access`: the key's fingerprint for the access log.
-pub struct Fingerprint(Option<String>);
-
-impl<RB> Finish<Result<Response<RB>, ProxyError>> for Fingerprint {
-    type Output = Response<RB>;
-    fn finish(self, answer: Result<Response<RB>, ProxyError>) -> Result<Response<RB>, ProxyError> {
-        let mut resp = answer?;
-        if let Some(fp) = self.0 {
-            resp.extensions_mut()
-                .get_or_insert_default::<Noted>()
-                .key_fingerprint = Some(fp);
-        }
-        Ok(resp)
     }
 }
 
@@ -314,17 +304,13 @@ mod tests {
     async fn an_admitted_caller_reaches_inner_and_its_key_is_noted() {
         let rules = shared(rules(true));
         let (svc, probe) = access(&rules);
-        let resp = svc
-            .oneshot(request(&[(
-                "proxy-authorization",
-                "Bearer key-a-0123456789abcdef",
-            )]))
-            .await
-            .unwrap();
+        let mut req = request(&[("proxy-authorization", "Bearer key-a-0123456789abcdef")]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        svc.oneshot(req).await.unwrap();
         assert_eq!(probe.calls(), 1);
         let want = ClientKeys::parse(KEY).unwrap().fingerprints();
-        let noted = resp.extensions().get::<Noted>().expect("Noted set");
-        assert_eq!(noted.key_fingerprint.as_ref(), Some(&want[0]));
+        assert_eq!(notes.get().key_fingerprint.as_ref(), Some(&want[0]));
         // The request itself went on as it came (hygiene strips the key, not access).
         assert_eq!(probe.last().uri(), "/admin/products");
     }
@@ -333,9 +319,12 @@ mod tests {
     async fn without_keys_nothing_is_noted() {
         let rules = shared(rules(false));
         let (svc, probe) = access(&rules);
-        let resp = svc.oneshot(request(&[])).await.unwrap();
+        let mut req = request(&[]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        svc.oneshot(req).await.unwrap();
         assert_eq!(probe.calls(), 1);
-        assert!(resp.extensions().get::<Noted>().is_none());
+        assert!(notes.get().key_fingerprint.is_none());
     }
 
     #[tokio::test]
