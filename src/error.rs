@@ -30,7 +30,11 @@ pub enum ProxyError {
     /// No token is held and none can be obtained right now: 503 with `Retry-After`.
     #[error("no Medusa token available: {reason}")]
     NoToken {
+        /// The token manager's public message ([`TokenError`](crate::auth::TokenError)'s
+        /// `Display`): names no account and no secret source.
         reason: String,
+        /// When the client may try again; sent as `Retry-After` in whole seconds, rounded
+        /// up, at least 1.
         retry_after: Duration,
     },
     /// The request cannot be forwarded as written: 400.
@@ -38,11 +42,20 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The caller or the route is not allowed (access rules, route policy): 403.
     #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
+    Forbidden {
+        /// The JSON `error` code: `peer_not_allowed`, `host_not_allowed`,
+        /// `origin_not_allowed` (access) or `route_denied` (policy).
+        code: &'static str,
+        /// Which rule or setting refused it, without any value from the request.
+        message: String,
+    },
     /// Client keys are configured and the request has no valid one: 407.
     #[error("{message}")]
     ProxyAuth {
+        /// The JSON `error` code: `proxy_auth_required` (no key presented) or
+        /// `proxy_auth_invalid` (a key that matches none).
         code: &'static str,
+        /// What the client must send (`Proxy-Authorization: Bearer <client key>`).
         message: &'static str,
     },
     /// The body exceeds `policy.max_body`: 413.
@@ -92,18 +105,33 @@ pub enum Class {
     Proxy,
 }
 
-/// The metric a failure counts in: `upstream_errors_total{kind}` or
-/// `requests_denied_total{reason}`.
+/// The metric a failure counts in: `medusa_auth_proxy_upstream_errors_total{kind}` or
+/// `medusa_auth_proxy_denied_requests_total{reason}`.
+///
+/// ```
+/// use medusa_auth_proxy::error::{Counted, ProxyError};
+///
+/// assert_eq!(ProxyError::Overloaded(1024).counted(), Counted::Denied("overloaded"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
-    /// Medusa's fault: `upstream_errors_total{kind}`.
+    /// Medusa's fault: `upstream_errors_total{kind}`, `kind` one of
+    /// [`UPSTREAM_ERROR_KINDS`](crate::metrics::UPSTREAM_ERROR_KINDS).
     Upstream(&'static str),
-    /// Refused by the proxy: `requests_denied_total{reason}`.
+    /// Refused by the proxy: `denied_requests_total{reason}`, `reason` the JSON `error`
+    /// code ([`ProxyError::code`]).
     Denied(&'static str),
 }
 
 impl ProxyError {
-    /// Who is at fault.
+    /// Who is at fault: the status, the JSON code and the metric follow from it.
+    ///
+    /// ```
+    /// use medusa_auth_proxy::error::{Class, ProxyError};
+    ///
+    /// assert_eq!(ProxyError::PayloadTooLarge(1 << 20).class(), Class::Client);
+    /// assert_eq!(ProxyError::TokenRejected.class(), Class::Credential);
+    /// ```
     pub fn class(&self) -> Class {
         match self {
             ProxyError::Upstream(_) | ProxyError::UpstreamEncoded(_) => Class::Medusa,
@@ -174,6 +202,24 @@ impl ProxyError {
         }
     }
 
+    /// The proxy's answer to the client: [`status`](ProxyError::status), a JSON body
+    /// `{"error": code, "message": Display}` with `Cache-Control: no-store`, and the headers
+    /// the class calls for: `Proxy-Authenticate: Bearer` (407), `Connection: close` (408,
+    /// 431: the rest of the request may still arrive), `Retry-After` (503).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use medusa_auth_proxy::error::ProxyError;
+    ///
+    /// let resp = ProxyError::NoToken {
+    ///     reason: "login failed".into(),
+    ///     retry_after: Duration::from_millis(2500),
+    /// }
+    /// .into_response();
+    /// assert_eq!(resp.status(), 503);
+    /// assert_eq!(resp.headers()["retry-after"], "3");
+    /// assert_eq!(resp.headers()["content-type"], "application/json");
+    /// ```
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut resp = json_response(self.status(), self.code(), &self.to_string());
         if let ProxyError::ProxyAuth { .. } = &self {
