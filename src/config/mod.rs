@@ -170,7 +170,8 @@ pub struct PolicySettings {
     /// The route policy: `allow_paths`, `deny_paths`, `read_only` and
     /// `unsafe_lift_builtin_denies`, defaults from [`PolicyConfig::default`](crate::policy::PolicyConfig).
     pub routes: Policy,
-    /// `max_body`: largest request body forwarded, in bytes.
+    /// `max_body`: largest request body forwarded, in bytes (default
+    /// [`defaults::MAX_BODY`]); reloadable.
     pub max_body: u64,
 }
 
