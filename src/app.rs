@@ -21,14 +21,24 @@ use crate::server::{self, Drained};
 use crate::upstream::Upstream;
 use crate::watch::FileWatch;
 
+/// Why the proxy did not start. Each message names the config key to change (or the
+/// address that could not be bound), never a secret; [`StartError::is_config`] tells a
+/// refused configuration from a failure of the environment (the binary's exit status 2 or 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The credential could not be read from its source: the config key it was given by
+    /// (`auth.password`, `auth.api_key`, ...) and why (variable unset, file unreadable,
+    /// empty).
     #[error("{0}: {1}")]
     Secret(&'static str, SecretError),
+    /// The access or policy rules are invalid (a CIDR, a route rule, the client keys file).
     #[error(transparent)]
     Rules(#[from] ConfigError),
+    /// The client for Medusa could not be set up (`upstream.ca_file`, `upstream.url`).
     #[error(transparent)]
     Tls(#[from] crate::upstream::TlsSetupError),
+    /// `proxy.max_connections`, plus what the proxy needs besides, exceeds the file
+    /// descriptor limit even after the soft limit was raised to the hard one.
     #[error(
         "config key `proxy.max_connections`: {max_connections} client connections, plus \
          {upstream} for Medusa (proxy.max_concurrent_requests) and {reserve} for the ops \
@@ -37,16 +47,26 @@ pub enum StartError {
          (systemd LimitNOFILE=, docker --ulimit nofile=)"
     )]
     FileDescriptors {
+        /// Client connections allowed (`proxy.max_connections`, or its default).
         max_connections: usize,
+        /// Connections to Medusa at most (`proxy.max_concurrent_requests`).
         upstream: usize,
+        /// Descriptors kept for the ops listener's connections, listeners, files and logins.
         reserve: usize,
+        /// The sum of the three.
         needed: usize,
+        /// The soft `RLIMIT_NOFILE` in force.
         limit: libc::rlim_t,
     },
+    /// A listener could not be bound (address in use, no permission for the port, an
+    /// address of no local interface).
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
+        /// The config key of the address: `proxy.listen` or `ops.listen`.
         key: &'static str,
+        /// The address as configured.
         addr: SocketAddr,
+        /// What the operating system answered.
         #[source]
         source: std::io::Error,
     },
@@ -68,10 +88,27 @@ impl StartError {
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Running::shutdown`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use medusa_auth_proxy::{app, config::Settings};
+///
+/// let settings = Settings::load(std::path::Path::new("/etc/medusa-auth-proxy.toml"))?;
+/// let running = app::start(settings).await?;
+/// println!("proxy on {}, ops on {}", running.proxy_addr, running.ops_addr);
+/// tokio::signal::ctrl_c().await?;
+/// let drained = running.shutdown().await;
+/// println!("{drained:?}");
+/// # Ok(()) }
+/// ```
 pub struct Running {
+    /// The address the proxy listener is bound to (the port the OS chose for `:0`).
     pub proxy_addr: SocketAddr,
+    /// The address the ops listener (`/healthz`, `/readyz`, `/metrics`) is bound to.
     pub ops_addr: SocketAddr,
+    /// The proxy's token manager, its login driver running.
     pub tokens: TokenManager,
+    /// The proxy's metrics registry (what `/metrics` on the ops listener exports).
     pub metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,

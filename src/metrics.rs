@@ -73,7 +73,7 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
 /// Connection-level counters the accept loop updates (`server` knows nothing else of metrics).
 #[derive(Clone, Debug, Default)]
 pub struct ConnMetrics {
-    /// Client connections open now.
+    /// Client connections open now on the proxy listener.
     pub open: Gauge,
     /// Closed at accept: the peer is outside `access.allow_cidrs`.
     pub refused_peer: Counter,
@@ -87,6 +87,22 @@ pub struct ConnMetrics {
     pub closed_send_timeout: Counter,
 }
 
+/// The proxy's Prometheus registry: every metric it exports, under the prefix
+/// `medusa_auth_proxy_`, and the handles the request path, the token manager, the reloader and
+/// the accept loop record through. Shared as `Arc<Metrics>`; it implements
+/// [`TokenEvents`](crate::auth::TokenEvents), so it can be handed to a
+/// [`TokenManager`](crate::auth::TokenManager) as is.
+///
+/// ```
+/// use medusa_auth_proxy::metrics::Metrics;
+///
+/// let metrics = Metrics::new();
+/// metrics.request(&http::Method::GET, 200, 0.004);
+/// metrics.denied("route_denied");
+/// let text = metrics.encode();
+/// assert!(text.contains(r#"medusa_auth_proxy_requests_total{method="GET",status_class="2xx"} 1"#));
+/// assert!(text.contains(r#"medusa_auth_proxy_denied_requests_total{reason="route_denied"} 1"#));
+/// ```
 pub struct Metrics {
     registry: Registry,
     conns: ConnMetrics,
@@ -109,6 +125,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// A registry with every metric registered, each label set the request path uses
+    /// created up front (so each is exported as 0 before its first event), and
+    /// `medusa_auth_proxy_build_info{version}` set to 1.
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("medusa_auth_proxy");
         let family = Family::<RequestLabels, Counter>::default();
@@ -249,7 +268,10 @@ impl Metrics {
         })
     }
 
-    /// Record a finished request.
+    /// Record a finished request: one in `medusa_auth_proxy_requests_total` by method (a
+    /// method outside the nine standard ones counts as `other`) and status class, and
+    /// `seconds` (from the request head to the end of the response body) in
+    /// `medusa_auth_proxy_request_duration_seconds`.
     pub fn request(&self, method: &http::Method, status: u16, seconds: f64) {
         let m = METHODS
             .iter()
@@ -265,6 +287,8 @@ impl Metrics {
         &self.conns
     }
 
+    /// `medusa_auth_proxy_requests_in_flight`: requests between their head and the end of
+    /// their response body. Whoever increments it decrements it when the request ends.
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
     }
@@ -276,12 +300,16 @@ impl Metrics {
             .clone()
     }
 
+    /// Count one failure towards Medusa in `medusa_auth_proxy_upstream_errors_total`; `kind` is
+    /// one of [`UPSTREAM_ERROR_KINDS`] (another value makes a new label).
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
     }
 
+    /// Count one credential acquisition in `medusa_auth_proxy_logins_total`: `kind` is `login`,
+    /// `refresh` or `key_check`, `ok` gives the `result` label (`success` or `failure`).
     pub fn login(&self, kind: &'static str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.logins
@@ -289,31 +317,44 @@ impl Metrics {
             .inc();
     }
 
+    /// Count one request replayed with a new token after Medusa rejected the first, in
+    /// `medusa_auth_proxy_replays_total`: `status` is the replay's answer, 401 counting as
+    /// `rejected` and anything else as `success`.
     pub fn replay(&self, status: u16) {
         let result = if status == 401 { "rejected" } else { "success" };
         self.replays.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Count one request the proxy refused itself, in
+    /// `medusa_auth_proxy_denied_requests_total`; `reason` is the JSON `error` code of the
+    /// answer (`route_denied`, `peer_not_allowed`, ..., see [`crate::error`]).
     pub fn denied(&self, reason: &'static str) {
         self.denied.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// Set `medusa_auth_proxy_token_expiry_timestamp_seconds`: when the credential held stops
+    /// being used, in seconds since the Unix epoch; 0 when none is held.
     pub fn token_expiry(&self, unix_seconds: f64) {
         self.token_expiry.set(unix_seconds);
     }
 
+    /// Count one configuration reload in `medusa_auth_proxy_config_reloads_total` (`result`:
+    /// `success` or `failure`; a failed reload keeps the running configuration).
     pub fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Count one check of the token after a 401 from Medusa in
+    /// `medusa_auth_proxy_token_checks_total`; `outcome` is one of [`TOKEN_CHECK_OUTCOMES`].
     pub fn token_check(&self, outcome: &'static str) {
         self.token_checks
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 
-    /// OpenMetrics text exposition.
+    /// Every metric in the OpenMetrics text format (what `GET /metrics` on the ops listener
+    /// answers).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.

@@ -27,16 +27,36 @@ impl crate::auth::TokenEvents for Metrics {
     }
 }
 
+/// The ops listener's handler: `GET /healthz` (liveness: 200 while the process answers),
+/// `GET /readyz` (200 with `token_usable_for_s` while a usable token is held, 503 with the
+/// public reason otherwise) and `GET /metrics` (OpenMetrics text of [`Metrics`]). Other
+/// paths answer 404, other methods than GET and HEAD 405, all as JSON.
+///
+/// ```no_run
+/// # async fn demo(tokens: medusa_auth_proxy::auth::TokenManager) {
+/// use std::sync::Arc;
+/// use medusa_auth_proxy::{metrics::Metrics, ops::Ops};
+///
+/// let ops = Arc::new(Ops::new(tokens, Metrics::new()));
+/// let service = tower::service_fn(move |req| {
+///     let ops = ops.clone();
+///     async move { Ok::<_, std::convert::Infallible>(ops.handle(req).await) }
+/// });
+/// # let _ = service;
+/// # }
+/// ```
 pub struct Ops {
     tokens: TokenManager,
     metrics: Arc<Metrics>,
 }
 
 impl Ops {
+    /// Readiness from `tokens`, metrics from `metrics`.
     pub fn new(tokens: TokenManager, metrics: Arc<Metrics>) -> Ops {
         Ops { tokens, metrics }
     }
 
+    /// Answer one request (see [`Ops`]). Never fails: every outcome is a response.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json_response(

@@ -43,6 +43,11 @@ pub enum ReloadError {
     Rules(#[source] ConfigError),
 }
 
+/// Re-reads the config file (if the proxy was started with one) and the secrets it names,
+/// and applies what changed to the running proxy: access and policy rules through the
+/// stack's [`Handles`], the access log switch, the account and its secret through the
+/// [`TokenManager`] (a changed credential drops the token held and logs in again). Started by
+/// `app`; SIGHUP and the file watcher call it.
 pub struct Reloader {
     config_path: Option<PathBuf>,
     /// The command line's values: they keep winning over the file's after a reload.
@@ -60,12 +65,18 @@ pub struct Reloader {
 pub struct Applied {
     /// Anything differed from what was in force (false: a spurious event or an unchanged file).
     pub changed: bool,
+    /// The account or its secret changed: the token held was dropped and the driver logs in
+    /// with the new credential.
     pub credential_changed: bool,
     /// Keys whose new value only takes effect after a restart.
     pub needs_restart: Vec<&'static str>,
 }
 
 impl Reloader {
+    /// A reloader for a proxy running with `settings` (read from `config_path`, if any, with
+    /// `overrides` over it), applying new rules through `proxy` and a new credential through
+    /// `tokens`, counting reloads in `metrics`. The files as they read now count as the last
+    /// attempt, so an event for an unchanged file does nothing.
     pub fn new(
         config_path: Option<PathBuf>,
         overrides: Overrides,

@@ -23,7 +23,7 @@ use tower::{Service, ServiceExt};
 use crate::metrics::ConnMetrics;
 use crate::sniff::{ConflictingFraming, Flags, Sniffed};
 
-/// How a server ended.
+/// How [`serve`] ended, after `shutdown` turned true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
     /// Every in-flight request finished within the grace period.
@@ -123,6 +123,41 @@ pub fn admit_all() -> Admit {
 /// request in flight for [`Limits::idle_timeout`], or took no response bytes for
 /// [`Limits::send_timeout`] (dropping the connection drops the response body, which aborts
 /// the request to Medusa).
+///
+/// Every request reaches `service` with a [`PeerAddr`] extension (and [`HeadTooLarge`] or
+/// [`ConflictingFraming`] when those apply). `counters` receives the connection counts.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use medusa_auth_proxy::metrics::ConnMetrics;
+/// use medusa_auth_proxy::server::{self, Drained, Limits, PeerAddr};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let hello = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+///     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string());
+///     let text = format!("hello {}\n", peer.unwrap_or_default());
+///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(text))))
+/// });
+/// let (stop, stop_rx) = tokio::sync::watch::channel(false);
+/// let server = tokio::spawn(server::serve(
+///     listener,
+///     hello,
+///     server::admit_all(),
+///     stop_rx,
+///     Duration::from_secs(5),
+///     Limits::default(),
+///     ConnMetrics::default(),
+/// ));
+/// // ... serve until told to stop:
+/// stop.send_replace(true);
+/// assert_eq!(server.await?, Drained::Clean);
+/// # Ok(()) }
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<S, B>(
     listener: TcpListener,

@@ -50,17 +50,20 @@ use crate::proxy::upgrade::UpgradeLayer;
 use crate::scrub::ScrubBody;
 use crate::upstream::{Upstream, UpstreamError};
 
-/// What the proxy needs to build its request path, besides the client to Medusa.
+/// What the proxy needs to build its request path, besides the client to Medusa (see
+/// [`proxy`] for an example).
 pub struct Parts {
-    /// Medusa tokens.
+    /// Where `inject` gets Medusa's token, and `policy` the id of the user the proxy acts as.
     pub tokens: TokenManager,
-    /// `[access]` and `[policy]`, validated.
+    /// `[access]` and `[policy]`, validated, with the client keys read: the rules in force
+    /// until [`Handles::set_rules`] swaps them.
     pub rules: Rules,
-    /// `proxy.max_concurrent_requests`.
+    /// Requests in flight at most (`proxy.max_concurrent_requests`); beyond it `admit`
+    /// answers 503 at once.
     pub max_concurrent: usize,
     /// How long a buffered request body may take (`upstream.request_timeout`).
     pub body_timeout: Duration,
-    /// The metrics registry.
+    /// The metrics registry `record` and `respond` count into.
     pub metrics: Arc<Metrics>,
     /// Where access log lines go, and whether they are written (`log.access`).
     pub access_log: (Arc<AccessLog>, bool),
@@ -112,8 +115,54 @@ pub type ProxyResponseBody = Answer<crate::upstream::ResponseBody<ProxyBody>>;
 /// The body of the stack's answers over a client to Medusa whose bodies are `RB`.
 pub type Answer<RB> = Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>;
 
-/// The proxy's request path as one `Service` for `crate::server::serve`, and the handles the
-/// reloader swaps rules through.
+/// The proxy's request path as one `Service` for [`crate::server::serve`], and the handles
+/// the reloader swaps rules through: [`build`] over hyper's `Incoming` client bodies and the
+/// pooled [`Upstream`]. Every request must carry a [`PeerAddr`](crate::server::PeerAddr)
+/// extension (`serve` sets it). The service never fails: every refusal or failure is a JSON
+/// answer (see [`crate::error`]).
+///
+/// ```no_run
+/// # async fn demo(settings: medusa_auth_proxy::config::Settings) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use medusa_auth_proxy::access_log::AccessLog;
+/// use medusa_auth_proxy::auth::{TokenManager, login::Login};
+/// use medusa_auth_proxy::config::Rules;
+/// use medusa_auth_proxy::metrics::Metrics;
+/// use medusa_auth_proxy::{server, stack, upstream::Upstream};
+///
+/// let metrics = Metrics::new();
+/// let upstream = Upstream::new(&settings.upstream)?;
+/// let secret = settings.auth.secret.load()?;
+/// let login = Login::new(upstream.for_body(), settings.auth.flavor, settings.auth.email.clone(), secret);
+/// let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
+/// let (stop, stop_rx) = tokio::sync::watch::channel(false);
+/// tokens.spawn_driver(stop_rx.clone());
+/// let (service, handles) = stack::proxy(
+///     stack::Parts {
+///         tokens,
+///         rules: Rules::from_settings(&settings)?,
+///         max_concurrent: settings.proxy.max_concurrent_requests,
+///         body_timeout: settings.upstream.request_timeout,
+///         metrics: metrics.clone(),
+///         access_log: (Arc::new(AccessLog::stderr(settings.log.format)), settings.log.access),
+///     },
+///     upstream,
+/// );
+/// let listener = tokio::net::TcpListener::bind(settings.proxy.listen).await?;
+/// let admit: server::Admit = Arc::new(move |ip| handles.peer_allowed(ip));
+/// server::serve(
+///     listener,
+///     service,
+///     admit,
+///     stop_rx,
+///     settings.proxy.shutdown_grace,
+///     server::Limits::default(),
+///     metrics.connections().clone(),
+/// )
+/// .await;
+/// # drop(stop);
+/// # Ok(()) }
+/// ```
 pub fn proxy(
     p: Parts,
     upstream: Upstream<ProxyBody>,
@@ -131,8 +180,67 @@ pub fn proxy(
     build(p, upstream)
 }
 
-/// [`proxy`] over any client body and any client to Medusa (benchmarks and tests use
-/// stand-ins for both).
+/// [`proxy`] over any client body `B` and any client to Medusa `U` (benchmarks and tests use
+/// stand-ins for both). `U` gets the request as the steps above left it (headers cleaned,
+/// body limited, credential set) and answers with any body `RB`; its [`UpstreamError`]
+/// becomes a 502 or 504 (see [`crate::error`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use medusa_auth_proxy::access_log::AccessLog;
+/// use medusa_auth_proxy::auth::{TokenManager, login::Login};
+/// use medusa_auth_proxy::config::{LogFormat, Rules, Settings};
+/// use medusa_auth_proxy::metrics::Metrics;
+/// use medusa_auth_proxy::proxy::limit::ProxyBody;
+/// use medusa_auth_proxy::secret::Secret;
+/// use medusa_auth_proxy::server::PeerAddr;
+/// use medusa_auth_proxy::stack;
+/// use medusa_auth_proxy::upstream::{Upstream, UpstreamError};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let settings = Settings::from_toml(
+///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+///      [auth]\nflavor = \"v2\"\nemail = \"a@example.com\"\npassword_env = \"MEDUSA_PASSWORD\"\n",
+/// )?;
+/// let metrics = Metrics::new();
+/// let login = Login::new(
+///     Upstream::new(&settings.upstream)?,
+///     settings.auth.flavor,
+///     settings.auth.email.clone(),
+///     Secret::new("never sent in this example".into()),
+/// );
+/// let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
+/// // A stand-in for Medusa: the stack is generic over the client.
+/// let medusa = tower::service_fn(|_req: http::Request<ProxyBody<Full<Bytes>>>| async {
+///     Ok::<_, UpstreamError>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+/// });
+/// let quiet = AccessLog::with_sink(LogFormat::Text, Box::new(|_: &[u8]| {}));
+/// let (service, _handles) = stack::build(
+///     stack::Parts {
+///         tokens,
+///         rules: Rules::from_settings(&settings)?,
+///         max_concurrent: 16,
+///         body_timeout: Duration::from_secs(5),
+///         metrics,
+///         access_log: (Arc::new(quiet), false),
+///     },
+///     medusa,
+/// );
+/// // A peer outside `access.allow_cidrs` (loopback by default) is refused by `access`:
+/// // the steps below it, Medusa included, never see the request.
+/// let mut req = http::Request::get("/admin/products")
+///     .header("host", "localhost:7000")
+///     .body(Full::new(Bytes::new()))?;
+/// req.extensions_mut().insert(PeerAddr("192.0.2.7:50000".parse()?));
+/// let resp = service.oneshot(req).await?;
+/// assert_eq!(resp.status(), 403);
+/// # Ok(()) }
+/// ```
 pub fn build<B, U, RB>(
     p: Parts,
     upstream: U,

@@ -28,7 +28,9 @@ pub fn peer_allowed(rules: &AccessRules, ip: IpAddr) -> bool {
     rules.load().allow_cidrs.iter().any(|c| c.contains(ip))
 }
 
-/// The `access` layer.
+/// The `access` layer: checks the peer, `Host`, `Origin` and client key of each request
+/// against the `[access]` rules it holds (swapped in place on reload) before the inner
+/// service sees it.
 #[derive(Clone)]
 pub struct AccessLayer(pub AccessRules);
 
@@ -42,7 +44,8 @@ impl<S> Layer<S> for AccessLayer {
     }
 }
 
-/// The `access` service.
+/// The `access` service: passes an admitted request on (the client key's fingerprint noted
+/// for the access log) and answers a refused one itself, 403 or 407.
 #[derive(Clone)]
 pub struct Access<S> {
     inner: S,

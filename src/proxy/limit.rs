@@ -41,7 +41,8 @@ impl<B> ClientBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Se
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The `limit` layer. `max_body` is shared with the reloader.
+/// The `limit` layer: enforces `policy.max_body` on request bodies and buffers the ones that
+/// are small or must be inspected. `max_body` is shared with the reloader.
 #[derive(Clone)]
 pub struct LimitLayer {
     /// `policy.max_body`, swapped on reload.
@@ -61,7 +62,9 @@ impl<S> Layer<S> for LimitLayer {
     }
 }
 
-/// The `limit` service.
+/// The `limit` service: 413 for a body over the limit (declared, or reached while
+/// streaming), 408 for a buffered body that does not arrive in time; the inner service gets
+/// a [`ProxyBody`], whole or streamed.
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,

@@ -25,7 +25,9 @@ use crate::scrub::{Scrub, ScrubBody};
 /// `[policy]` as currently loaded, shared by the layer and the reloader.
 pub type PolicyRules = Arc<ArcSwap<Policy>>;
 
-/// The `policy` layer.
+/// The `policy` layer: checks each request's method and route against the `[policy]` rules it
+/// holds (swapped on reload), and has Medusa's answer scrubbed of the route's credential
+/// fields.
 #[derive(Clone)]
 pub struct PolicyLayer {
     /// The rules, swapped on reload.
@@ -45,7 +47,9 @@ impl<S> Layer<S> for PolicyLayer {
     }
 }
 
-/// The `policy` service.
+/// The `policy` service: 403 `route_denied` for a refused route, 400 for a path it cannot
+/// read unambiguously; otherwise the request goes on with its [`BodyRules`] attached, and
+/// the response body comes back as a [`ScrubBody`].
 #[derive(Clone)]
 pub struct PolicyCheck<S> {
     inner: S,

@@ -83,7 +83,8 @@ impl Recorder {
     }
 }
 
-/// The `record` layer.
+/// The `record` layer, the outermost step: counts every request and writes its access log
+/// line through the [`Recorder`] it holds.
 #[derive(Clone)]
 pub struct RecordLayer(pub Arc<Recorder>);
 
@@ -97,7 +98,8 @@ impl<S> Layer<S> for RecordLayer {
     }
 }
 
-/// The `record` service.
+/// The `record` service: counts the request in flight from its head, and records it (metrics,
+/// access line) when its response body ends or is dropped ([`Tracked`]).
 #[derive(Clone)]
 pub struct Record<S> {
     inner: S,
@@ -147,7 +149,9 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Record`].
+    /// The future of [`Record`]: the inner future, and the request's record, which goes
+    /// into the response body ([`Tracked`]), or is finished at once as a 499 if the future is
+    /// dropped (the client went away before the response head).
     pub struct RecordFuture<F> {
         #[pin]
         inner: F,

@@ -98,7 +98,30 @@ impl<B> std::fmt::Debug for Upstream<B> {
 
 impl<B: Send + 'static> Upstream<B> {
     /// A client for the Medusa of `settings` (TLS set up here: an unreadable
-    /// `upstream.ca_file` fails now, not at the first request).
+    /// `upstream.ca_file` fails now, not at the first request). Nothing is connected yet:
+    /// the first request opens the first connection.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use medusa_auth_proxy::config::Settings;
+    /// use medusa_auth_proxy::upstream::{TlsSetupError, Upstream};
+    ///
+    /// let settings = Settings::from_toml(
+    ///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n[auth]\nemail = \"a\"\npassword_env = \"P\"",
+    /// )
+    /// .unwrap();
+    /// let upstream: Upstream<Full<Bytes>> = Upstream::new(&settings.upstream).unwrap();
+    /// assert_eq!(upstream.settings().authority, "127.0.0.1:9000");
+    ///
+    /// let private_ca = Settings::from_toml(
+    ///     "[upstream]\nurl = \"https://medusa.internal\"\nca_file = \"/nonexistent/ca.pem\"\n\
+    ///      [auth]\nemail = \"a\"\npassword_env = \"P\"",
+    /// )
+    /// .unwrap();
+    /// let e = Upstream::<Full<Bytes>>::new(&private_ca.upstream).unwrap_err();
+    /// assert!(matches!(e, TlsSetupError::CaFile { .. }));
+    /// ```
     pub fn new(settings: &UpstreamSettings) -> Result<Upstream<B>, TlsSetupError> {
         Upstream::build(settings, None)
     }
