@@ -17,7 +17,8 @@
 //! ```
 //!
 //! A step that refuses answers at once and the steps below never see the request: a refused
-//! request holds no slot and costs no token. The slot is taken last before Medusa, so body
+//! request holds no slot and costs no token (one exception: before the first login has finished,
+//! `policy` waits for it, since the own-user rule needs the user id). The slot is taken last before Medusa, so body
 //! buffering and every check happen before it (a slow client holds none).
 
 use std::convert::Infallible;
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
@@ -48,7 +49,7 @@ use crate::proxy::record::{RecordLayer, Recorder, Tracked};
 use crate::proxy::respond::RespondLayer;
 use crate::proxy::upgrade::UpgradeLayer;
 use crate::scrub::ScrubBody;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{TargetLayer, Upstream, UpstreamError};
 
 /// What the proxy needs to build its request path, besides the client to Medusa (see
 /// [`proxy`] for an example).
@@ -177,7 +178,9 @@ pub fn proxy(
     + 'static,
     Handles,
 ) {
-    build(p, upstream)
+    // Medusa's request target: the client's behind upstream.url's base path, origin-form.
+    let target = TargetLayer::new(&upstream.settings().base_path);
+    build(p, target.layer(upstream))
 }
 
 /// [`proxy`] over any client body `B` and any client to Medusa `U` (benchmarks and tests use

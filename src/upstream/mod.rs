@@ -20,6 +20,7 @@ mod cookie;
 mod error;
 mod pool;
 mod resend;
+mod target;
 mod tls;
 
 use std::pin::Pin;
@@ -39,6 +40,7 @@ pub use cookie::{SESSION_COOKIE, SessionCookie, SessionCookieFuture, SessionCook
 pub use error::{BoxError, UpstreamError};
 pub use pool::PooledBody;
 pub use resend::{Replayable, Resend, ResendFuture, ResendLayer, Resent, is_idempotent};
+pub use target::{TargetLayer, TargetService};
 pub use tls::TlsSetupError;
 
 /// Medusa's response body: once read to the end, its connection goes back to the pool;
