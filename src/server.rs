@@ -15,13 +15,15 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use crate::metrics::ConnMetrics;
 use crate::sniff::{ConflictingFraming, Flags, Sniffed};
+use crate::tls::{HandshakeError, TlsAcceptor};
 
 /// How a server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,10 +130,41 @@ pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     admit: Admit,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    limits: Limits,
+    counters: ConnMetrics,
+) -> Drained
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_tls(
+        listener, service, admit, shutdown, grace, limits, counters, None,
+    )
+    .await
+}
+
+/// [`serve`], with every connection a TLS session when `tls` is given (HTTP/1.1 or HTTP/2 by
+/// ALPN). The handshake runs in the connection's task after admission, so a refused peer
+/// costs none, and it shares the first request head's [`Limits::header_read_timeout`],
+/// counted from accept: a silent client holds its slot no longer than on a plain listener.
+/// A failed handshake is counted in [`ConnMetrics::closed_tls_handshake`].
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    service: S,
+    admit: Admit,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     limits: Limits,
     counters: ConnMetrics,
+    tls: Option<TlsAcceptor>,
 ) -> Drained
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -155,6 +188,7 @@ where
         .max_header_list_size(limits.max_head_bytes as u32)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .max_send_buf_size(limits.h2_send_buf);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
     let mut refusals_peer = Sparse::default();
@@ -190,67 +224,34 @@ where
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let service = service.clone();
-                let (stream, framing) = Sniffed::new(stream);
-                let state = Arc::new(ConnState::new(framing.clone()));
-                let svc = {
-                    let state = state.clone();
-                    let framing = framing.clone();
-                    service_fn(move |mut req: Request<Incoming>| {
-                        // hyper hands requests over in the order the sniffer saw their heads.
-                        let index = state.requests.fetch_add(1, Ordering::Relaxed);
-                        let busy = InFlight::new(state.clone());
-                        if framing.take_conflicting(index) {
-                            req.extensions_mut().insert(ConflictingFraming);
-                        }
-                        if limits.read_buf_max > limits.max_head_bytes
-                            && req.version() < http::Version::HTTP_2
-                            && head_size(&req) > limits.max_head_bytes
-                        {
-                            req.extensions_mut().insert(HeadTooLarge(limits.max_head_bytes));
-                        }
-                        let connect = req.method() == http::Method::CONNECT;
-                        req.extensions_mut().insert(PeerAddr(peer));
-                        let fut = service.clone().oneshot(req);
-                        let framing = framing.clone();
-                        async move {
-                            let Ok(resp) = fut.await;
-                            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                                || (connect && resp.status().is_success())
-                            {
-                                framing.switched_protocols();
-                            }
-                            Ok::<_, Infallible>(resp.map(|body| Watched::new(body, busy)))
-                        }
-                    })
+                let conn = Conn {
+                    service: service.clone(),
+                    builder: builder.clone(),
+                    // Taken now: a shutdown waits for a handshake in progress too.
+                    watcher: graceful.watcher(),
+                    peer,
+                    limits,
+                    counters: counters.clone(),
+                    opened: Instant::now(),
                 };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                let counters = counters.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let closed = watchdog(conn, &state, &framing, &limits).await;
-                    match closed {
-                        Ok(()) => {}
-                        Err(Closed::Error(e)) if is_timeout(&*e) => {
-                            // hyper's own HTTP/1 header_read_timeout, which also runs while a
-                            // keep-alive connection waits for its next request.
-                            counters.closed_header_timeout.inc();
-                            tracing::debug!(peer = %peer, reason = "header_read_timeout", "connection closed by the proxy");
-                        }
-                        Err(Closed::Error(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                        }
-                        Err(Closed::By(why)) => {
-                            match why {
-                                Why::HeaderTimeout => counters.closed_header_timeout.inc(),
-                                Why::Idle => counters.closed_idle.inc(),
-                                Why::SendTimeout => counters.closed_send_timeout.inc(),
-                            };
-                            tracing::debug!(peer = %peer, reason = why.as_str(), "connection closed by the proxy");
-                        }
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            conn.serve(stream).await;
+                        });
                     }
-                });
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let deadline = conn.opened + limits.header_read_timeout;
+                            match tls.accept(stream, deadline).await {
+                                Ok(session) => conn.serve(session).await,
+                                Err(e) => conn.handshake_failed(e),
+                            }
+                        });
+                    }
+                }
             }
             _ = shutdown.changed() => {}
         }
@@ -259,6 +260,116 @@ where
     tokio::select! {
         _ = graceful.shutdown() => Drained::Clean,
         _ = tokio::time::sleep(grace) => Drained::GraceExceeded,
+    }
+}
+
+/// One admitted connection, before its first byte is read.
+struct Conn<S> {
+    service: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    peer: SocketAddr,
+    limits: Limits,
+    counters: ConnMetrics,
+    opened: Instant,
+}
+
+impl<S> Conn<S> {
+    /// Serve HTTP on `io` (the TCP stream, or the decrypted TLS session: the HTTP/1 framing
+    /// sniffer reads what hyper reads) until it ends or the watchdog closes it.
+    async fn serve<B, IO>(self, io: IO)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            service,
+            builder,
+            watcher,
+            peer,
+            limits,
+            counters,
+            opened,
+        } = self;
+        let (stream, framing) = Sniffed::new(io);
+        let state = Arc::new(ConnState::new(framing.clone(), opened));
+        let svc = {
+            let state = state.clone();
+            let framing = framing.clone();
+            service_fn(move |mut req: Request<Incoming>| {
+                // hyper hands requests over in the order the sniffer saw their heads.
+                let index = state.requests.fetch_add(1, Ordering::Relaxed);
+                let busy = InFlight::new(state.clone());
+                if framing.take_conflicting(index) {
+                    req.extensions_mut().insert(ConflictingFraming);
+                }
+                if limits.read_buf_max > limits.max_head_bytes
+                    && req.version() < http::Version::HTTP_2
+                    && head_size(&req) > limits.max_head_bytes
+                {
+                    req.extensions_mut()
+                        .insert(HeadTooLarge(limits.max_head_bytes));
+                }
+                let connect = req.method() == http::Method::CONNECT;
+                req.extensions_mut().insert(PeerAddr(peer));
+                let fut = service.clone().oneshot(req);
+                let framing = framing.clone();
+                async move {
+                    let Ok(resp) = fut.await;
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                        || (connect && resp.status().is_success())
+                    {
+                        framing.switched_protocols();
+                    }
+                    Ok::<_, Infallible>(resp.map(|body| Watched::new(body, busy)))
+                }
+            })
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = watcher.watch(conn.into_owned());
+        match watchdog(conn, &state, &framing, &limits).await {
+            Ok(()) => {}
+            Err(Closed::Error(e)) if is_timeout(&*e) => {
+                // hyper's own HTTP/1 header_read_timeout, which also runs while a
+                // keep-alive connection waits for its next request.
+                counters.closed_header_timeout.inc();
+                tracing::debug!(peer = %peer, reason = "header_read_timeout", "connection closed by the proxy");
+            }
+            Err(Closed::Error(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+            Err(Closed::By(why)) => {
+                match why {
+                    Why::HeaderTimeout => counters.closed_header_timeout.inc(),
+                    Why::Idle => counters.closed_idle.inc(),
+                    Why::SendTimeout => counters.closed_send_timeout.inc(),
+                };
+                tracing::debug!(peer = %peer, reason = why.as_str(), "connection closed by the proxy");
+            }
+        }
+    }
+
+    /// Count and log a connection that did not become a TLS session.
+    fn handshake_failed(&self, e: HandshakeError) {
+        let peer = self.peer;
+        match e {
+            // A TCP health check: connected, said nothing, left. Nothing failed.
+            HandshakeError::Closed => {}
+            HandshakeError::Timeout => {
+                self.counters.closed_header_timeout.inc();
+                tracing::debug!(peer = %peer, reason = "header_read_timeout", "connection closed by the proxy before the TLS handshake completed");
+            }
+            HandshakeError::PlainHttp | HandshakeError::Tls(_) => {
+                self.counters.closed_tls_handshake.inc();
+                tracing::debug!(peer = %peer, error = %e, reason = "tls_handshake", "connection closed by the proxy");
+            }
+        }
     }
 }
 
@@ -385,11 +496,12 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(io: Arc<Flags>) -> ConnState {
+    /// `start`: when the connection was accepted (before a TLS handshake).
+    fn new(io: Arc<Flags>, start: Instant) -> ConnState {
         ConnState {
             yielded: AtomicU64::new(0),
             io,
-            start: Instant::now(),
+            start,
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -650,7 +762,7 @@ mod tests {
     }
 
     fn state() -> ConnState {
-        ConnState::new(Arc::new(Flags::default()))
+        ConnState::new(Arc::new(Flags::default()), Instant::now())
     }
 
     #[test]

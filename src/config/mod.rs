@@ -135,6 +135,24 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// A client that takes no response bytes for this long is disconnected.
     pub send_timeout: Duration,
+    /// `tls_cert_file` and `tls_key_file`: serve TLS with this pair (see [`crate::tls`]);
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A listener's certificate and private key files (PEM), set together; read by
+/// [`crate::tls::TlsAcceptor`] at start-up and again whenever either file changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// The config keys that named them (`proxy.tls_cert_file`, `proxy.tls_key_file`): every
+    /// message about a file names its key.
+    pub cert_key: &'static str,
+    /// See [`TlsFiles::cert_key`].
+    pub key_key: &'static str,
 }
 
 /// `[access]`: who may use the proxy, validated (every entry parsed, defaults filled in, a
