@@ -8,6 +8,7 @@
 //! runs after admission (a refused peer costs none) and is bounded by the caller's deadline,
 //! so a silent client cannot hold a connection slot.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ pub enum TlsError {
     #[error("config key `{key}`: cannot read {path}", path = .path.display())]
     Read {
         /// The key that names the file.
-        key: &'static str,
+        key: Cow<'static, str>,
         /// The file.
         path: PathBuf,
         /// Why not.
@@ -45,7 +46,7 @@ pub enum TlsError {
     #[error("config key `{key}`: {path} holds no PEM certificate", path = .path.display())]
     NoCertificate {
         /// The key that names the file.
-        key: &'static str,
+        key: Cow<'static, str>,
         /// The file.
         path: PathBuf,
         /// The PEM parser's complaint, if it had one (certificates are public).
@@ -60,7 +61,7 @@ pub enum TlsError {
     )]
     NoKey {
         /// The key that names the file.
-        key: &'static str,
+        key: Cow<'static, str>,
         /// The file.
         path: PathBuf,
     },
@@ -68,7 +69,7 @@ pub enum TlsError {
     #[error("config key `{key}`: the private key in {path} is not usable", path = .path.display())]
     UnusableKey {
         /// The key that names the file.
-        key: &'static str,
+        key: Cow<'static, str>,
         /// The file.
         path: PathBuf,
         /// rustls' reason (it names the key type, not its bytes).
@@ -77,17 +78,17 @@ pub enum TlsError {
     },
     /// The leaf certificate cannot be parsed, or the key is not the certificate's.
     #[error(
-        "config key `{key}`: the private key in {path} does not belong to the certificate in {cert} (`{cert_key}`)",
+        "config key `{key}`: the private key in {path} does not belong to the certificate in {cert} (`{cert_setting}`)",
         path = .path.display(),
         cert = .cert.display()
     )]
     Mismatch {
         /// The key that names the key file.
-        key: &'static str,
+        key: Cow<'static, str>,
         /// The key file.
         path: PathBuf,
         /// The key that names the certificate file.
-        cert_key: &'static str,
+        cert_setting: Cow<'static, str>,
         /// The certificate file.
         cert: PathBuf,
         /// rustls' finding: a different public key, or a certificate it cannot parse.
@@ -117,27 +118,27 @@ fn load_pair_with(files: &TlsFiles, provider: &CryptoProvider) -> Result<Certifi
             })
     };
     let no_cert = |source| TlsError::NoCertificate {
-        key: files.cert_key,
+        key: files.cert_setting.clone(),
         path: files.cert_file.clone(),
         source,
     };
-    let pem = read(files.cert_key, &files.cert_file)?;
+    let pem = read(files.cert_setting.clone(), &files.cert_file)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| no_cert(Some(e)))?;
     if chain.is_empty() {
         return Err(no_cert(None));
     }
-    let pem = read(files.key_key, &files.key_file)?;
+    let pem = read(files.key_setting.clone(), &files.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey {
-        key: files.key_key,
+        key: files.key_setting.clone(),
         path: files.key_file.clone(),
     })?;
     let signer = provider
         .key_provider
         .load_private_key(key)
         .map_err(|source| TlsError::UnusableKey {
-            key: files.key_key,
+            key: files.key_setting.clone(),
             path: files.key_file.clone(),
             source,
         })?;
@@ -148,9 +149,9 @@ fn load_pair_with(files: &TlsFiles, provider: &CryptoProvider) -> Result<Certifi
             Ok(pair)
         }
         Err(source) => Err(TlsError::Mismatch {
-            key: files.key_key,
+            key: files.key_setting.clone(),
             path: files.key_file.clone(),
-            cert_key: files.cert_key,
+            cert_setting: files.cert_setting.clone(),
             cert: files.cert_file.clone(),
             source: Box::new(source),
         }),
@@ -224,8 +225,8 @@ pub enum HandshakeError {
 /// let tls = TlsAcceptor::new(TlsFiles {
 ///     cert_file: "/run/tls/tls.crt".into(),
 ///     key_file: "/run/tls/tls.key".into(),
-///     cert_key: "proxy.tls_cert_file",
-///     key_key: "proxy.tls_key_file",
+///     cert_setting: "proxy.tls_cert_file".into(),
+///     key_setting: "proxy.tls_key_file".into(),
 /// })?;
 /// let _watch = tls.watch(); // reload when either file changes
 /// let (tcp, _peer) = listener.accept().await?;
@@ -406,8 +407,8 @@ mod tests {
         TlsFiles {
             cert_file: dir.join("tls.crt"),
             key_file: dir.join("tls.key"),
-            cert_key: "proxy.tls_cert_file",
-            key_key: "proxy.tls_key_file",
+            cert_setting: "proxy.tls_cert_file".into(),
+            key_setting: "proxy.tls_key_file".into(),
         }
     }
 

@@ -10,6 +10,7 @@ mod overrides;
 mod rules;
 mod validate;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -148,11 +149,11 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-    /// The config keys that named them (`proxy.tls_cert_file`, `proxy.tls_key_file`): every
-    /// message about a file names its key.
-    pub cert_key: &'static str,
-    /// See [`TlsFiles::cert_key`].
-    pub key_key: &'static str,
+    /// The config key that named the certificate file (`proxy.tls_cert_file`): every message
+    /// about a file names its key.
+    pub cert_setting: Cow<'static, str>,
+    /// The config key that named the key file (`proxy.tls_key_file`).
+    pub key_setting: Cow<'static, str>,
 }
 
 /// `[access]`: who may use the proxy, validated (every entry parsed, defaults filled in, a

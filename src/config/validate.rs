@@ -94,8 +94,8 @@ pub(super) fn tls_files(
         (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
             cert_file,
             key_file,
-            cert_key,
-            key_key,
+            cert_setting: cert_key.into(),
+            key_setting: key_key.into(),
         })),
         (Some(_), None) => Err(invalid(
             key_key,
