@@ -206,7 +206,8 @@ pub enum HandshakeError {
     /// The client spoke plain HTTP; it was answered 400 naming https.
     #[error("plain HTTP on the TLS listener")]
     PlainHttp,
-    /// The client closed before sending anything (a TCP health check).
+    /// The client closed (or reset) the connection before sending anything: a TCP health
+    /// check or a port scan, not a failed handshake.
     #[error("closed before the handshake")]
     Closed,
     /// The handshake failed (not TLS, no common version or cipher, an alert from the client).
@@ -345,7 +346,8 @@ impl TlsAcceptor {
             match tcp.peek(&mut byte).await {
                 Ok(0) => Err(HandshakeError::Closed),
                 Ok(_) => Ok(byte[0]),
-                Err(e) => Err(HandshakeError::Tls(e)),
+                // Reset before a byte (a port scan, a probe): nothing of TLS was tried.
+                Err(_) => Err(HandshakeError::Closed),
             }
         };
         let first = match tokio::time::timeout_at(deadline, first).await {
