@@ -18,6 +18,7 @@ use crate::ops::Ops;
 use crate::reload::{Applied, ReloadError, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
+use crate::tls::TlsAcceptor;
 use crate::upstream::Upstream;
 use crate::watch::FileWatch;
 
@@ -37,6 +38,9 @@ pub enum StartError {
     /// The client for Medusa could not be set up (`upstream.ca_file`, `upstream.url`).
     #[error(transparent)]
     Tls(#[from] crate::upstream::TlsSetupError),
+    /// The listener's certificate or key (`proxy.tls_cert_file`, `proxy.tls_key_file`).
+    #[error(transparent)]
+    ListenerTls(#[from] crate::tls::TlsError),
     /// `proxy.max_connections`, plus what the proxy needs besides, exceeds the file
     /// descriptor limit even after the soft limit was raised to the hard one.
     #[error(
@@ -80,6 +84,7 @@ impl StartError {
             StartError::Secret(..)
             | StartError::Rules(_)
             | StartError::Tls(_)
+            | StartError::ListenerTls(_)
             | StartError::FileDescriptors { .. } => true,
             // The address may be fine and merely taken; the port may be free a moment later.
             StartError::Bind { .. } => false,
@@ -118,6 +123,7 @@ pub struct Running {
     access_log: Arc<AccessLog>,
     flusher: JoinHandle<()>,
     _watch: Option<FileWatch>,
+    _tls_watch: Option<FileWatch>,
 }
 
 impl Running {
@@ -182,6 +188,18 @@ pub async fn start_with_overrides(
         );
     }
     let max_connections = connection_budget(&settings.proxy)?;
+    let tls = match &settings.proxy.tls {
+        Some(files) => Some(TlsAcceptor::new(files.clone())?),
+        None => None,
+    };
+    if let Some(warning) = crate::tls::cleartext_keys_warning(
+        "proxy",
+        settings.proxy.listen,
+        settings.access.client_keys_file.is_some(),
+        tls.is_some(),
+    ) {
+        tracing::warn!("{warning}");
+    }
     let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;
     let ops_listener = bind("ops.listen", settings.ops.listen).await?;
     let local = |l: &TcpListener, key, addr| {
@@ -231,7 +249,8 @@ pub async fn start_with_overrides(
         metrics.clone(),
     ));
     let admit: server::Admit = Arc::new(move |ip| handles.peer_allowed(ip));
-    let proxy_task = tokio::spawn(server::serve(
+    let tls_watch = tls.as_ref().and_then(TlsAcceptor::watch);
+    let proxy_task = tokio::spawn(server::serve_tls(
         proxy_listener,
         service,
         admit,
@@ -252,6 +271,7 @@ pub async fn start_with_overrides(
             ..server::Limits::default()
         },
         metrics.connections().clone(),
+        tls,
     ));
     let ops = Arc::new(Ops::new(tokens.clone(), metrics.clone()));
     let ops_task = tokio::spawn(server::serve(
@@ -280,6 +300,7 @@ pub async fn start_with_overrides(
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
         listen = %proxy_addr,
+        tls = settings.proxy.tls.is_some(),
         ops = %ops_addr,
         upstream = %settings.upstream.url,
         flavor = settings.auth.flavor.as_str(),
@@ -299,6 +320,7 @@ pub async fn start_with_overrides(
         access_log,
         flusher,
         _watch: watch,
+        _tls_watch: tls_watch,
     })
 }
 

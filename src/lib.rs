@@ -65,5 +65,6 @@ pub mod secret;
 pub mod server;
 pub mod sniff;
 pub mod stack;
+pub mod tls;
 pub mod upstream;
 pub mod watch;

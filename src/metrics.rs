@@ -85,6 +85,10 @@ pub struct ConnMetrics {
     pub closed_idle: Counter,
     /// Closed by the proxy: the client accepted no response bytes for `proxy.send_timeout`.
     pub closed_send_timeout: Counter,
+    /// Closed by the proxy: the TLS handshake failed (plain HTTP, no common protocol, an
+    /// alert from the client). A handshake not done in `proxy.header_read_timeout` counts as
+    /// `closed_header_timeout`.
+    pub closed_tls_handshake: Counter,
 }
 
 /// The proxy's Prometheus registry: every metric it exports, under the prefix
@@ -237,7 +241,7 @@ impl Metrics {
         let closed = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_closed",
-            "Client connections the proxy closed, by reason (header_read_timeout, idle_timeout, send_timeout)",
+            "Client connections the proxy closed, by reason (header_read_timeout, idle_timeout, send_timeout, tls_handshake)",
             closed.clone(),
         );
         // One statement each: a `get_or_create` guard held across another would deadlock.
@@ -250,6 +254,7 @@ impl Metrics {
             closed_header_timeout: counter(&closed, "header_read_timeout"),
             closed_idle: counter(&closed, "idle_timeout"),
             closed_send_timeout: counter(&closed, "send_timeout"),
+            closed_tls_handshake: counter(&closed, "tls_handshake"),
             ..conns
         };
         Arc::new(Metrics {
@@ -402,6 +407,7 @@ mod tests {
             "medusa_auth_proxy_connections_open 0",
             "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"} 0",
             "medusa_auth_proxy_connections_closed_total{reason=\"send_timeout\"} 0",
+            "medusa_auth_proxy_connections_closed_total{reason=\"tls_handshake\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

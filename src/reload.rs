@@ -293,6 +293,12 @@ fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {
         old.proxy.max_concurrent_requests != new.proxy.max_concurrent_requests,
         "proxy.max_concurrent_requests",
     );
+    // The files' contents are reloaded when they change (tls::TlsAcceptor::watch); which
+    // files, and whether there is TLS at all, is the listener's and needs a restart.
+    check(
+        old.proxy.tls != new.proxy.tls,
+        "proxy.tls_cert_file / proxy.tls_key_file",
+    );
     check(old.upstream != new.upstream, "upstream");
     check(old.auth.flavor != new.auth.flavor, "auth.flavor");
     check(

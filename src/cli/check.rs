@@ -48,6 +48,21 @@ pub async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCod
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // The key is a secret: with --no-secrets neither file is read (they may exist only in the pod).
+    if let (Some(files), false) = (&settings.proxy.tls, no_secrets)
+        && let Err(e) = medusa_auth_proxy::tls::load_pair(files)
+    {
+        eprintln!("error: {}", error_chain(&e));
+        return ExitCode::from(2);
+    }
+    if let Some(warning) = medusa_auth_proxy::tls::cleartext_keys_warning(
+        "proxy",
+        settings.proxy.listen,
+        settings.access.client_keys_file.is_some(),
+        settings.proxy.tls.is_some(),
+    ) {
+        println!("WARNING: {warning}");
+    }
     if settings.upstream.pool_idle_timeout >= std::time::Duration::from_secs(5) {
         // Node (Medusa) closes idle keep-alive connections after 5 s by default.
         println!(
@@ -73,8 +88,13 @@ pub async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCod
         );
     }
     println!(
-        "config ok: proxy {} -> {} (flavor {}), ops {}{}",
+        "config ok: proxy {}{} -> {} (flavor {}), ops {}{}",
         settings.proxy.listen,
+        if settings.proxy.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
         settings.upstream.url,
         settings.auth.flavor.as_str(),
         settings.ops.listen,

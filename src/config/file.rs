@@ -67,6 +67,8 @@ pub(super) struct RawProxy {
     pub(super) max_streams_per_connection: Option<u32>,
     pub(super) idle_timeout: Option<String>,
     pub(super) send_timeout: Option<String>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
 }
 
 /// `[upstream]`.

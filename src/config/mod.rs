@@ -10,6 +10,7 @@ mod overrides;
 mod rules;
 mod validate;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,6 +144,24 @@ pub struct ProxySettings {
     /// A client that takes no response bytes for this long is disconnected, and its request
     /// to Medusa aborted (default [`defaults::SEND_TIMEOUT`]).
     pub send_timeout: Duration,
+    /// `tls_cert_file` and `tls_key_file`: serve TLS with this pair (see [`crate::tls`]);
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A listener's certificate and private key files (PEM), set together; read by
+/// [`crate::tls::TlsAcceptor`] at start-up and again whenever either file changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// The config key that named the certificate file (`proxy.tls_cert_file`): every message
+    /// about a file names its key.
+    pub cert_setting: Cow<'static, str>,
+    /// The config key that named the key file (`proxy.tls_key_file`).
+    pub key_setting: Cow<'static, str>,
 }
 
 /// `[access]`: who may use the proxy, validated (every entry parsed, defaults filled in, a

@@ -11,7 +11,7 @@ use http::uri::{Authority, Scheme};
 use super::file::{RawAuth, RawConfig, RawLog, RawOps, RawProxy, RawUpstream};
 use super::{
     AuthSettings, ConfigError, Flavor, LogFormat, LogSettings, OpsSettings, ProxySettings,
-    Settings, UpstreamSettings, defaults, invalid, rules,
+    Settings, TlsFiles, UpstreamSettings, defaults, invalid, rules,
 };
 use crate::secret::SecretSource;
 
@@ -70,7 +70,42 @@ fn proxy(raw: RawProxy) -> Result<ProxySettings, ConfigError> {
             raw.send_timeout.as_deref(),
             defaults::SEND_TIMEOUT,
         )?,
+        tls: tls_files(
+            ("proxy.tls_cert_file", raw.tls_cert_file),
+            ("proxy.tls_key_file", raw.tls_key_file),
+        )?,
     })
+}
+
+/// A certificate and its key, both or neither. The files are read when the listener starts
+/// (and by `check`): the key is a secret, and files mounted from a Secret may not exist where
+/// a config is merely validated.
+pub(super) fn tls_files(
+    (cert_key, cert): (&'static str, Option<PathBuf>),
+    (key_key, key): (&'static str, Option<PathBuf>),
+) -> Result<Option<TlsFiles>, ConfigError> {
+    for (name, path) in [(cert_key, &cert), (key_key, &key)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid(name, "must name a PEM file"));
+        }
+    }
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            cert_file,
+            key_file,
+            cert_setting: cert_key.into(),
+            key_setting: key_key.into(),
+        })),
+        (Some(_), None) => Err(invalid(
+            key_key,
+            format!("is required with {cert_key}: set both (TLS) or neither (plain HTTP)"),
+        )),
+        (None, Some(_)) => Err(invalid(
+            cert_key,
+            format!("is required with {key_key}: set both (TLS) or neither (plain HTTP)"),
+        )),
+    }
 }
 
 fn upstream(raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
@@ -422,6 +457,37 @@ mod tests {
                     .contains("policy.max_body"),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_errors_name_the_missing_key() {
+        let config = |proxy: &str| {
+            Settings::from_toml(&format!(
+                "[proxy]\n{proxy}\n[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+                 [auth]\nemail = \"a@example.com\"\npassword_env = \"PW\"\n"
+            ))
+        };
+        assert_eq!(config("").unwrap().proxy.tls, None);
+        let tls = config("tls_cert_file = \"/tls/crt\"\ntls_key_file = \"/tls/key\"")
+            .unwrap()
+            .proxy
+            .tls
+            .unwrap();
+        assert_eq!(
+            (tls.cert_file, tls.key_file),
+            (PathBuf::from("/tls/crt"), PathBuf::from("/tls/key"))
+        );
+        for (proxy, key) in [
+            ("tls_cert_file = \"/tls/crt\"", "proxy.tls_key_file"),
+            ("tls_key_file = \"/tls/key\"", "proxy.tls_cert_file"),
+            (
+                "tls_cert_file = \"\"\ntls_key_file = \"/tls/key\"",
+                "proxy.tls_cert_file",
+            ),
+        ] {
+            let e = config(proxy).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("config key `{key}`: ")), "{e}");
         }
     }
 
