@@ -24,7 +24,7 @@ use crate::watch::FileWatch;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}: {1}")]
-    Secret(&'static str, SecretError),
+    Secret(std::borrow::Cow<'static, str>, SecretError),
     #[error(transparent)]
     Rules(#[from] ConfigError),
     #[error(transparent)]
@@ -136,7 +136,7 @@ pub async fn start_with_overrides(
         .auth
         .secret
         .load()
-        .map_err(|e| StartError::Secret(settings.auth.secret_name, e))?;
+        .map_err(|e| StartError::Secret(settings.auth.secret_name.clone(), e))?;
     let rules = Rules::from_settings(&settings)?;
     for name in rules.policy.lifted() {
         tracing::warn!(

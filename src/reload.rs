@@ -32,8 +32,8 @@ pub enum ReloadError {
     /// The secret it names cannot be loaded.
     #[error("{key}: {source}")]
     Secret {
-        /// `auth.password` or `auth.api_key`.
-        key: &'static str,
+        /// `auth.password` or `auth.api_key` (`identities.NAME.password`, ...).
+        key: std::borrow::Cow<'static, str>,
         /// Why.
         #[source]
         source: SecretError,
@@ -166,7 +166,7 @@ impl Reloader {
             .secret
             .load()
             .map_err(|source| ReloadError::Secret {
-                key: new.auth.secret_name,
+                key: new.auth.secret_name.clone(),
                 source,
             })?;
         let rules = Rules::from_settings(&new).map_err(ReloadError::Rules)?;

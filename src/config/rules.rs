@@ -83,7 +83,11 @@ impl AccessSettings {
 
 /// Validates `[access]`; `proxy` gives the listen address (the default `allow_hosts` and the
 /// remote exposure check depend on it).
-pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSettings, ConfigError> {
+pub(super) fn access(
+    raw: RawAccess,
+    proxy: &ProxySettings,
+    has_clients: bool,
+) -> Result<AccessSettings, ConfigError> {
     let allow_cidrs = match raw.allow_cidrs {
         None => access::default_allow_cidrs(),
         Some(entries) => entries
@@ -111,11 +115,8 @@ pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSett
         allow_origins,
         allow_unauthenticated_remote: raw.allow_unauthenticated_remote.unwrap_or(false),
     };
-    // Whether keys are configured is what matters here, not what the file holds.
-    let keys = settings
-        .client_keys_file
-        .as_ref()
-        .map(|_| ClientKeys::unread());
+    // With [[clients]], every request on the main listener needs a key.
+    let keys = (has_clients || settings.client_keys_file.is_some()).then(ClientKeys::unread);
     access::remote_exposure_ok(
         proxy.listen,
         &settings.rules(keys),
@@ -123,6 +124,16 @@ pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSett
     )
     .map_err(|e| invalid("proxy.listen", e))?;
     Ok(settings)
+}
+
+impl AccessSettings {
+    /// Whether a `[[listeners]]` address is safe with these rules (only
+    /// `access.client_keys_file` guards such a listener): the remote exposure check of
+    /// `proxy.listen`.
+    pub(super) fn exposure_ok(&self, listen: std::net::SocketAddr) -> Result<(), String> {
+        let keys = self.client_keys_file.as_ref().map(|_| ClientKeys::unread());
+        access::remote_exposure_ok(listen, &self.rules(keys), self.allow_unauthenticated_remote)
+    }
 }
 
 /// Validates `[policy]`: path prefixes canonicalise, lifted rules exist, `max_body` is a size.
