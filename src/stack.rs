@@ -6,12 +6,13 @@
 //! record    metrics and the access log line, when the response body ends     proxy/record.rs
 //! respond   a ProxyError becomes the client's JSON answer (status by class)   proxy/respond.rs
 //! guard     smuggling probe (CL + TE), oversized head                         proxy/guard.rs
-//! access    peer, Host, Origin, client key                       403 / 407    proxy/access.rs
+//! access    peer, Host, Origin, client key; the identity         403 / 407    proxy/access.rs
 //! policy    route rules; body rules down, scrubbed body up           403      proxy/policy.rs
 //! limit     body size, buffer or stream; replayable bodies       413 / 408    proxy/limit.rs
 //! hygiene   hop-by-hop, client credentials, origin claims, X-Forwarded-*      proxy/hygiene.rs
 //! admit     the concurrency slot, held until the body (or tunnel) ends  503   proxy/admit.rs
 //! upgrade   WebSocket: Upgrade re-set, 101 spliced in a task                  proxy/upgrade.rs
+//! route     to the identity's credential and upstream (one: no lookup)       proxy/route.rs
 //! inject    Medusa's token; on 401: verify, then replay once                  proxy/inject.rs
 //! upstream  session cookie, resend on a broken pooled connection, pool, TLS  upstream/
 //! ```
@@ -29,13 +30,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tower::{Service, ServiceBuilder};
 
 use crate::access_log::AccessLog;
-use crate::auth::TokenManager;
-use crate::config::Rules;
+use crate::config::{MainIdentity, Rules};
 use crate::error::ProxyError;
+use crate::identity::{Identity, Resolve};
 use crate::metrics::Metrics;
 use crate::proxy::access::{AccessLayer, AccessRules};
 use crate::proxy::admit::{AdmitLayer, Held};
@@ -46,18 +47,20 @@ use crate::proxy::limit::{ClientBody, LimitLayer, ProxyBody};
 use crate::proxy::policy::{PolicyLayer, PolicyRules};
 use crate::proxy::record::{RecordLayer, Recorder, Tracked};
 use crate::proxy::respond::RespondLayer;
+use crate::proxy::route::ByIdentity;
 use crate::proxy::upgrade::UpgradeLayer;
 use crate::scrub::ScrubBody;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::UpstreamError;
 
-/// What the proxy needs to build its request path, besides the client to Medusa.
+/// What the proxy needs to build its request path, besides the clients to Medusa.
 pub struct Parts {
-    /// Medusa tokens.
-    pub tokens: TokenManager,
+    /// The identities, in the configuration's order (at least one): each request is served
+    /// as one of them.
+    pub identities: Vec<Identity>,
+    /// Whose requests the main listener serves.
+    pub main: MainIdentity,
     /// `[access]` and `[policy]`, validated.
     pub rules: Rules,
-    /// `proxy.max_concurrent_requests`.
-    pub max_concurrent: usize,
     /// How long a buffered request body may take (`upstream.request_timeout`).
     pub body_timeout: Duration,
     /// The metrics registry.
@@ -67,10 +70,11 @@ pub struct Parts {
 }
 
 /// The reloadable parts of the stack, swapped in place by the reloader: each step reads the
-/// rules it owns once per request.
+/// rules it owns once per request. Shared by every listener.
 #[derive(Clone)]
 pub struct Handles {
     access: AccessRules,
+    listener_access: AccessRules,
     policy: PolicyRules,
     max_body: Arc<AtomicU64>,
     recorder: Arc<Recorder>,
@@ -80,6 +84,7 @@ impl Handles {
     /// Swap in new access and policy rules (config reloaded, client keys file changed).
     pub fn set_rules(&self, rules: Rules) {
         self.access.store(Arc::new(rules.access));
+        self.listener_access.store(Arc::new(rules.listener_access));
         self.policy.store(Arc::new(rules.policy));
         self.max_body.store(rules.max_body, Ordering::Relaxed);
     }
@@ -89,7 +94,8 @@ impl Handles {
         self.recorder.set_access_log(on);
     }
 
-    /// Whether a TCP peer may connect at all (asked at accept).
+    /// Whether a TCP peer may connect at all (asked at accept; `[access]` is the same for
+    /// every listener).
     pub fn peer_allowed(&self, ip: std::net::IpAddr) -> bool {
         crate::proxy::access::peer_allowed(&self.access, ip)
     }
@@ -105,79 +111,145 @@ fn from_credential(e: CredentialError<UpstreamError>) -> ProxyError {
     }
 }
 
-/// The body of every answer of the proxy's request path: Medusa's (pooled connection, slot
-/// held, credentials scrubbed) or the proxy's own JSON, counted by `record`.
-pub type ProxyResponseBody =
-    Tracked<Either<ScrubBody<Held<crate::upstream::ResponseBody<ProxyBody>>>, Full<Bytes>>>;
+/// The body of every answer of a request path over a client to Medusa whose answers have
+/// body `RB`: Medusa's (slot held, credentials scrubbed) or the proxy's own JSON, counted by
+/// `record`.
+pub type ResponseBodyOf<RB> = Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>;
 
-/// The proxy's request path as one `Service` for `crate::server::serve`, and the handles the
-/// reloader swaps rules through.
-pub fn proxy(
-    p: Parts,
-    upstream: Upstream<ProxyBody>,
-) -> (
-    impl Service<
-        Request<Incoming>,
-        Response = Response<ProxyResponseBody>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static,
-    Handles,
-) {
-    build(p, upstream)
+/// The body of every answer of the proxy's request path (over the pooled upstream).
+pub type ProxyResponseBody = ResponseBodyOf<crate::upstream::ResponseBody<ProxyBody>>;
+
+/// Which listener a request path is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `proxy.listen`: its identity as [`Parts::main`] says.
+    Main,
+    /// A `[[listeners]]` entry: always identity number `identity`.
+    Fixed {
+        /// The identity's index in [`Parts::identities`].
+        identity: usize,
+    },
 }
 
-/// [`proxy`] over any client body and any client to Medusa (benchmarks and tests use
-/// stand-ins for both).
-pub fn build<B, U, RB>(
-    p: Parts,
-    upstream: U,
-) -> (
-    impl Service<
+/// The request path, built once and served by every listener ([`Stack::service`]).
+pub struct Stack<U> {
+    handles: Handles,
+    identities: Arc<[Identity]>,
+    main: MainIdentity,
+    /// The client to Medusa of each identity (its upstream's), in identity order.
+    upstreams: Vec<U>,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// The first identity's tokens, for a request without an identity (none reaches
+    /// `policy`: `access` sets one on every request it admits).
+    fallback: crate::auth::TokenManager,
+}
+
+impl<U: Clone> Stack<U> {
+    /// The stack over `upstreams[i]`, the client to the upstream of identity `i`, and the
+    /// handles the reloader swaps rules through.
+    ///
+    /// # Panics
+    ///
+    /// When `p.identities` is empty (a validated config always has one).
+    pub fn new(p: Parts, upstreams: Vec<U>) -> (Stack<U>, Handles) {
+        assert!(
+            !p.identities.is_empty(),
+            "a stack needs at least one identity"
+        );
+        let handles = Handles {
+            access: Arc::new(ArcSwap::from_pointee(p.rules.access)),
+            listener_access: Arc::new(ArcSwap::from_pointee(p.rules.listener_access)),
+            policy: Arc::new(ArcSwap::from_pointee(p.rules.policy)),
+            max_body: Arc::new(AtomicU64::new(p.rules.max_body)),
+            recorder: Recorder::new(p.metrics.clone(), p.access_log.0, p.access_log.1),
+        };
+        let stack = Stack {
+            fallback: p.identities[0].tokens().clone(),
+            handles: handles.clone(),
+            identities: p.identities.into(),
+            main: p.main,
+            upstreams,
+            body_timeout: p.body_timeout,
+            metrics: p.metrics,
+        };
+        (stack, handles)
+    }
+
+    /// The request path of one listener, with `max_concurrent` slots of its own
+    /// (`proxy.max_concurrent_requests`, or the listener's).
+    pub fn service<B, RB>(
+        &self,
+        listener: Listener,
+        max_concurrent: usize,
+    ) -> impl Service<
         Request<B>,
-        Response = Response<Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>>,
+        Response = Response<ResponseBodyOf<RB>>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone
     + Send
-    + 'static,
-    Handles,
-)
-where
-    B: ClientBody,
-    U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
-        + Clone
-        + Send
-        + 'static,
-    U::Future: Send,
-    RB: Body + Send + Unpin + 'static,
-{
-    let handles = Handles {
-        access: Arc::new(ArcSwap::from_pointee(p.rules.access)),
-        policy: Arc::new(ArcSwap::from_pointee(p.rules.policy)),
-        max_body: Arc::new(AtomicU64::new(p.rules.max_body)),
-        recorder: Recorder::new(p.metrics.clone(), p.access_log.0, p.access_log.1),
-    };
-    let service = ServiceBuilder::new()
-        .layer(RecordLayer(handles.recorder.clone()))
-        .layer(RespondLayer(p.metrics.clone()))
-        .layer(GuardLayer)
-        .layer(AccessLayer(handles.access.clone()))
-        .layer(PolicyLayer {
-            rules: handles.policy.clone(),
-            tokens: p.tokens.clone(),
-        })
-        .layer(LimitLayer {
-            max_body: handles.max_body.clone(),
-            body_timeout: p.body_timeout,
-        })
-        .layer(HygieneLayer)
-        .layer(AdmitLayer::new(p.max_concurrent))
-        .layer(UpgradeLayer)
-        .map_err(from_credential as fn(_) -> _)
-        .layer(CredentialLayer::new(p.tokens))
-        .service(upstream);
-    (service, handles)
+    + 'static
+    where
+        B: ClientBody,
+        U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
+            + Clone
+            + Send
+            + 'static,
+        U::Future: Send,
+        RB: Body + Send + Unpin + 'static,
+    {
+        let pick = |i: usize| {
+            self.identities
+                .get(i)
+                .or_else(|| self.identities.first())
+                .cloned()
+        };
+        let (access, resolve) = match (listener, self.main) {
+            (Listener::Fixed { identity }, _) => (
+                self.handles.listener_access.clone(),
+                pick(identity).map(Resolve::Fixed),
+            ),
+            (Listener::Main, MainIdentity::Fixed(i)) => {
+                (self.handles.access.clone(), pick(i).map(Resolve::Fixed))
+            }
+            (Listener::Main, MainIdentity::ByClientKey) => (
+                self.handles.access.clone(),
+                Some(Resolve::ByClientKey(self.identities.clone())),
+            ),
+        };
+        let mut access = AccessLayer::new(access);
+        if let Some(resolve) = resolve {
+            access = access.resolving(resolve);
+        }
+        let routes = ByIdentity::new(
+            self.identities
+                .iter()
+                .zip(&self.upstreams)
+                .map(|(id, upstream)| {
+                    ServiceBuilder::new()
+                        .map_err(from_credential as fn(_) -> _)
+                        .layer(CredentialLayer::new(id.tokens().clone()))
+                        .service(upstream.clone())
+                })
+                .collect(),
+        );
+        ServiceBuilder::new()
+            .layer(RecordLayer(self.handles.recorder.clone()))
+            .layer(RespondLayer(self.metrics.clone()))
+            .layer(GuardLayer)
+            .layer(access)
+            .layer(PolicyLayer {
+                rules: self.handles.policy.clone(),
+                tokens: self.fallback.clone(),
+            })
+            .layer(LimitLayer {
+                max_body: self.handles.max_body.clone(),
+                body_timeout: self.body_timeout,
+            })
+            .layer(HygieneLayer)
+            .layer(AdmitLayer::new(max_concurrent))
+            .layer(UpgradeLayer)
+            .service(routes)
+    }
 }

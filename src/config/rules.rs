@@ -27,8 +27,11 @@ use crate::policy::{Policy, PolicyConfig};
 /// ```
 #[derive(Debug)]
 pub struct Rules {
-    /// Who may call: peer ranges, hosts, origins, client keys.
+    /// Who may call the main listener: peer ranges, hosts, origins, client keys (with
+    /// `[[clients]]`, theirs too, each key tagged with its identity).
     pub access: AccessConfig,
+    /// Who may call a `[[listeners]]` listener: `[access]` alone (its identity is fixed).
+    pub listener_access: AccessConfig,
     /// Which routes may be reached.
     pub policy: Policy,
     /// Largest request body forwarded, in bytes.
@@ -45,7 +48,13 @@ impl Rules {
             }
             None => None,
         };
-        Ok(Rules::with_keys(s, client_keys))
+        let mut clients = Vec::with_capacity(s.clients.len());
+        for (n, c) in s.clients.iter().enumerate() {
+            let keys = ClientKeys::load(&c.keys_file)
+                .map_err(|e| invalid(format!("clients[{n}].keys_file"), e))?;
+            clients.push(keys.owned_by(c.identity));
+        }
+        Ok(Rules::with_keys(s, client_keys, clients))
     }
 
     /// The rules without reading `access.client_keys_file`, for `check --no-secrets` (CI of
@@ -57,12 +66,22 @@ impl Rules {
             .client_keys_file
             .as_ref()
             .map(|_| ClientKeys::unread());
-        Rules::with_keys(s, client_keys)
+        let clients = s.clients.iter().map(|_| ClientKeys::unread()).collect();
+        Rules::with_keys(s, client_keys, clients)
     }
 
-    fn with_keys(s: &Settings, client_keys: Option<ClientKeys>) -> Rules {
+    fn with_keys(s: &Settings, client_keys: Option<ClientKeys>, clients: Vec<ClientKeys>) -> Rules {
+        let listener_access = s.access.rules(client_keys.clone());
+        let main_keys = if s.clients.is_empty() {
+            client_keys
+        } else {
+            // Every request on the main listener needs a key; one of `access.client_keys_file`
+            // alone maps to no identity (refused by the access step, naming [[clients]]).
+            Some(ClientKeys::merge(client_keys.into_iter().chain(clients)))
+        };
         Rules {
-            access: s.access.rules(client_keys),
+            access: s.access.rules(main_keys),
+            listener_access,
             policy: s.policy.routes.clone(),
             max_body: s.policy.max_body,
         }

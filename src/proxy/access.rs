@@ -17,6 +17,7 @@ use super::future::{Finish, LayerFuture};
 use super::record::Noted;
 use crate::access::{self, AccessConfig, Denied};
 use crate::error::ProxyError;
+use crate::identity::Resolve;
 use crate::server::PeerAddr;
 
 /// `[access]` as currently loaded, shared by the layer, the accept loop and the reloader.
@@ -30,14 +31,37 @@ pub fn peer_allowed(rules: &AccessRules, ip: IpAddr) -> bool {
 
 /// The `access` layer.
 #[derive(Clone)]
-pub struct AccessLayer(pub AccessRules);
+pub struct AccessLayer {
+    /// The rules, swapped on reload.
+    pub rules: AccessRules,
+    /// How the identity of an admitted request is chosen (set as a request
+    /// extension, [`crate::identity::Identity`]); `None`: no identity is set (unit tests of the steps below).
+    pub resolve: Option<Resolve>,
+}
+
+impl AccessLayer {
+    /// The step with `rules` and no identity.
+    pub fn new(rules: AccessRules) -> AccessLayer {
+        AccessLayer {
+            rules,
+            resolve: None,
+        }
+    }
+
+    /// Choose each admitted request's identity this way.
+    pub fn resolving(mut self, resolve: Resolve) -> AccessLayer {
+        self.resolve = Some(resolve);
+        self
+    }
+}
 
 impl<S> Layer<S> for AccessLayer {
     type Service = Access<S>;
     fn layer(&self, inner: S) -> Access<S> {
         Access {
             inner,
-            rules: self.0.clone(),
+            rules: self.rules.clone(),
+            resolve: self.resolve.clone(),
         }
     }
 }
@@ -47,6 +71,7 @@ impl<S> Layer<S> for AccessLayer {
 pub struct Access<S> {
     inner: S,
     rules: AccessRules,
+    resolve: Option<Resolve>,
 }
 
 impl<S, B, RB> Service<Request<B>> for Access<S>
@@ -61,7 +86,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let peer = req
             .extensions()
             .get::<PeerAddr>()
@@ -69,7 +94,31 @@ where
         let rules = self.rules.load();
         match access::check(&rules, peer, req.headers(), req.uri()) {
             Ok(caller) => {
-                LayerFuture::called(self.inner.call(req), Fingerprint(caller.key_fingerprint))
+                let identity = match &self.resolve {
+                    None => None,
+                    Some(resolve) => match resolve.pick(caller.key_owners) {
+                        Ok(id) => {
+                            req.extensions_mut().insert(id.clone());
+                            Some(id.shared_name())
+                        }
+                        Err(u) => {
+                            tracing::info!(
+                                peer = %peer,
+                                reason = u.code(),
+                                client_key = caller.key_fingerprint.as_deref().unwrap_or(""),
+                                "request denied"
+                            );
+                            return LayerFuture::refuse(ProxyError::Forbidden {
+                                code: u.code(),
+                                message: u.message().to_owned(),
+                            });
+                        }
+                    },
+                };
+                LayerFuture::called(
+                    self.inner.call(req),
+                    Fingerprint(caller.key_fingerprint, identity),
+                )
             }
             Err(d) => LayerFuture::refuse(refusal(d, &req, peer)),
         }
@@ -108,17 +157,17 @@ fn refusal<B>(d: Denied, req: &Request<B>, peer: IpAddr) -> ProxyError {
     }
 }
 
-/// Finishes `access`: the key's fingerprint for the access log.
-pub struct Fingerprint(Option<String>);
+/// Finishes `access`: the key's fingerprint and the identity's name for the access log.
+pub struct Fingerprint(Option<String>, Option<Arc<str>>);
 
 impl<RB> Finish<Result<Response<RB>, ProxyError>> for Fingerprint {
     type Output = Response<RB>;
     fn finish(self, answer: Result<Response<RB>, ProxyError>) -> Result<Response<RB>, ProxyError> {
         let mut resp = answer?;
-        if let Some(fp) = self.0 {
-            resp.extensions_mut()
-                .get_or_insert_default::<Noted>()
-                .key_fingerprint = Some(fp);
+        if self.0.is_some() || self.1.is_some() {
+            let noted = resp.extensions_mut().get_or_insert_default::<Noted>();
+            noted.key_fingerprint = self.0;
+            noted.identity = self.1;
         }
         Ok(resp)
     }

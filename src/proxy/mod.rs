@@ -25,4 +25,5 @@ pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod respond;
+pub mod route;
 pub mod upgrade;

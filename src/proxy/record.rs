@@ -28,6 +28,8 @@ use crate::upstream::Resent;
 pub struct Noted {
     /// Fingerprint of the client key used (`access`).
     pub key_fingerprint: Option<String>,
+    /// Name of the identity the request was served as (`access`).
+    pub identity: Option<Arc<str>>,
     /// Bytes of a buffered request body (`limit`).
     pub bytes_in: u64,
     /// Counter of a streamed request body (`limit`).
@@ -207,6 +209,7 @@ fn finish(rec: &Recorder, r: RequestRecord, bytes_out: u64) {
             bytes_out,
             client: r.peer,
             client_key: r.noted.key_fingerprint.as_deref(),
+            identity: r.noted.identity.as_deref(),
             replayed: r.replayed,
         });
     }
@@ -316,6 +319,7 @@ mod tests {
                 key_fingerprint: Some("abcd1234".into()),
                 bytes_in: 7,
                 streamed_in: None,
+                identity: None,
             });
             resp.extensions_mut().insert(Replayed);
             Ok::<_, Infallible>(resp)
