@@ -217,7 +217,8 @@ pub async fn start_with_overrides(
             secret,
         )
         .with_secret_source(&id.auth.secret);
-        let tokens = TokenManager::new(login, id.auth.clone(), metrics.clone());
+        let events = crate::ops::IdentityEvents::new(&id.name, metrics.clone(), index == 0);
+        let tokens = TokenManager::new(login, id.auth.clone(), events);
         // Each identity's driver is its own task: logins at start run concurrently, and one
         // identity's failures and backoff never hold up another's.
         drivers.push(tokens.spawn_driver(shutdown_rx.clone()));

@@ -30,6 +30,46 @@ impl crate::auth::TokenEvents for Metrics {
 
 /// The ops endpoints: `/healthz`, `/readyz` (every identity, or `?identity=NAME`),
 /// `/metrics`.
+/// One identity's token events: the process-wide families as before (the expiry gauge from
+/// the first identity only, so the single form's metrics read as they always did), and the
+/// `identity`-labelled ones.
+pub struct IdentityEvents {
+    identity: Arc<str>,
+    metrics: Arc<Metrics>,
+    primary: bool,
+}
+
+impl IdentityEvents {
+    /// Events of identity `identity`; `primary`: the first one, which also sets the
+    /// unlabelled `token_expiry_timestamp_seconds`.
+    pub fn new(identity: &str, metrics: Arc<Metrics>, primary: bool) -> Arc<IdentityEvents> {
+        Arc::new(IdentityEvents {
+            identity: identity.into(),
+            metrics,
+            primary,
+        })
+    }
+}
+
+impl crate::auth::TokenEvents for IdentityEvents {
+    fn login(&self, kind: &'static str, ok: bool) {
+        self.metrics.login(kind, ok);
+        self.metrics.identity_login(&self.identity, kind, ok);
+    }
+
+    fn token_expiry(&self, unix_seconds: f64) {
+        if self.primary {
+            self.metrics.token_expiry(unix_seconds);
+        }
+        self.metrics
+            .identity_token_expiry(&self.identity, unix_seconds);
+    }
+
+    fn token_check(&self, outcome: &'static str) {
+        self.metrics.token_check(outcome);
+    }
+}
+
 pub struct Ops {
     identities: Vec<Identity>,
     metrics: Arc<Metrics>,

@@ -245,6 +245,16 @@ async fn each_caller_reaches_only_its_identitys_upstream_with_its_credential_and
     assert!(!body.contains("not-a-configured-key"), "{body}");
     assert_eq!(staging.requests_to("/admin/products").len(), 1);
 
+    // Logins and token expiry per identity.
+    let (_, metrics) = send(&c, "GET", &format!("{ops}/metrics"), None).await;
+    for line in [
+        "medusa_auth_proxy_identity_logins_total{identity=\"reporting\",kind=\"login\",result=\"success\"} 1",
+        "medusa_auth_proxy_identity_logins_total{identity=\"staging-admin\",kind=\"login\",result=\"success\"} 1",
+        "medusa_auth_proxy_identity_token_expiry_timestamp_seconds{identity=\"staging-admin\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+
     // The access line names the identity.
     p.wait_line("identity=catalog").await;
     p.wait_line("identity=staging-admin").await;
