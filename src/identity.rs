@@ -137,3 +137,62 @@ impl Resolve {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{ClientKeys, NO_OWNER};
+
+    fn identity(index: usize, name: &str) -> Identity {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "password").unwrap();
+        let tokens = TokenManager::builder("http://127.0.0.1:9", crate::config::Flavor::V1)
+            .email("a@b.c")
+            .secret(crate::secret::SecretSource::File(pw))
+            .build()
+            .unwrap();
+        Identity::new(index, name, tokens, None)
+    }
+
+    #[tokio::test]
+    async fn a_key_picks_exactly_one_identity_or_none() {
+        let all: Arc<[Identity]> = vec![identity(0, "a"), identity(1, "b")].into();
+        let by_key = Resolve::ByClientKey(all.clone());
+        assert_eq!(by_key.pick(1).unwrap().name(), "a");
+        assert_eq!(by_key.pick(0b10).unwrap().name(), "b");
+        assert_eq!(by_key.pick(0b10 | NO_OWNER).unwrap().name(), "b");
+        assert_eq!(by_key.pick(NO_OWNER).unwrap_err(), Unresolved::NoIdentity);
+        assert_eq!(by_key.pick(0).unwrap_err(), Unresolved::NoIdentity);
+        assert_eq!(by_key.pick(0b11).unwrap_err(), Unresolved::Ambiguous);
+        assert_eq!(by_key.pick(0b100).unwrap_err(), Unresolved::NoIdentity);
+        // A listener's identity is fixed, whatever the key.
+        let fixed = Resolve::Fixed(all[1].clone());
+        assert_eq!(fixed.pick(0b01).unwrap().name(), "b");
+        for u in [Unresolved::NoIdentity, Unresolved::Ambiguous] {
+            assert!(u.message().contains("[[clients]]"));
+        }
+    }
+
+    #[test]
+    fn merged_key_files_keep_their_owners() {
+        let k1 = "key-one-0123456789abcdef";
+        let k2 = "key-two-0123456789abcdef";
+        let shared = "key-shared-0123456789abcdef";
+        let access = ClientKeys::parse(&format!("{k1}\n")).unwrap();
+        let a = ClientKeys::parse(&format!("{k2}\n{shared}\n"))
+            .unwrap()
+            .owned_by(0);
+        let b = ClientKeys::parse(&format!("{shared}\n"))
+            .unwrap()
+            .owned_by(3);
+        let keys = ClientKeys::merge([access, a, b]);
+        assert_eq!(keys.verify_owners(k1.as_bytes()).unwrap().1, NO_OWNER);
+        assert_eq!(keys.verify_owners(k2.as_bytes()).unwrap().1, 1);
+        assert_eq!(
+            keys.verify_owners(shared.as_bytes()).unwrap().1,
+            1 | (1 << 3)
+        );
+        assert!(keys.verify_owners(b"key-none-0123456789abcdef").is_none());
+    }
+}
