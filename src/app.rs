@@ -315,24 +315,26 @@ pub async fn start_with_overrides(
         crate::metrics::ConnMetrics::default(),
     ));
     let watch = watch_files(&reloader);
-    for (id, u) in settings.identities.iter().zip(&identities) {
-        // Which build and which account: the first two questions when a login is refused.
-        let account = match &id.auth.email {
-            Some(email) => email.clone(),
-            None => format!("API key from {}", id.auth.secret.describe()),
-        };
-        let upstream = settings
-            .upstreams
-            .iter()
-            .find(|x| x.name == id.upstream)
-            .map_or("", |x| x.settings.url.as_str());
-        tracing::info!(
-            identity = u.name(),
-            upstream = %upstream,
-            flavor = id.auth.flavor.as_str(),
-            account = %account,
-            "identity"
-        );
+    // Which build and which account: the first two questions when a login is refused.
+    let account = |auth: &crate::config::AuthSettings| match &auth.email {
+        Some(email) => email.clone(),
+        None => format!("API key from {}", auth.secret.describe()),
+    };
+    if settings.identities.len() > 1 {
+        for id in &settings.identities {
+            let upstream = settings
+                .upstreams
+                .iter()
+                .find(|x| x.name == id.upstream)
+                .map_or("", |x| x.settings.url.as_str());
+            tracing::info!(
+                identity = %id.name,
+                upstream = %upstream,
+                flavor = id.auth.flavor.as_str(),
+                account = %account(&id.auth),
+                "identity"
+            );
+        }
     }
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
@@ -341,6 +343,7 @@ pub async fn start_with_overrides(
         listeners = ?listener_addrs,
         upstream = %settings.upstream.url,
         flavor = settings.auth.flavor.as_str(),
+        account = %account(&settings.auth),
         identities = identities.len(),
         "medusa-auth-proxy started"
     );
