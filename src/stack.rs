@@ -218,8 +218,14 @@ impl<U: Clone> Stack<U> {
                 Some(Resolve::ByClientKey(self.identities.clone())),
             ),
         };
+        // The single form's lone `default` identity needs no extension: `route` has one
+        // service, `policy` falls back to its tokens and it has no policy of its own. Its hot
+        // path stays exactly as before identities (no allocation, no lookup).
+        let lone_default = matches!(&self.identities[..], [only]
+            if only.policy().is_none() && only.name() == crate::config::DEFAULT_IDENTITY)
+            && matches!(resolve, Some(Resolve::Fixed(_)));
         let mut access = AccessLayer::new(access);
-        if let Some(resolve) = resolve {
+        if let Some(resolve) = resolve.filter(|_| !lone_default) {
             access = access.resolving(resolve);
         }
         let routes = ByIdentity::new(
