@@ -363,3 +363,44 @@ fn check_refuses_unknown_names_naming_the_key() {
         assert!(err.contains(key), "{key} not in {err}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_identities_says_restart_and_keeps_them() {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &prod.url(),
+        &staging.url(),
+        fake_medusa::DEFAULT_PASSWORD,
+    );
+    let p = Proc::start(&cfg, &[]);
+    let (main, ops, _) = urls(&p).await;
+    let c = client();
+    wait_ready(&c, &ops, "", 200).await;
+    // reporting would become writable: not applied live.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("read_only = true", "read_only = false")).unwrap();
+    p.signal("HUP");
+    let line = p.wait_line("need a restart").await;
+    assert!(line.contains("identities"), "{line}");
+    let (status, _) = send(
+        &c,
+        "POST",
+        &format!("{main}/admin/upload"),
+        Some(REPORTING_KEY),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        &c,
+        "GET",
+        &format!("{main}/admin/products"),
+        Some(CATALOG_KEY),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(prod.logins(), 1, "no identity logged in again");
+}
