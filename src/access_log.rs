@@ -45,6 +45,8 @@ pub struct Entry<'a> {
     /// The request was sent to Medusa a second time, with a new token, after Medusa rejected
     /// the first.
     pub replayed: bool,
+    /// The identity served as (names are `[A-Za-z0-9_-]`, validated by the config).
+    pub identity: Option<&'a str>,
 }
 
 /// Where flushed bytes go (stderr, or a test's buffer).
@@ -197,6 +199,11 @@ fn write_text(buf: &mut String, e: &Entry<'_>) {
         e.client_key.unwrap_or("-"),
         e.replayed
     );
+    if let Some(id) = e.identity {
+        // Before the newline `writeln!` wrote.
+        buf.pop();
+        let _ = writeln!(buf, " identity={id}");
+    }
 }
 
 fn write_json(buf: &mut String, e: &Entry<'_>) {
@@ -220,7 +227,12 @@ fn write_json(buf: &mut String, e: &Entry<'_>) {
         Some(k) => json_str(buf, k),
         None => buf.push_str("null"),
     }
-    let _ = writeln!(buf, ",\"replayed\":{}}}", e.replayed);
+    let _ = write!(buf, ",\"replayed\":{}", e.replayed);
+    if let Some(id) = e.identity {
+        buf.push_str(",\"identity\":");
+        json_str(buf, id);
+    }
+    buf.push_str("}\n");
 }
 
 /// A JSON string literal. Paths are ASCII in practice; anything else is escaped properly.
@@ -252,6 +264,7 @@ mod tests {
             client: "127.0.0.1:5555".parse().unwrap(),
             client_key: Some("ab12cd34"),
             replayed: false,
+            identity: None,
         }
     }
 

@@ -53,6 +53,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

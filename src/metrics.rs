@@ -36,6 +36,18 @@ struct LoginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLoginLabels {
+    identity: String,
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabel {
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -120,6 +132,8 @@ pub struct Metrics {
     token_expiry: Gauge<f64, AtomicU64>,
     reloads: Family<ResultLabel, Counter>,
     token_checks: Family<OutcomeLabel, Counter>,
+    identity_logins: Family<IdentityLoginLabels, Counter>,
+    identity_token_expiry: Family<IdentityLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +218,19 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             token_expiry.clone(),
         );
+        let identity_logins = Family::<IdentityLoginLabels, Counter>::default();
+        registry.register(
+            "identity_logins",
+            "Credential acquisitions (login, refresh, key_check) by identity and result",
+            identity_logins.clone(),
+        );
+        let identity_token_expiry = Family::<IdentityLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "identity_token_expiry_timestamp",
+            "When each identity's current credential stops being used (Unix time; 0 = none held)",
+            prometheus_client::registry::Unit::Seconds,
+            identity_token_expiry.clone(),
+        );
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_reloads",
@@ -270,6 +297,8 @@ impl Metrics {
             token_expiry,
             reloads,
             token_checks,
+            identity_logins,
+            identity_token_expiry,
         })
     }
 
@@ -341,6 +370,27 @@ impl Metrics {
     /// being used, in seconds since the Unix epoch; 0 when none is held.
     pub fn token_expiry(&self, unix_seconds: f64) {
         self.token_expiry.set(unix_seconds);
+    }
+
+    /// A login attempt of one identity ended (counted in `logins` too, by the caller).
+    pub fn identity_login(&self, identity: &str, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.identity_logins
+            .get_or_create(&IdentityLoginLabels {
+                identity: identity.to_owned(),
+                kind,
+                result,
+            })
+            .inc();
+    }
+
+    /// When one identity's credential stops being used (Unix time; 0: none held).
+    pub fn identity_token_expiry(&self, identity: &str, unix_seconds: f64) {
+        self.identity_token_expiry
+            .get_or_create(&IdentityLabel {
+                identity: identity.to_owned(),
+            })
+            .set(unix_seconds);
     }
 
     /// Count one configuration reload in `medusa_auth_proxy_config_reloads_total` (`result`:

@@ -6,6 +6,7 @@
 
 pub mod defaults;
 mod file;
+mod identities;
 mod overrides;
 mod rules;
 mod validate;
@@ -21,6 +22,10 @@ use crate::access::{Cidr, HostList};
 use crate::policy::Policy;
 use crate::secret::SecretSource;
 
+pub use identities::{
+    ClientSettings, DEFAULT_IDENTITY, IdentitySettings, ListenerSettings, MAX_IDENTITIES,
+    MainIdentity, NamedUpstream,
+};
 pub use overrides::Overrides;
 pub use rules::Rules;
 
@@ -48,16 +53,17 @@ pub enum ConfigError {
     /// required key missing).
     #[error("config key `{key}`: {problem}")]
     Invalid {
-        /// The key, e.g. `access.allow_cidrs` (or a table, e.g. `upstream`).
-        key: &'static str,
+        /// The key, e.g. `access.allow_cidrs` (or a table, e.g. `upstream`), or
+        /// `identities.reporting.upstream` for a key under a named table.
+        key: Cow<'static, str>,
         /// What is wrong, quoting the value where it is not secret.
         problem: String,
     },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<Cow<'static, str>>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }
@@ -82,9 +88,10 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
 pub struct Settings {
     /// `[proxy]`: the listener tools connect to.
     pub proxy: ProxySettings,
-    /// `[upstream]`: Medusa's URL and how to talk to it.
+    /// `[upstream]`: Medusa. In the general form, the first identity's upstream (by name).
     pub upstream: UpstreamSettings,
-    /// `[auth]`: the Medusa account or key.
+    /// `[auth]`: the Medusa account or key. In the general form, the first identity's (by
+    /// name).
     pub auth: AuthSettings,
     /// `[ops]`: health, readiness, metrics.
     pub ops: OpsSettings,
@@ -94,6 +101,18 @@ pub struct Settings {
     pub policy: PolicySettings,
     /// `[log]`: format, level and the access log.
     pub log: LogSettings,
+    /// `[upstreams.NAME]` in name order; the single form's `[upstream]` as
+    /// [`DEFAULT_IDENTITY`].
+    pub upstreams: Vec<NamedUpstream>,
+    /// `[identities.NAME]` in name order (at least one); the single form's `[auth]` as
+    /// [`DEFAULT_IDENTITY`].
+    pub identities: Vec<IdentitySettings>,
+    /// `[[clients]]`: which client keys act as which identity.
+    pub clients: Vec<ClientSettings>,
+    /// `[[listeners]]`: more listeners, each serving one identity.
+    pub listeners: Vec<ListenerSettings>,
+    /// Whose requests the main listener (`proxy.listen`) serves.
+    pub main_identity: MainIdentity,
 }
 
 /// `log.format`: how diagnostic and access lines are written to stderr.
@@ -275,8 +294,9 @@ pub struct AuthSettings {
     pub email: Option<String>,
     /// The password (login flavors) or the API key (static flavors).
     pub secret: SecretSource,
-    /// `"auth.password"` or `"auth.api_key"`, for messages.
-    pub secret_name: &'static str,
+    /// `"auth.password"` or `"auth.api_key"` (`"identities.NAME.password"`, ...), for
+    /// messages.
+    pub secret_name: Cow<'static, str>,
     /// A token is renewed, and no longer sent, this long before it expires (default
     /// [`defaults::REFRESH_BEFORE_EXPIRY`]).
     pub refresh_before_expiry: Duration,

@@ -17,6 +17,7 @@ use super::future::{LayerFuture, Pass};
 use super::record::Notes;
 use crate::access::{self, AccessConfig, Denied};
 use crate::error::ProxyError;
+use crate::identity::Resolve;
 use crate::server::PeerAddr;
 
 /// `[access]` as currently loaded, shared by the layer, the accept loop and the reloader.
@@ -32,14 +33,37 @@ pub fn peer_allowed(rules: &AccessRules, ip: IpAddr) -> bool {
 /// against the `[access]` rules it holds (swapped in place on reload) before the inner
 /// service sees it.
 #[derive(Clone)]
-pub struct AccessLayer(pub AccessRules);
+pub struct AccessLayer {
+    /// The rules, swapped on reload.
+    pub rules: AccessRules,
+    /// How the identity of an admitted request is chosen (set as a request
+    /// extension, [`crate::identity::Identity`]); `None`: no identity is set (unit tests of the steps below).
+    pub resolve: Option<Resolve>,
+}
+
+impl AccessLayer {
+    /// The step with `rules` and no identity.
+    pub fn new(rules: AccessRules) -> AccessLayer {
+        AccessLayer {
+            rules,
+            resolve: None,
+        }
+    }
+
+    /// Choose each admitted request's identity this way.
+    pub fn resolving(mut self, resolve: Resolve) -> AccessLayer {
+        self.resolve = Some(resolve);
+        self
+    }
+}
 
 impl<S> Layer<S> for AccessLayer {
     type Service = Access<S>;
     fn layer(&self, inner: S) -> Access<S> {
         Access {
             inner,
-            rules: self.0.clone(),
+            rules: self.rules.clone(),
+            resolve: self.resolve.clone(),
         }
     }
 }
@@ -50,6 +74,7 @@ impl<S> Layer<S> for AccessLayer {
 pub struct Access<S> {
     inner: S,
     rules: AccessRules,
+    resolve: Option<Resolve>,
 }
 
 impl<S, B, RB> Service<Request<B>> for Access<S>
@@ -64,7 +89,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let peer = req
             .extensions()
             .get::<PeerAddr>()
@@ -72,11 +97,32 @@ where
         let rules = self.rules.load();
         match access::check(&rules, peer, req.headers(), req.uri()) {
             Ok(caller) => {
-                // The key's fingerprint for the access line (also when a later step fails).
-                if let (Some(fp), Some(notes)) =
-                    (caller.key_fingerprint, req.extensions().get::<Notes>())
-                {
-                    notes.note(|n| n.key_fingerprint = Some(fp));
+                // What the access line needs, noted now: also when a later step fails.
+                let notes = req.extensions().get::<Notes>().cloned();
+                if let (Some(fp), Some(notes)) = (&caller.key_fingerprint, &notes) {
+                    notes.note(|n| n.key_fingerprint = Some(fp.clone()));
+                }
+                if let Some(resolve) = &self.resolve {
+                    match resolve.pick(caller.key_owners) {
+                        Ok(id) => {
+                            if let Some(notes) = &notes {
+                                notes.note(|n| n.identity = Some(id.shared_name()));
+                            }
+                            req.extensions_mut().insert(id.clone());
+                        }
+                        Err(u) => {
+                            tracing::info!(
+                                peer = %peer,
+                                reason = u.code(),
+                                client_key = caller.key_fingerprint.as_deref().unwrap_or(""),
+                                "request denied"
+                            );
+                            return LayerFuture::refuse(ProxyError::Forbidden {
+                                code: u.code(),
+                                message: u.message().to_owned(),
+                            });
+                        }
+                    }
                 }
                 LayerFuture::called(self.inner.call(req), Pass)
             }
@@ -172,7 +218,7 @@ mod tests {
         crate::proxy::testing::Probe<()>,
     ) {
         let (inner, probe) = stand_in(|_| Ok(Response::new(())));
-        (AccessLayer(rules.clone()).layer(inner), probe)
+        (AccessLayer::new(rules.clone()).layer(inner), probe)
     }
 
     fn forbidden(err: &ProxyError) -> (&'static str, &str) {
@@ -330,11 +376,61 @@ mod tests {
         assert!(notes.get().key_fingerprint.is_none());
     }
 
+    fn identity(index: usize, name: &str) -> crate::identity::Identity {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "password").unwrap();
+        let tokens =
+            crate::auth::TokenManager::builder("http://127.0.0.1:9", crate::config::Flavor::V1)
+                .email("a@b.c")
+                .secret(crate::secret::SecretSource::File(pw))
+                .build()
+                .unwrap();
+        crate::identity::Identity::new(index, name, tokens, None)
+    }
+
+    #[tokio::test]
+    async fn the_key_picks_the_identity_which_is_set_and_noted() {
+        const OTHER: &str = "key-b-0123456789abcdef";
+        let mut cfg = rules(false);
+        cfg.client_keys = Some(ClientKeys::merge([
+            ClientKeys::parse(KEY).unwrap().owned_by(1),
+            ClientKeys::parse(OTHER).unwrap(),
+        ]));
+        let all: Arc<[_]> = vec![identity(0, "catalog"), identity(1, "reporting")].into();
+        let (inner, probe) = stand_in(|_| Ok(Response::new(())));
+        let mut svc = AccessLayer::new(shared(cfg))
+            .resolving(Resolve::ByClientKey(all))
+            .layer(inner);
+        let mut req = request(&[("proxy-authorization", "Bearer key-a-0123456789abcdef")]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        (&mut svc).oneshot(req).await.unwrap();
+        let seen = probe.last();
+        let id = seen.extensions().get::<crate::identity::Identity>();
+        assert_eq!(id.map(|i| i.name()), Some("reporting"));
+        assert_eq!(notes.get().identity.as_deref(), Some("reporting"));
+        // A valid key of no [[clients]] entry: 403 naming the rule, never the key; the key's
+        // fingerprint is still noted for the access line.
+        let mut req = request(&[("proxy-authorization", "Bearer key-b-0123456789abcdef")]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        let err = (&mut svc).oneshot(req).await.unwrap_err();
+        let (code, message) = forbidden(&err);
+        assert_eq!(code, "no_identity");
+        assert!(
+            message.contains("[[clients]]") && !message.contains("key-b"),
+            "{message}"
+        );
+        assert!(notes.get().key_fingerprint.is_some() && notes.get().identity.is_none());
+        assert_eq!(probe.calls(), 1);
+    }
+
     #[tokio::test]
     async fn the_inner_error_is_passed_on() {
         let rules = shared(rules(false));
         let (inner, probe) = stand_in::<(), ()>(|_| Err(ProxyError::Overloaded(4)));
-        let err = AccessLayer(rules)
+        let err = AccessLayer::new(rules)
             .layer(inner)
             .oneshot(request(&[]))
             .await

@@ -25,6 +25,7 @@ pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod respond;
+pub mod route;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod upgrade;

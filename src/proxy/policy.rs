@@ -19,6 +19,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::future::{Finish, LayerFuture};
 use crate::auth::TokenManager;
 use crate::error::ProxyError;
+use crate::identity::Identity;
 use crate::policy::{BodyRules, Decision, Policy};
 use crate::scrub::{Scrub, ScrubBody};
 
@@ -79,8 +80,13 @@ where
             req.extensions_mut().insert(body_rules);
         }
         let scrubbed = Scrubbed(body_rules.scrub);
-        match self.tokens.user_id_hint() {
-            Some(own) => match decide(&rules, req.method(), req.uri().path(), Some(&own)) {
+        // The identity's token manager knows *its* user (the own-user rule), and its policy
+        // narrows the global one.
+        let identity = req.extensions().get::<Identity>();
+        let narrowed = identity.and_then(|id| id.policy().cloned());
+        let tokens = identity.map_or(&self.tokens, |id| id.tokens());
+        match tokens.user_id_hint() {
+            Some(own) => match decide(&rules, narrowed.as_ref(), &req, Some(&own)) {
                 Ok(()) => LayerFuture::called(self.inner.call(req), scrubbed),
                 Err(e) => LayerFuture::refuse(e),
             },
@@ -89,15 +95,10 @@ where
                 // Fail fast when no token can be had.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let tokens = self.tokens.clone();
+                let tokens = tokens.clone();
                 LayerFuture::boxed(async move {
                     let token = tokens.token().await?;
-                    decide(
-                        &rules,
-                        req.method(),
-                        req.uri().path(),
-                        token.user_id.as_deref(),
-                    )?;
+                    decide(&rules, narrowed.as_ref(), &req, token.user_id.as_deref())?;
                     scrubbed.finish(inner.oneshot(req).await)
                 })
             }
@@ -105,7 +106,21 @@ where
     }
 }
 
-fn decide(
+/// The global policy, then the identity's (which only narrows it).
+fn decide<B>(
+    global: &Policy,
+    identity: Option<&Policy>,
+    req: &Request<B>,
+    own: Option<&str>,
+) -> Result<(), ProxyError> {
+    check(global, req.method(), req.uri().path(), own)?;
+    match identity {
+        Some(p) => check(p, req.method(), req.uri().path(), own),
+        None => Ok(()),
+    }
+}
+
+fn check(
     policy: &Policy,
     method: &Method,
     path: &str,

@@ -1,7 +1,7 @@
 //! `record`: the outermost step. Counts every request in the metrics and writes its access
 //! log line when its response body ends (or when the client goes away first: 499, as nginx
 //! logs it). While the access log is on, inner steps write what only they know (the client
-//! key's fingerprint, bytes in) into a [`Notes`] request extension, so that a request which
+//! key's fingerprint, the identity, bytes in) into a [`Notes`] request extension, so that a request which
 //! fails further down still gets a complete line; with the log off, nothing is allocated.
 //!
 //! Not `tower_http::trace::TraceLayer`: the access line has its own stable format (text or
@@ -54,6 +54,8 @@ impl Notes {
 pub struct Noted {
     /// Fingerprint of the client key used (`access`).
     pub key_fingerprint: Option<String>,
+    /// Name of the identity the request was served as (`access`).
+    pub identity: Option<Arc<str>>,
     /// Bytes of a buffered request body (`limit`).
     pub bytes_in: u64,
     /// Counter of a streamed request body (`limit`).
@@ -239,6 +241,7 @@ fn finish(rec: &Recorder, r: RequestRecord, bytes_out: u64) {
             bytes_out,
             client: r.peer,
             client_key: noted.key_fingerprint.as_deref(),
+            identity: noted.identity.as_deref(),
             replayed: r.replayed,
         });
     }
@@ -347,6 +350,7 @@ mod tests {
             notes.note(|n| {
                 n.key_fingerprint = Some("abcd1234".into());
                 n.bytes_in = 7;
+                n.identity = Some("reporting".into());
             });
             let mut resp = Response::new(Full::new(Bytes::from_static(b"12345")));
             resp.extensions_mut().insert(Replayed);
@@ -372,6 +376,7 @@ mod tests {
             "client=127.0.0.7:4000",
             "client_key=abcd1234",
             "replayed=true",
+            "identity=reporting",
         ] {
             assert!(line.contains(part), "{part} missing in {line}");
         }

@@ -192,6 +192,13 @@ impl<B: Send + 'static> Upstream<B> {
         Upstream::around(client, self.session.clone())
     }
 
+    /// The same Medusa over the same connection pool, with a session cookie of its own:
+    /// each identity on a shared upstream keeps its own Medusa session, so nothing one
+    /// identity's requests left in a session can serve another's.
+    pub fn with_own_session(&self) -> Upstream<B> {
+        Upstream::around(self.stack_client().clone(), SessionCookieLayer::new())
+    }
+
     fn stack_client(&self) -> &Client<B> {
         self.stack.get_ref().get_ref()
     }
