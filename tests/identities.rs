@@ -404,3 +404,57 @@ async fn a_reload_that_changes_identities_says_restart_and_keeps_them() {
     assert_eq!(status, 200);
     assert_eq!(prod.logins(), 1, "no identity logged in again");
 }
+
+/// `check --login` with the general form: every identity logs in (at the same time), each
+/// printing its own line; one wrong password fails the check (exit 1) naming that identity,
+/// and the others still print theirs.
+#[tokio::test]
+async fn check_login_logs_in_every_identity_and_names_the_failing_one() {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let check = |cfg: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(BIN)
+                .args(["check", "--login", "--config", cfg.to_str().unwrap()])
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let cfg = config(
+        dir.path(),
+        &prod.url(),
+        &staging.url(),
+        fake_medusa::DEFAULT_PASSWORD,
+    );
+    let (code, out, err) = check(cfg).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    for line in [
+        "identity reporting: login ok: flavor v1,",
+        "identity catalog: login ok: flavor v1-api-token",
+        "identity staging-admin: login ok: flavor v2,",
+        "identity staging-admin: upstream staging = ",
+    ] {
+        assert!(out.contains(line), "{line:?} missing in {out}");
+    }
+    assert!(out.contains("token valid for"), "{out}");
+    assert_eq!((prod.logins(), staging.logins()), (1, 1));
+
+    let cfg = config(dir.path(), &prod.url(), &staging.url(), "wrong-password");
+    let (code, out, err) = check(cfg).await.unwrap();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("identity staging-admin: login failed"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-password"), "{err}");
+    assert!(out.contains("identity reporting: login ok"), "{out}");
+    assert!(out.contains("identity catalog: login ok"), "{out}");
+}

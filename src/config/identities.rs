@@ -414,6 +414,17 @@ identity = "staging-admin"
         assert_eq!(s.clients[1].identity, 0);
         assert_eq!(s.listeners[0].identity, 2);
         assert_eq!(s.listeners[0].listen.to_string(), "127.0.0.1:7002");
+        assert_eq!(s.listeners[0].tls, None);
+        let with_tls = GENERAL.replace(
+            "listen = \"127.0.0.1:7002\"",
+            "listen = \"127.0.0.1:7002\"\ntls_cert_file = \"/tls/crt\"\ntls_key_file = \"/tls/key\"",
+        );
+        let tls = Settings::from_toml(&with_tls).unwrap().listeners[0]
+            .tls
+            .clone()
+            .expect("the listener's own pair");
+        assert_eq!(tls.key_file, PathBuf::from("/tls/key"));
+        assert_eq!(tls.cert_setting, "listeners[0].tls_cert_file");
         // The first identity by name stands for the single form's [upstream] / [auth].
         assert_eq!(s.upstream.url, "https://medusa.prod.internal");
         assert_eq!(s.auth.secret_name, "identities.catalog.api_key");
@@ -492,6 +503,14 @@ identity = "staging-admin"
                 GENERAL.replace("127.0.0.1:7002", "0.0.0.0:7002"),
                 "listeners[0].listen",
                 "client_keys_file",
+            ),
+            (
+                GENERAL.replace(
+                    "listen = \"127.0.0.1:7002\"",
+                    "listen = \"127.0.0.1:7002\"\ntls_cert_file = \"/tls/crt\"",
+                ),
+                "listeners[0].tls_key_file",
+                "is required with listeners[0].tls_cert_file",
             ),
             (
                 format!("[upstream]\nurl = \"http://x\"\n{GENERAL}"),
