@@ -45,7 +45,8 @@ pub struct Entry<'a> {
     /// The request was sent to Medusa a second time, with a new token, after Medusa rejected
     /// the first.
     pub replayed: bool,
-    /// The identity served as (names are `[A-Za-z0-9_-]`, validated by the config).
+    /// The identity served as (names are `[A-Za-z0-9_-]`, validated by the config); `None`
+    /// in the single form (nothing written: its line is unchanged).
     pub identity: Option<&'a str>,
 }
 
@@ -78,10 +79,12 @@ pub type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
 ///     client: "127.0.0.1:5555".parse().unwrap(),
 ///     client_key: None,
 ///     replayed: false,
+///     identity: Some("reporting"),
 /// });
 /// log.flush();
 /// let line = String::from_utf8(out.lock().unwrap().clone()).unwrap();
 /// assert!(line.contains("INFO access: method=GET path=/admin/products?q=*** status=200 duration_ms=1.234"));
+/// assert!(line.ends_with(" identity=reporting\n"));
 /// ```
 pub struct AccessLog {
     format: LogFormat,

@@ -509,3 +509,40 @@ async fn check_warns_about_client_keys_in_clear_text_on_a_remote_listener() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains("no TLS"), "{stdout}");
 }
+
+/// A `[[listeners]]` entry with a pair of its own serves TLS with it (not `[proxy]`'s), by
+/// ALPN as the main listener does.
+#[tokio::test]
+async fn a_listeners_entry_serves_tls_with_its_own_pair() {
+    let s = setup("").await;
+    let own = s.ca.leaf();
+    let (cert, key) = (s.dir.path().join("l.crt"), s.dir.path().join("l.key"));
+    std::fs::write(&cert, &own.cert_pem).unwrap();
+    std::fs::write(&key, &own.key_pem).unwrap();
+    let mut text = std::fs::read_to_string(&s.cfg).unwrap();
+    text.push_str(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\n\
+         tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&s.cfg, text).unwrap();
+    let p = Proc::start(&s.cfg, &[]);
+    let _ = addrs(&p).await;
+    let line = p.wait_line("medusa-auth-proxy started").await;
+    let start = line.find("listeners=[").unwrap() + "listeners=[".len();
+    let addr = line[start..start + line[start..].find(']').unwrap()].to_owned();
+
+    let tls = connect(&addr, s.ca.client(&[b"h2", b"http/1.1"])).await;
+    assert_eq!(alpn(&tls).as_deref(), Some(&b"h2"[..]));
+    assert_eq!(served(&tls), own.der, "the listener's own certificate");
+    let tls = connect(&addr, s.ca.client(&[b"http/1.1"])).await;
+    assert_eq!(served(&tls), own.der);
+    let mut send = http1(tls).await;
+    assert_eq!(get1(&mut send, "/admin/orders").await, StatusCode::OK);
+    let token = s.fake.last_token().expect("the proxy logged in");
+    assert_eq!(
+        authorization(&s.fake, "/admin/orders"),
+        format!("Bearer {token}")
+    );
+}
