@@ -299,6 +299,9 @@ fn bench_scrub(c: &mut Criterion) {
 #[allow(dead_code)]
 #[path = "../tests/common/fake_medusa.rs"]
 mod fake_medusa;
+#[allow(dead_code)]
+#[path = "../tests/common/wait.rs"]
+mod wait;
 
 /// What the bench's fake upstream (`bench/conf/products.json`) answers to `GET /admin/products`.
 const PRODUCTS: &[u8] = include_bytes!("../bench/conf/products.json");
@@ -380,9 +383,10 @@ where
 fn bench_stack(c: &mut Criterion) {
     use medusa_auth_proxy::access_log::AccessLog;
     use medusa_auth_proxy::auth::{SecretSource, TokenManager};
-    use medusa_auth_proxy::config::{LogFormat, Rules, Settings};
+    use medusa_auth_proxy::config::{LogFormat, MainIdentity, Rules, Settings};
+    use medusa_auth_proxy::identity::Identity;
     use medusa_auth_proxy::metrics::Metrics;
-    use medusa_auth_proxy::stack::{Parts, build};
+    use medusa_auth_proxy::stack::{Listener, Parts, Stack};
     use medusa_auth_proxy::upstream::UpstreamError;
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -436,11 +440,11 @@ fn bench_stack(c: &mut Criterion) {
     }
     let alone = stand_in!(Full<Bytes>);
     let upstream = stand_in!(medusa_auth_proxy::proxy::limit::ProxyBody<Full<Bytes>>);
-    let (stack, _handles) = build::<Full<Bytes>, _, _>(
+    let (stack, _handles) = Stack::new(
         Parts {
-            tokens: tokens.clone(),
+            identities: vec![Identity::new(0, "default", tokens.clone(), None)],
+            main: MainIdentity::Fixed(0),
             rules: Rules::from_settings(&settings).expect("rules"),
-            max_concurrent: settings.proxy.max_concurrent_requests,
             body_timeout: settings.upstream.request_timeout,
             metrics: Metrics::new(),
             // Formatted and batched as in the proxy; the batches are dropped, not written.
@@ -449,8 +453,10 @@ fn bench_stack(c: &mut Criterion) {
                 true,
             ),
         },
-        upstream,
+        vec![upstream],
     );
+    let stack =
+        stack.service::<Full<Bytes>, _>(Listener::Main, settings.proxy.max_concurrent_requests);
 
     let cases = [
         Case::new("get", Method::GET, Bytes::new()),
