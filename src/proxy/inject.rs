@@ -412,7 +412,7 @@ mod tests {
             Fake {
                 tokens: Arc::new(Mutex::new(
                     (1..=n)
-                        .map(|i| Token::for_tests(i, &format!("key-{i}")))
+                        .map(|i| Token::for_tests(i, &format!("key-{i}"), Some("user_01")))
                         .collect(),
                 )),
                 cache: true,

@@ -55,8 +55,8 @@ type Stack<B> = SessionCookie<Resend<Client<B>>>;
 /// `Response<ResponseBody<B>>` (see the module docs for what it does to a request).
 ///
 /// Cheap to clone (clones share the pool and the session cookie). The request's URI must be
-/// Medusa's request target from [`Upstream::uri_for`] or [`Upstream::uri_for_target`]
-/// (origin-form, base path included); `Host` is set here.
+/// Medusa's request target from [`Upstream::uri_for`], or a client's target passed through
+/// [`TargetLayer`] (origin-form, base path included); `Host` is set here.
 ///
 /// ```no_run
 /// # async fn demo(settings: &medusa_auth_proxy::config::UpstreamSettings)
@@ -239,13 +239,6 @@ impl<B> Upstream<B> {
     /// ```
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         self.target.uri_for(path_and_query)
-    }
-
-    /// The request target sent to Medusa for a client's request target (origin-form, or the
-    /// path and query of an absolute-form one). Without a base path the client's
-    /// path-and-query is reused as is (no copy, no re-parse: the hot path).
-    pub fn uri_for_target(&self, target: &Uri) -> Result<Uri, UpstreamError> {
-        self.target.uri_for_target(target)
     }
 }
 

@@ -49,19 +49,22 @@ pub struct TargetService<S> {
     base_path: Arc<str>,
 }
 
-/// Medusa's target for a client's `target` behind `base_path`.
+/// Medusa's target for a client's `target` behind `base_path`: only its path and query are
+/// used (an absolute-form target's scheme and authority are dropped).
 pub fn rewrite(base_path: &str, target: &Uri) -> Result<Uri, UpstreamError> {
     match target.path_and_query() {
-        Some(pq) if base_path.is_empty() && target.scheme().is_none() => Ok(Uri::from(pq.clone())),
-        pq => {
-            let pq = pq.map_or("/", |p| p.as_str());
-            let mut out = String::with_capacity(base_path.len() + pq.len());
-            out.push_str(base_path);
-            out.push_str(pq);
-            let pq = http::uri::PathAndQuery::try_from(out).map_err(UpstreamError::InvalidUri)?;
-            Ok(Uri::from(pq))
-        }
+        Some(pq) if base_path.is_empty() => Ok(Uri::from(pq.clone())),
+        pq => behind(base_path, pq.map_or("/", |p| p.as_str())),
     }
+}
+
+/// `base_path` + `path_and_query` as an origin-form target, byte for byte.
+pub(crate) fn behind(base_path: &str, path_and_query: &str) -> Result<Uri, UpstreamError> {
+    let mut out = String::with_capacity(base_path.len() + path_and_query.len());
+    out.push_str(base_path);
+    out.push_str(path_and_query);
+    let pq = http::uri::PathAndQuery::try_from(out).map_err(UpstreamError::InvalidUri)?;
+    Ok(Uri::from(pq))
 }
 
 impl<S, B> Service<Request<B>> for TargetService<S>
@@ -117,7 +120,20 @@ mod tests {
     }
 
     #[test]
+    fn escapes_pass_untouched() {
+        assert_eq!(
+            seen("/base", "/admin/x?a=%2F").unwrap(),
+            "/base/admin/x?a=%2F"
+        );
+        assert_eq!(seen("", "/admin/x?a=%2F").unwrap(), "/admin/x?a=%2F");
+    }
+
+    #[test]
     fn an_absolute_target_becomes_origin_form() {
+        assert_eq!(
+            seen("", "http://evil.example/admin/y?b").unwrap(),
+            "/admin/y?b"
+        );
         assert_eq!(
             seen("", "http://proxy.local:7000/admin/orders?x=1").unwrap(),
             "/admin/orders?x=1"
