@@ -393,6 +393,14 @@ impl Metrics {
             .set(unix_seconds);
     }
 
+    /// An identity was removed by a reload: its expiry gauge leaves the export (its counters
+    /// stay: they only ever count up).
+    pub fn forget_identity(&self, identity: &str) {
+        self.identity_token_expiry.remove(&IdentityLabel {
+            identity: identity.to_owned(),
+        });
+    }
+
     /// Count one configuration reload in `medusa_auth_proxy_config_reloads_total` (`result`:
     /// `success` or `failure`; a failed reload keeps the running configuration).
     pub fn reload(&self, ok: bool) {

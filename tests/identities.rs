@@ -364,8 +364,35 @@ fn check_refuses_unknown_names_naming_the_key() {
     }
 }
 
+/// Replace the config file in one step (as an editor's save or a ConfigMap update does), so
+/// the file watcher never reads half of it.
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Send SIGHUP and wait for the reload's outcome line (the `n`th such line).
+async fn reload(p: &Proc, n: usize) {
+    p.signal("HUP");
+    common::wait::until(
+        Duration::from_secs(10),
+        "the reload's outcome line",
+        async || {
+            let done = p.count_lines("configuration reloaded")
+                + p.count_lines("configuration reload rejected");
+            if done >= n { Ok(()) } else { Err(p.log()) }
+        },
+    )
+    .await;
+}
+
+/// Live reload of the identity model, against the binary: a policy made wider applies at
+/// once; a new identity (with its `[[clients]]` key) logs in alone, the others keep their
+/// tokens; a removed identity's key stops working and `/readyz` stops naming it; a moved
+/// listener says it needs a restart and keeps serving where it is.
 #[tokio::test]
-async fn a_reload_that_changes_identities_says_restart_and_keeps_them() {
+async fn a_reload_changes_identities_live_and_logs_in_only_the_new_one() {
     let prod = FakeMedusa::start().await;
     prod.set_api_key(Some(CATALOG_API_TOKEN));
     let staging = FakeMedusa::start_v2().await;
@@ -377,32 +404,139 @@ async fn a_reload_that_changes_identities_says_restart_and_keeps_them() {
         fake_medusa::DEFAULT_PASSWORD,
     );
     let p = Proc::start(&cfg, &[]);
-    let (main, ops, _) = urls(&p).await;
+    let (main, ops, staging_listener) = urls(&p).await;
     let c = client();
     wait_ready(&c, &ops, "", 200).await;
-    // reporting would become writable: not applied live.
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("read_only = true", "read_only = false")).unwrap();
-    p.signal("HUP");
-    let line = p.wait_line("need a restart").await;
-    assert!(line.contains("identities"), "{line}");
-    let (status, _) = send(
-        &c,
-        "POST",
-        &format!("{main}/admin/upload"),
-        Some(REPORTING_KEY),
-    )
-    .await;
-    assert_eq!(status, 403);
-    let (status, _) = send(
+    let logins = || (prod.logins(), staging.logins());
+    assert_eq!(logins(), (1, 1));
+    let upload = format!("{main}/admin/upload");
+    assert_eq!(send(&c, "POST", &upload, Some(REPORTING_KEY)).await.0, 403);
+
+    // 1. reporting's policy widened (still within the global one): applied live.
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let widened = original.replace(
+        "read_only = true\nallow_paths = [\"/admin/products\"]",
+        "read_only = false\nallow_paths = [\"/admin/products\", \"/admin/upload\"]",
+    );
+    assert_ne!(widened, original);
+    write_atomic(&cfg, &widened);
+    reload(&p, 1).await;
+    let (status, body) = send(&c, "POST", &upload, Some(REPORTING_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(logins(), (1, 1), "a policy change logs nobody in");
+
+    // 2. A new identity on staging, with a key of its own: only it logs in.
+    let new_key = "newcomer-key-0123456789abcdef";
+    let newcomer_keys = dir.path().join("newcomer-keys");
+    std::fs::write(&newcomer_keys, format!("{new_key}\n")).unwrap();
+    let added = format!(
+        "{widened}\n[identities.newcomer]\nupstream = \"staging\"\nflavor = \"v2\"\n\
+         email = \"{email}\"\npassword_file = \"{pw}\"\n\
+         [[clients]]\nkeys_file = \"{keys}\"\nidentity = \"newcomer\"\n",
+        email = fake_medusa::DEFAULT_EMAIL,
+        pw = dir.path().join("staging-password").display(),
+        keys = newcomer_keys.display(),
+    );
+    write_atomic(&cfg, &added);
+    reload(&p, 2).await;
+    let ready = wait_ready(&c, &ops, "?identity=newcomer", 200).await;
+    assert!(ready.contains("newcomer"), "{ready}");
+    assert_eq!(logins(), (1, 2), "only the new identity logs in");
+    let (status, body) = send(&c, "GET", &format!("{main}/admin/stores"), Some(new_key)).await;
+    assert_eq!(status, 200, "the new key reaches staging (v2): {body}");
+    // The others serve as before, with the tokens they had.
+    assert_eq!(
+        send(
+            &c,
+            "GET",
+            &format!("{main}/admin/products"),
+            Some(CATALOG_KEY)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        send(&c, "GET", &format!("{staging_listener}/admin/stores"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(logins(), (1, 2));
+
+    // 3. catalog removed (identity and its client entry): its key is refused, /readyz
+    //    no longer names it, nobody logs in.
+    let catalog_table = "[identities.catalog]\nupstream = \"prod\"\nflavor = \"v1-api-token\"\n";
+    let start = added.find(catalog_table).expect("catalog table");
+    let end = start + added[start..].find("\n\n").unwrap();
+    let mut removed = format!("{}{}", &added[..start], &added[end..]);
+    let client_entry = format!(
+        "[[clients]]\nkeys_file = \"{}\"\nidentity = \"catalog\"\n",
+        dir.path().join("catalog-keys").display()
+    );
+    assert!(removed.contains(&client_entry));
+    removed = removed.replace(&client_entry, "");
+    write_atomic(&cfg, &removed);
+    reload(&p, 3).await;
+    assert!(
+        p.log()
+            .lines()
+            .any(|l| l.contains("identities reloaded") && l.contains("stopped=[\"catalog\"]")),
+        "{}",
+        p.log()
+    );
+    let (status, body) = send(
         &c,
         "GET",
         &format!("{main}/admin/products"),
         Some(CATALOG_KEY),
     )
     .await;
-    assert_eq!(status, 200);
-    assert_eq!(prod.logins(), 1, "no identity logged in again");
+    assert_eq!(status, 407, "{body}");
+    assert!(!body.contains(CATALOG_KEY), "{body}");
+    assert_eq!(
+        send(&c, "GET", &format!("{ops}/readyz?identity=catalog"), None)
+            .await
+            .0,
+        404
+    );
+    let ready = wait_ready(&c, &ops, "", 200).await;
+    assert!(
+        !ready.contains("catalog") && ready.contains("newcomer"),
+        "{ready}"
+    );
+    assert_eq!(
+        send(
+            &c,
+            "GET",
+            &format!("{main}/admin/products"),
+            Some(REPORTING_KEY)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(logins(), (1, 2));
+
+    // 4. The staging listener moved: needs a restart, keeps serving where it is.
+    let moved = removed.replacen(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"",
+        "[[listeners]]\nlisten = \"127.0.0.1:1\"",
+        1,
+    );
+    assert_ne!(moved, removed);
+    write_atomic(&cfg, &moved);
+    reload(&p, 4).await;
+    let line = p.wait_line("need a restart").await;
+    assert!(line.contains("listeners"), "{line}");
+    assert_eq!(
+        send(&c, "GET", &format!("{staging_listener}/admin/stores"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(logins(), (1, 2), "no identity logged in again");
+    assert!(!p.log().contains(new_key) && !p.log().contains(REPORTING_KEY));
 }
 
 /// `check --login` with the general form: every identity logs in (at the same time), each
