@@ -539,6 +539,64 @@ async fn a_reload_changes_identities_live_and_logs_in_only_the_new_one() {
     assert!(!p.log().contains(new_key) && !p.log().contains(REPORTING_KEY));
 }
 
+/// `[proxy]` limits are per listener: the staging listener, with one slot of its own, is
+/// full while its one request waits on a slow Medusa and answers 503 `overloaded`; the main
+/// listener's callers are not affected.
+#[tokio::test]
+async fn each_listener_has_its_own_slots() {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &prod.url(),
+        &staging.url(),
+        fake_medusa::DEFAULT_PASSWORD,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "identity = \"staging-admin\"\n",
+        "identity = \"staging-admin\"\nmax_concurrent_requests = 1\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let p = Proc::start(&cfg, &[]);
+    let (main, ops, staging_listener) = urls(&p).await;
+    let c = client();
+    wait_ready(&c, &ops, "", 200).await;
+    staging.set_response_delay(Duration::from_secs(3));
+    let slow = {
+        let (c, url) = (c.clone(), format!("{staging_listener}/admin/stores"));
+        tokio::spawn(async move { send(&c, "GET", &url, None).await })
+    };
+    // The slow request holds the listener's one slot once it is in flight.
+    common::wait::until(
+        Duration::from_secs(10),
+        "one request in flight",
+        async || {
+            let (_, metrics) = send(&c, "GET", &format!("{ops}/metrics"), None).await;
+            if metrics.contains("medusa_auth_proxy_requests_in_flight 1") {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await;
+    let (status, body) = send(&c, "GET", &format!("{staging_listener}/admin/stores"), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("overloaded"), "{body}");
+    // The main listener has slots of its own.
+    let (status, body) = send(
+        &c,
+        "GET",
+        &format!("{main}/admin/products"),
+        Some(REPORTING_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(slow.await.unwrap().0, 200);
+}
+
 /// `check --login` with the general form: every identity logs in (at the same time), each
 /// printing its own line; one wrong password fails the check (exit 1) naming that identity,
 /// and the others still print theirs.
