@@ -117,10 +117,11 @@ pub struct Running {
     pub ops_addr: SocketAddr,
     /// The bound address of each `[[listeners]]` entry, in order.
     pub listener_addrs: Vec<SocketAddr>,
-    /// The first identity's token manager (the single form's only one), its login driver
-    /// running.
+    /// The first identity's token manager at start (the single form's only one, which a
+    /// reload keeps), its login driver running.
     pub tokens: TokenManager,
-    /// Every identity, in the configuration's order.
+    /// Every identity at start, in the configuration's order (after a reload:
+    /// [`Running::current_identities`]).
     pub identities: Vec<Identity>,
     /// The proxy's metrics registry (what `/metrics` on the ops listener exports).
     pub metrics: Arc<Metrics>,
