@@ -39,8 +39,9 @@ use crate::metrics::{IdentityMetrics, Metrics, NO_IDENTITY};
 use crate::server::PeerAddr;
 use crate::upstream::Resent;
 
-/// Where inner steps note what the access line needs: a request extension, present only while
-/// the access log is on (one allocation per request then, none otherwise).
+/// Where inner steps note what the access line needs, and `access` the identity it picked: a
+/// request extension, present only while the access log is on or on a listener that picks the
+/// identity by client key (one allocation per request then, none otherwise).
 #[derive(Debug, Clone, Default)]
 pub struct Notes(Arc<std::sync::Mutex<Noted>>);
 
