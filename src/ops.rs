@@ -24,7 +24,7 @@ impl crate::auth::TokenEvents for Metrics {
     }
 
     fn token_check(&self, outcome: &'static str) {
-        Metrics::token_check(self, outcome);
+        Metrics::token_check(self, crate::config::DEFAULT_IDENTITY, outcome);
     }
 }
 
@@ -64,7 +64,7 @@ impl crate::auth::TokenEvents for IdentityEvents {
     }
 
     fn token_check(&self, outcome: &'static str) {
-        self.metrics.token_check(outcome);
+        self.metrics.token_check(&self.identity, outcome);
     }
 }
 

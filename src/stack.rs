@@ -47,7 +47,7 @@ use crate::proxy::hygiene::HygieneLayer;
 use crate::proxy::inject::{CredentialError, CredentialLayer};
 use crate::proxy::limit::{ClientBody, LimitLayer, ProxyBody};
 use crate::proxy::policy::{PolicyLayer, PolicyRules};
-use crate::proxy::record::{RecordLayer, Recorder, Tracked};
+use crate::proxy::record::{Attribution, RecordLayer, Recorder, Tracked};
 use crate::proxy::respond::RespondLayer;
 use crate::proxy::route::ByIdentity;
 use crate::proxy::upgrade::UpgradeLayer;
@@ -413,6 +413,7 @@ impl<U: Clone> Stack<U> {
         let lone_default = matches!(&self.identities[..], [only]
             if only.policy().is_none() && only.name() == crate::config::DEFAULT_IDENTITY)
             && matches!(resolve, Some(Resolve::Fixed(_)));
+        let by = Attribution::of_listener(&self.metrics, resolve.as_ref());
         let mut access = AccessLayer::new(access);
         if let Some(resolve) = resolve.filter(|_| !lone_default) {
             access = access.resolving(resolve);
@@ -430,8 +431,8 @@ impl<U: Clone> Stack<U> {
                 .collect(),
         );
         ServiceBuilder::new()
-            .layer(RecordLayer(self.handles.recorder.clone()))
-            .layer(RespondLayer(self.metrics.clone()))
+            .layer(RecordLayer::new(self.handles.recorder.clone(), by.clone()))
+            .layer(RespondLayer(by))
             .layer(GuardLayer)
             .layer(access)
             .layer(PolicyLayer {

@@ -270,6 +270,84 @@ async fn each_caller_reaches_only_its_identitys_upstream_with_its_credential_and
 }
 
 #[tokio::test]
+async fn metrics_count_each_request_under_its_identity() {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &prod.url(),
+        &staging.url(),
+        fake_medusa::DEFAULT_PASSWORD,
+    );
+    let p = Proc::start(&cfg, &[]);
+    let (main, ops, staging_listener) = urls(&p).await;
+    let c = client();
+    wait_ready(&c, &ops, "", 200).await;
+
+    let products = format!("{main}/admin/products");
+    for _ in 0..2 {
+        let (status, body) = send(&c, "GET", &products, Some(REPORTING_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // reporting is read-only: its policy denies, counted under it.
+    let (status, body) = send(&c, "POST", &products, Some(REPORTING_KEY)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = send(&c, "GET", &products, Some(CATALOG_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    // staging-admin's listener: every request is its own.
+    let (status, body) = send(
+        &c,
+        "GET",
+        &format!("{staging_listener}/admin/products"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // No key on the main listener: refused before any identity, `identity=""`.
+    let (status, _) = send(&c, "GET", &products, None).await;
+    assert_eq!(status, 407);
+
+    // Each request is counted when its response has ended; wait for the exact lines.
+    let text = common::metrics::wait_lines(
+        &ops,
+        &[
+            "medusa_auth_proxy_requests_total{identity=\"reporting\",method=\"GET\",status_class=\"2xx\"} 2\n",
+            "medusa_auth_proxy_requests_total{identity=\"reporting\",method=\"POST\",status_class=\"4xx\"} 1\n",
+            "medusa_auth_proxy_denied_requests_total{identity=\"reporting\",reason=\"route_denied\"} 1\n",
+            "medusa_auth_proxy_requests_total{identity=\"catalog\",method=\"GET\",status_class=\"2xx\"} 1\n",
+            "medusa_auth_proxy_request_duration_seconds_count{identity=\"catalog\"} 1\n",
+            "medusa_auth_proxy_requests_total{identity=\"staging-admin\",method=\"GET\",status_class=\"2xx\"} 1\n",
+            "medusa_auth_proxy_requests_total{identity=\"\",method=\"GET\",status_class=\"4xx\"} 1\n",
+            "medusa_auth_proxy_denied_requests_total{identity=\"\",reason=\"proxy_auth_required\"} 1\n",
+            // Every identity's upstream error kinds are exported from the start.
+            "medusa_auth_proxy_upstream_errors_total{identity=\"staging-admin\",kind=\"unreachable\"} 0\n",
+            "medusa_auth_proxy_token_checks_total{identity=\"catalog\",outcome=\"error\"} 0\n",
+        ],
+    )
+    .await;
+    // Nothing counted under another identity than the request's.
+    for absent in [
+        "medusa_auth_proxy_denied_requests_total{identity=\"catalog\"",
+        "medusa_auth_proxy_denied_requests_total{identity=\"staging-admin\"",
+        "medusa_auth_proxy_requests_total{identity=\"default\"",
+    ] {
+        assert!(!text.contains(absent), "{absent} in\n{text}");
+    }
+    for (identity, class) in [("catalog", "4xx"), ("staging-admin", "4xx"), ("", "2xx")] {
+        let series = format!(
+            "medusa_auth_proxy_requests_total{{identity=\"{identity}\",method=\"GET\",status_class=\"{class}\"}}"
+        );
+        assert_eq!(
+            common::metrics::value(&text, &series),
+            Some(0.0),
+            "{series}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn one_identitys_failure_leaves_the_others_serving() {
     let prod = FakeMedusa::start().await;
     prod.set_api_key(Some(CATALOG_API_TOKEN));
