@@ -435,7 +435,7 @@ impl Metrics {
     /// stay: they only ever count up).
     pub fn forget_identity(&self, identity: &str) {
         self.identity_token_expiry.remove(&IdentityLabel {
-            identity: identity.to_owned(),
+            identity: identity.into(),
         });
     }
 
