@@ -194,7 +194,11 @@ where
                             let pool = self.pool.clone();
                             resp.map(|body| PooledBody::new(body, conn, pool))
                         }
-                        _ => resp.map(PooledBody::unpooled),
+                        Some(conn) => {
+                            conn.detach();
+                            resp.map(PooledBody::unpooled)
+                        }
+                        None => resp.map(PooledBody::unpooled),
                     });
                 }
                 (Err(mut e), _) => match e.take_message() {

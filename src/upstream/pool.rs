@@ -35,6 +35,23 @@ use tokio::sync::oneshot;
 pub(crate) struct Conn<B> {
     tx: SendRequest<B>,
     ended: oneshot::Receiver<std::convert::Infallible>,
+    /// hyper's connection future, not spawned: polled by whoever holds the connection (the
+    /// request future while it waits for the head, the body while it streams), so a request
+    /// costs no hand-off to and wake-up of another task. `None` once it has ended (or when a
+    /// test holds it, [`Staged`]). In a `Mutex` only to be `Sync`; reached through `get_mut`.
+    driver: Driver,
+}
+
+/// The connection future: drives hyper's dispatcher, then drops `alive` (see [`Conn`]).
+type Driver = Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>;
+
+/// Poll the connection future, if any; forget it once it has ended.
+fn drive(driver: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>, cx: &mut Context<'_>) {
+    if let Some(fut) = driver
+        && fut.as_mut().poll(cx).is_ready()
+    {
+        *driver = None;
+    }
 }
 
 /// What [`Conn::send`] returns: hyper's answer, and the connection unless its task has ended.
@@ -66,7 +83,7 @@ where
             .handshake(io)
             .await?;
         let (alive, ended) = oneshot::channel();
-        tokio::spawn(async move {
+        let driver: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             let result = conn.with_upgrades().await;
             // Only now, with hyper's dispatcher and its request channel dropped.
             drop(alive);
@@ -74,24 +91,55 @@ where
                 tracing::debug!(error = %super::chain::error_chain(&e), "connection to Medusa ended with an error");
             }
         });
-        Ok(Conn { tx, ended })
+        Ok(Conn {
+            tx,
+            ended,
+            driver: Mutex::new(Some(driver)),
+        })
+    }
+
+    /// Hand the connection future to a task of its own (after a `101 Switching Protocols`,
+    /// the upgrade needs it driven to hand the transport over, whoever holds the body).
+    pub(crate) fn detach(self) {
+        if let Some(driver) = self.driver.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            tokio::spawn(driver);
+        }
     }
 
     /// Send one request. Resolves with the response head or hyper's error (carrying the
     /// request when it was never written); never waits on a connection whose task has ended.
     pub(crate) async fn send(self, req: Request<B>) -> Sent<B> {
-        let Conn { mut tx, mut ended } = self;
+        let Conn {
+            mut tx,
+            mut ended,
+            driver,
+        } = self;
+        let mut driver = driver.into_inner().unwrap_or_else(|p| p.into_inner());
         // The future owns hyper's response promise, not `tx` (hyper's edition-2021 RPIT).
         let mut sent = std::pin::pin!(tx.try_send_request(req));
         let first = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = sent.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
             }
+            // Write the request / read the response here, then look again.
+            if driver.is_some() {
+                drive(&mut driver, cx);
+                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+            }
             Pin::new(&mut ended).poll(cx).map(|_| None)
         })
         .await;
         match first {
-            Some(result) => (result, Some(Conn { tx, ended })),
+            Some(result) => (
+                result,
+                Some(Conn {
+                    tx,
+                    ended,
+                    driver: Mutex::new(driver),
+                }),
+            ),
             None => {
                 // The task is gone. A request it took has been answered (the promise is
                 // resolved when the dispatcher drops); one it never took is still in the
@@ -104,13 +152,27 @@ where
 }
 
 impl<B> Conn<B> {
-    /// The connection task has ended or the peer closed the connection.
+    /// Poll the connection once (it is not polled while idle): notices a close by the peer,
+    /// and lets a dispatcher that has finished its last response ask for the next request.
+    /// With a no-op waker: nobody waits on an idle connection.
+    fn refresh(&self) {
+        let mut driver = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+        if driver.is_some() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            drive(&mut driver, &mut cx);
+        }
+    }
+
+    /// The connection has ended or the peer closed it (polls it once first).
     pub(crate) fn is_closed(&self) -> bool {
+        self.refresh();
         self.tx.is_closed()
     }
 
-    /// The connection is idle and its task wants a request.
+    /// The connection is idle and wants a request (polls it once first).
+    #[cfg(test)]
     pub(crate) fn is_ready(&self) -> bool {
+        self.refresh();
         self.tx.is_ready()
     }
 }
@@ -149,7 +211,11 @@ where
         assert!(tx.is_ready());
         let (alive, ended) = oneshot::channel();
         Staged {
-            conn: Conn { tx, ended },
+            conn: Conn {
+                tx,
+                ended,
+                driver: Mutex::new(None),
+            },
             task,
             alive,
             peer,
@@ -194,10 +260,10 @@ impl<B: Send + 'static> Pool<B> {
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(entry) = idle.pop_back() {
-            if entry.conn.is_closed() || entry.since.elapsed() >= self.idle_timeout {
+            if entry.since.elapsed() >= self.idle_timeout || entry.conn.is_closed() {
                 continue;
             }
-            if entry.conn.is_ready() {
+            if entry.conn.tx.is_ready() {
                 found = Some(entry.conn);
                 break;
             }
@@ -314,7 +380,17 @@ impl<B: Send + 'static> Body for PooledBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending()
+            && let Some((conn, _)) = &mut self.lease
+        {
+            let driver = conn.driver.get_mut().unwrap_or_else(|p| p.into_inner());
+            if driver.is_some() {
+                // The connection feeds this body: drive it here, then look again.
+                drive(driver, cx);
+                polled = Pin::new(&mut self.inner).poll_frame(cx);
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.done = true,
             Poll::Ready(Some(Err(_))) => self.lease = None,
@@ -647,7 +723,7 @@ mod race {
         {
             let t = race(20_000, |conn, req| {
                 Box::pin(async move {
-                    let Conn { mut tx, ended } = conn;
+                    let Conn { mut tx, ended, .. } = conn;
                     let r = tx.try_send_request(req).await;
                     drop(ended);
                     outcome(r)
