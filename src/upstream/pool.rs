@@ -30,6 +30,8 @@ use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::oneshot;
 
+use super::wakes::Wakes;
+
 /// One HTTP/1.1 connection to Medusa: hyper's request sender and a signal that resolves when
 /// the connection's task has ended (everything hyper's dispatcher held has been dropped).
 pub(crate) struct Conn<B> {
@@ -39,7 +41,24 @@ pub(crate) struct Conn<B> {
     /// request future while it waits for the head, the body while it streams), so a request
     /// costs no hand-off to and wake-up of another task. `None` once it has ended (or when a
     /// test holds it, [`Staged`]). In a `Mutex` only to be `Sync`; reached through `get_mut`.
+    /// Boxed: a response body holds the connection, and it is moved through every layer.
+    driven: Box<Driven>,
+}
+
+/// A connection's future and the waker it is polled with.
+struct Driven {
     driver: Driver,
+    /// The waker the connection's futures are polled with (see [`Wakes`]).
+    wakes: Wakes,
+}
+
+impl Driven {
+    fn new(driver: Option<Pin<Box<dyn Future<Output = ()> + Send>>>) -> Box<Driven> {
+        Box::new(Driven {
+            driver: Mutex::new(driver),
+            wakes: Wakes::new(),
+        })
+    }
 }
 
 /// The connection future: drives hyper's dispatcher, then drops `alive` (see [`Conn`]).
@@ -94,14 +113,15 @@ where
         Ok(Conn {
             tx,
             ended,
-            driver: Mutex::new(Some(driver)),
+            driven: Driven::new(Some(driver)),
         })
     }
 
     /// Hand the connection future to a task of its own (after a `101 Switching Protocols`,
     /// the upgrade needs it driven to hand the transport over, whoever holds the body).
     pub(crate) fn detach(self) {
-        if let Some(driver) = self.driver.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let driver = self.driven.driver.into_inner();
+        if let Some(driver) = driver.unwrap_or_else(|p| p.into_inner()) {
             tokio::spawn(driver);
         }
     }
@@ -112,34 +132,30 @@ where
         let Conn {
             mut tx,
             mut ended,
-            driver,
+            mut driven,
         } = self;
-        let mut driver = driver.into_inner().unwrap_or_else(|p| p.into_inner());
+        let Driven { driver, wakes } = &mut *driven;
+        let driver = driver.get_mut().unwrap_or_else(|p| p.into_inner());
         // The future owns hyper's response promise, not `tx` (hyper's edition-2021 RPIT).
         let mut sent = std::pin::pin!(tx.try_send_request(req));
         let first = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = sent.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            // Write the request / read the response here, then look again.
-            if driver.is_some() {
-                drive(&mut driver, cx);
+            wakes.poll(cx, |cx| {
                 if let Poll::Ready(r) = sent.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-            }
-            Pin::new(&mut ended).poll(cx).map(|_| None)
+                // Write the request / read the response here, then look again.
+                if driver.is_some() {
+                    drive(driver, cx);
+                    if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                }
+                Pin::new(&mut ended).poll(cx).map(|_| None)
+            })
         })
         .await;
         match first {
-            Some(result) => (
-                result,
-                Some(Conn {
-                    tx,
-                    ended,
-                    driver: Mutex::new(driver),
-                }),
-            ),
+            Some(result) => (result, Some(Conn { tx, ended, driven })),
             None => {
                 // The task is gone. A request it took has been answered (the promise is
                 // resolved when the dispatcher drops); one it never took is still in the
@@ -156,7 +172,7 @@ impl<B> Conn<B> {
     /// and lets a dispatcher that has finished its last response ask for the next request.
     /// With a no-op waker: nobody waits on an idle connection.
     fn refresh(&self) {
-        let mut driver = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+        let mut driver = self.driven.driver.lock().unwrap_or_else(|p| p.into_inner());
         if driver.is_some() {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             drive(&mut driver, &mut cx);
@@ -214,7 +230,7 @@ where
             conn: Conn {
                 tx,
                 ended,
-                driver: Mutex::new(None),
+                driven: Driven::new(None),
             },
             task,
             alive,
@@ -276,7 +292,8 @@ impl<B: Send + 'static> Pool<B> {
 
     /// Take back a connection whose last response was read to the end.
     pub(crate) fn put(self: &Arc<Self>, conn: Conn<B>) {
-        if conn.is_closed() {
+        // Not polled here: `take` polls it before handing it out.
+        if conn.tx.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -380,17 +397,24 @@ impl<B: Send + 'static> Body for PooledBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_pending()
-            && let Some((conn, _)) = &mut self.lease
-        {
-            let driver = conn.driver.get_mut().unwrap_or_else(|p| p.into_inner());
-            if driver.is_some() {
-                // The connection feeds this body: drive it here, then look again.
-                drive(driver, cx);
-                polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let polled = match &mut this.lease {
+            Some((conn, _)) => {
+                let Driven { driver, wakes } = &mut *conn.driven;
+                let driver = driver.get_mut().unwrap_or_else(|p| p.into_inner());
+                let inner = &mut this.inner;
+                wakes.poll(cx, |cx| {
+                    let polled = Pin::new(&mut *inner).poll_frame(cx);
+                    if polled.is_pending() && driver.is_some() {
+                        // The connection feeds this body: drive it here, then look again.
+                        drive(driver, cx);
+                        return Pin::new(&mut *inner).poll_frame(cx);
+                    }
+                    polled
+                })
             }
-        }
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(None) => self.done = true,
             Poll::Ready(Some(Err(_))) => self.lease = None,
