@@ -194,11 +194,7 @@ where
                             let pool = self.pool.clone();
                             resp.map(|body| PooledBody::new(body, conn, pool))
                         }
-                        Some(conn) => {
-                            conn.detach();
-                            resp.map(PooledBody::unpooled)
-                        }
-                        None => resp.map(PooledBody::unpooled),
+                        _ => resp.map(PooledBody::unpooled),
                     });
                 }
                 (Err(mut e), _) => match e.take_message() {

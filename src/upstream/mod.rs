@@ -22,7 +22,6 @@ mod pool;
 mod resend;
 mod target;
 mod tls;
-mod wakes;
 
 use std::pin::Pin;
 use std::sync::Arc;

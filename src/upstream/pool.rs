@@ -30,47 +30,11 @@ use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::oneshot;
 
-use super::wakes::Wakes;
-
 /// One HTTP/1.1 connection to Medusa: hyper's request sender and a signal that resolves when
 /// the connection's task has ended (everything hyper's dispatcher held has been dropped).
 pub(crate) struct Conn<B> {
     tx: SendRequest<B>,
     ended: oneshot::Receiver<std::convert::Infallible>,
-    /// hyper's connection future, not spawned: polled by whoever holds the connection (the
-    /// request future while it waits for the head, the body while it streams), so a request
-    /// costs no hand-off to and wake-up of another task. `None` once it has ended (or when a
-    /// test holds it, [`Staged`]). In a `Mutex` only to be `Sync`; reached through `get_mut`.
-    /// Boxed: a response body holds the connection, and it is moved through every layer.
-    driven: Box<Driven>,
-}
-
-/// A connection's future and the waker it is polled with.
-struct Driven {
-    driver: Driver,
-    /// The waker the connection's futures are polled with (see [`Wakes`]).
-    wakes: Wakes,
-}
-
-impl Driven {
-    fn new(driver: Option<Pin<Box<dyn Future<Output = ()> + Send>>>) -> Box<Driven> {
-        Box::new(Driven {
-            driver: Mutex::new(driver),
-            wakes: Wakes::new(),
-        })
-    }
-}
-
-/// The connection future: drives hyper's dispatcher, then drops `alive` (see [`Conn`]).
-type Driver = Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>;
-
-/// Poll the connection future, if any; forget it once it has ended.
-fn drive(driver: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>, cx: &mut Context<'_>) {
-    if let Some(fut) = driver
-        && fut.as_mut().poll(cx).is_ready()
-    {
-        *driver = None;
-    }
 }
 
 /// What [`Conn::send`] returns: hyper's answer, and the connection unless its task has ended.
@@ -102,7 +66,7 @@ where
             .handshake(io)
             .await?;
         let (alive, ended) = oneshot::channel();
-        let driver: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        tokio::spawn(async move {
             let result = conn.with_upgrades().await;
             // Only now, with hyper's dispatcher and its request channel dropped.
             drop(alive);
@@ -110,52 +74,24 @@ where
                 tracing::debug!(error = %super::chain::error_chain(&e), "connection to Medusa ended with an error");
             }
         });
-        Ok(Conn {
-            tx,
-            ended,
-            driven: Driven::new(Some(driver)),
-        })
-    }
-
-    /// Hand the connection future to a task of its own (after a `101 Switching Protocols`,
-    /// the upgrade needs it driven to hand the transport over, whoever holds the body).
-    pub(crate) fn detach(self) {
-        let driver = self.driven.driver.into_inner();
-        if let Some(driver) = driver.unwrap_or_else(|p| p.into_inner()) {
-            tokio::spawn(driver);
-        }
+        Ok(Conn { tx, ended })
     }
 
     /// Send one request. Resolves with the response head or hyper's error (carrying the
     /// request when it was never written); never waits on a connection whose task has ended.
     pub(crate) async fn send(self, req: Request<B>) -> Sent<B> {
-        let Conn {
-            mut tx,
-            mut ended,
-            mut driven,
-        } = self;
-        let Driven { driver, wakes } = &mut *driven;
-        let driver = driver.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Conn { mut tx, mut ended } = self;
         // The future owns hyper's response promise, not `tx` (hyper's edition-2021 RPIT).
         let mut sent = std::pin::pin!(tx.try_send_request(req));
         let first = std::future::poll_fn(|cx| {
-            wakes.poll(cx, |cx| {
-                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
-                }
-                // Write the request / read the response here, then look again.
-                if driver.is_some() {
-                    drive(driver, cx);
-                    if let Poll::Ready(r) = sent.as_mut().poll(cx) {
-                        return Poll::Ready(Some(r));
-                    }
-                }
-                Pin::new(&mut ended).poll(cx).map(|_| None)
-            })
+            if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            Pin::new(&mut ended).poll(cx).map(|_| None)
         })
         .await;
         match first {
-            Some(result) => (result, Some(Conn { tx, ended, driven })),
+            Some(result) => (result, Some(Conn { tx, ended })),
             None => {
                 // The task is gone. A request it took has been answered (the promise is
                 // resolved when the dispatcher drops); one it never took is still in the
@@ -168,27 +104,13 @@ where
 }
 
 impl<B> Conn<B> {
-    /// Poll the connection once (it is not polled while idle): notices a close by the peer,
-    /// and lets a dispatcher that has finished its last response ask for the next request.
-    /// With a no-op waker: nobody waits on an idle connection.
-    fn refresh(&self) {
-        let mut driver = self.driven.driver.lock().unwrap_or_else(|p| p.into_inner());
-        if driver.is_some() {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            drive(&mut driver, &mut cx);
-        }
-    }
-
-    /// The connection has ended or the peer closed it (polls it once first).
+    /// The connection task has ended or the peer closed the connection.
     pub(crate) fn is_closed(&self) -> bool {
-        self.refresh();
         self.tx.is_closed()
     }
 
-    /// The connection is idle and wants a request (polls it once first).
-    #[cfg(test)]
+    /// The connection is idle and its task wants a request.
     pub(crate) fn is_ready(&self) -> bool {
-        self.refresh();
         self.tx.is_ready()
     }
 }
@@ -227,11 +149,7 @@ where
         assert!(tx.is_ready());
         let (alive, ended) = oneshot::channel();
         Staged {
-            conn: Conn {
-                tx,
-                ended,
-                driven: Driven::new(None),
-            },
+            conn: Conn { tx, ended },
             task,
             alive,
             peer,
@@ -276,10 +194,10 @@ impl<B: Send + 'static> Pool<B> {
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(entry) = idle.pop_back() {
-            if entry.since.elapsed() >= self.idle_timeout || entry.conn.is_closed() {
+            if entry.conn.is_closed() || entry.since.elapsed() >= self.idle_timeout {
                 continue;
             }
-            if entry.conn.tx.is_ready() {
+            if entry.conn.is_ready() {
                 found = Some(entry.conn);
                 break;
             }
@@ -292,8 +210,7 @@ impl<B: Send + 'static> Pool<B> {
 
     /// Take back a connection whose last response was read to the end.
     pub(crate) fn put(self: &Arc<Self>, conn: Conn<B>) {
-        // Not polled here: `take` polls it before handing it out.
-        if conn.tx.is_closed() {
+        if conn.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -397,24 +314,7 @@ impl<B: Send + 'static> Body for PooledBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = match &mut this.lease {
-            Some((conn, _)) => {
-                let Driven { driver, wakes } = &mut *conn.driven;
-                let driver = driver.get_mut().unwrap_or_else(|p| p.into_inner());
-                let inner = &mut this.inner;
-                wakes.poll(cx, |cx| {
-                    let polled = Pin::new(&mut *inner).poll_frame(cx);
-                    if polled.is_pending() && driver.is_some() {
-                        // The connection feeds this body: drive it here, then look again.
-                        drive(driver, cx);
-                        return Pin::new(&mut *inner).poll_frame(cx);
-                    }
-                    polled
-                })
-            }
-            None => Pin::new(&mut this.inner).poll_frame(cx),
-        };
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.done = true,
             Poll::Ready(Some(Err(_))) => self.lease = None,
@@ -747,7 +647,7 @@ mod race {
         {
             let t = race(20_000, |conn, req| {
                 Box::pin(async move {
-                    let Conn { mut tx, ended, .. } = conn;
+                    let Conn { mut tx, ended } = conn;
                     let r = tx.try_send_request(req).await;
                     drop(ended);
                     outcome(r)
