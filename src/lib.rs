@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

@@ -326,7 +326,8 @@ impl Drop for ConnSlot {
 }
 
 /// The last connection closed: `after` that ([`Limits::release_memory_after`]), if still none
-/// is open, give freed heap memory back to the system. glibc keeps what many connections
+/// is open, give freed heap memory, and the code pages mapped since, back to the system
+/// (`memory::release_unused`). glibc keeps what many connections
 /// freed (per-thread arenas, fragmented pages), so after a burst of slow clients the process
 /// would stay at its peak; `malloc_trim` returns free pages inside the heap too. The delay
 /// lets the pooled connections to Medusa those clients used time out and free their buffers
@@ -351,10 +352,7 @@ fn release_memory_soon(open: Arc<AtomicUsize>, after: Duration) {
                 if open.load(Ordering::Acquire) != 0 {
                     break;
                 }
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                crate::memory::release_unused();
             }
             PENDING.store(false, Ordering::Release);
         });
