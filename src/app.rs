@@ -171,11 +171,12 @@ pub async fn start_with_overrides(
     let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
-    // Start-up is over once the first login has answered (or failed): hand back the pages of
-    // code only start-up ran (see `memory`).
+    // Start-up ends a moment after the first login has answered (or failed), once its log
+    // line is written: hand back the pages of code only start-up ran (see `memory`).
     let first = tokens.clone();
     tokio::spawn(async move {
         let _ = first.token().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         crate::memory::release_code_pages();
     });
 
