@@ -171,11 +171,13 @@ pub async fn start_with_overrides(
     let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
-    // Start-up ends a moment after the first login has answered (or failed), once its log
-    // line is written: hand back the pages of code only start-up ran (see `memory`).
+    // Start-up ends with the first login's answer (or failure): hand back the pages of code
+    // only start-up ran (see `memory`), at once (load may follow right away) and once more a
+    // second later, after the login's log line and the token cache's housekeeping.
     let first = tokens.clone();
     tokio::spawn(async move {
         let _ = first.token().await;
+        crate::memory::release_code_pages();
         tokio::time::sleep(Duration::from_secs(1)).await;
         crate::memory::release_code_pages();
     });
