@@ -1,16 +1,21 @@
-//! Release builds for x86_64 Linux place the functions a request runs next to each other: the
-//! symbol patterns of `build/hot-functions.txt` become a linker script that gathers their
-//! sections into one output section, `.text.hot`, in front of `.text`.
+//! Release builds for x86_64 Linux place the functions a request runs next to each other, in
+//! front of the rest of the code: the functions listed in `build/hot-functions.txt`.
 //!
 //! Why: the kernel maps a program's code in 64 KiB windows around each page it runs, so the
 //! ~700 KiB of request-path code, spread over 5 MiB of binary, kept ~3.5 MiB of it resident
 //! under load; gathered, it keeps ~1 MiB (docs/performance.md, "Memory (issue 16)"). The list
-//! is measured, not written by hand: `bench/hot-functions.sh` regenerates it. Its patterns
-//! have the symbol hashes replaced by `*`, so a new compiler or crate version still matches.
-//! A stale list costs memory, never correctness: a pattern that matches nothing is ignored,
-//! and a function it misses keeps its usual place in `.text`.
+//! is measured, not written by hand: `bench/hot-functions.sh` regenerates it.
 //!
-//! Skipped when RUSTFLAGS choose their own linker, or with `MEDUSA_AUTH_PROXY_NO_LAYOUT` set.
+//! Two linker inputs are made from it. A linker script gathers the sections of every function
+//! whose name matches a listed one with its hashes replaced by `*` into one output section,
+//! `.text.hot`, in front of `.text`: that survives a new compiler or crate version, which
+//! change the hashes. A symbol ordering file puts the exact listed functions first within it,
+//! so the other instances those patterns also match stay out of the way. A stale list costs
+//! memory, never correctness: a name that matches nothing is ignored, and a function the list
+//! misses keeps its usual place.
+//!
+//! Skipped when RUSTFLAGS choose their own linker (the ordering file is LLD's, Rust's default
+//! linker here), or with `MEDUSA_AUTH_PROXY_NO_LAYOUT` set.
 
 use std::env;
 use std::fmt::Write as _;
@@ -36,19 +41,72 @@ fn main() {
     let Ok(text) = std::fs::read_to_string(&list) else {
         return;
     };
-    // One input-section statement per pattern keeps the list's order (hottest first); the
-    // leading `*` also takes `.text.unlikely.` sections (functions marked #[cold]).
-    let mut script = String::from("SECTIONS\n{\n  .text.hot : {\n");
-    for pattern in text.lines().map(str::trim) {
-        let plain = |c: char| c.is_ascii_alphanumeric() || "_$.*".contains(c);
-        if pattern.is_empty() || pattern.starts_with('#') || !pattern.chars().all(plain) {
-            continue;
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_$.".contains(c);
+    let names: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && l.chars().all(plain))
+        .collect();
+    let mut patterns: Vec<String> = Vec::new();
+    for name in &names {
+        let p = unhashed(name);
+        if !patterns.contains(&p) {
+            patterns.push(p);
         }
-        let _ = writeln!(script, "    *(.text.*{pattern})");
     }
-    script.push_str("  }\n}\nINSERT BEFORE .text;\n");
-    let out = PathBuf::from(var("OUT_DIR")).join("hot-functions.ld");
-    if std::fs::write(&out, script).is_ok() {
-        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", out.display());
+    // One input-section description, so the ordering file sorts across all of it; the `*`
+    // after `.text.` also takes `.text.unlikely.` sections (functions marked #[cold]).
+    let mut script = String::from("SECTIONS\n{\n  .text.hot : {\n    *(\n");
+    for p in &patterns {
+        let _ = writeln!(script, "      .text.*{p}");
     }
+    script.push_str("    )\n  }\n}\nINSERT BEFORE .text;\n");
+    let out = PathBuf::from(var("OUT_DIR"));
+    let (script_path, order_path) = (
+        out.join("hot-functions.ld"),
+        out.join("hot-functions.order"),
+    );
+    let mut order = names.join("\n");
+    order.push('\n');
+    if std::fs::write(&script_path, script).is_ok() && std::fs::write(&order_path, order).is_ok() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script_path.display());
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            order_path.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
+}
+
+/// `name` with its hashes replaced by `*`: legacy mangling's `17h<16 hex digits>E` at the end,
+/// v0 mangling's crate disambiguators (`Cs<base62>_` before the crate name's length).
+fn unhashed(name: &str) -> String {
+    let mut s = name.to_owned();
+    if let Some(i) = s.rfind("17h")
+        && s.len() == i + 3 + 16 + 1
+        && s.ends_with('E')
+        && s[i + 3..i + 19].bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        s.truncate(i + 3);
+        s.push('*');
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s.as_str();
+    while let Some(i) = rest.find("Cs") {
+        out.push_str(&rest[..i + 2]);
+        rest = &rest[i + 2..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        // `Cs<base62>_<digit>`: a crate root's disambiguator, followed by its name's length.
+        if end < rest.len()
+            && rest.as_bytes()[end] == b'_'
+            && rest[end + 1..].starts_with(|c: char| c.is_ascii_digit())
+        {
+            out.push('*');
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }

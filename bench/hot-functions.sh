@@ -39,7 +39,15 @@ load() {   # load CONNECTIONS METHOD BODY_BYTES SECONDS
         -s "$here/lib/bench.lua" "http://127.0.0.1:$port/admin/products" >/dev/null
 }
 load 1 GET 0 2; load 16 GET 0 2; load 64 GET 0 2; load 16 POST 4096 2; load 4 POST 1048576 3
-curl -s -o /dev/null "$ops/metrics"; curl -s -o /dev/null "$ops/healthz"
+# curl sends large bodies after `Expect: 100-continue`, as many HTTP clients do.
+head -c 2097152 /dev/zero | tr '\0' 'x' >"$work/body"
+for _ in 1 2 3; do
+    curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary @"$work/body" \
+        "http://127.0.0.1:$port/admin/products"
+    curl -s -o /dev/null "http://127.0.0.1:$port/admin/products"
+done
+# What an idle pod still runs: the kubelet's probes and the metrics scrape.
+for path in readyz healthz metrics readyz; do curl -s -o /dev/null "$ops/$path"; done
 # Idle until the pooled connections close and memory is released (pool_idle_timeout + 1 s).
 sleep "${HOT_IDLE_SECONDS:-7}"
 callgrind_control -i off "$pid" >/dev/null
@@ -72,15 +80,9 @@ for line in open(sys.argv[1]):
             cost[names.get(cur, cur)] += int(parts[1])
 defined = set(open(sys.argv[2]).read().split())
 print("# Functions the proxy runs while serving and idling, hottest first: bench/hot-functions.sh")
-print("# writes this file, build.rs turns it into a linker script (see there). Each line is a")
-print("# symbol name with its hashes replaced by `*`, so that a new compiler or crate version")
-print("# still matches it.")
-seen = set()
+print("# writes this file; build.rs hands it to the linker (see there for how a stale list")
+print("# degrades).")
 for name in sorted((n for n in set(names.values()) if n in defined), key=lambda n: (-cost[n], n)):
-    pattern = re.sub(r"17h[0-9a-f]{16}E$", "17h*", name)  # legacy mangling's hash
-    pattern = re.sub(r"Cs[0-9A-Za-z]+_(?=\d)", "Cs*_", pattern)  # v0 crate disambiguators
-    if pattern not in seen:
-        seen.add(pattern)
-        print(pattern)
+    print(name)
 EOF
-echo "build/hot-functions.txt: $(grep -vc "^#" "$root/build/hot-functions.txt") patterns"
+echo "build/hot-functions.txt: $(grep -vc "^#" "$root/build/hot-functions.txt") functions"

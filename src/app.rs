@@ -172,13 +172,12 @@ pub async fn start_with_overrides(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = tokens.spawn_driver(shutdown_rx.clone());
     // Start-up ends with the first login's answer (or failure): hand back the pages of code
-    // only start-up ran (see `memory`), at once (load may follow right away) and once more a
-    // second later, after the login's log line and the token cache's housekeeping.
+    // only start-up ran (see `memory`) at once, since load may follow right away; after the
+    // login driver's turn (its log lines). No timer: an idle proxy must not wake for this.
     let first = tokens.clone();
     tokio::spawn(async move {
         let _ = first.token().await;
-        crate::memory::release_code_pages();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
         crate::memory::release_code_pages();
     });
 
