@@ -19,6 +19,31 @@ pub(crate) fn release_unused() {
     release_code_pages();
 }
 
+/// Give free heap pages back to the system now, unless that was done less than `min_gap`
+/// ago. For the moment a burst of connections has ended: one `malloc_trim` walks the heap
+/// (well under a millisecond for the few MiB a proxy holds), and the gap bounds what a
+/// pattern of one connection at a time could cost.
+pub(crate) fn trim_heap(min_gap: std::time::Duration) {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let now = Instant::now();
+    {
+        let Ok(mut last) = LAST.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| now.duration_since(t) < min_gap) {
+            return;
+        }
+        *last = Some(now);
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Unmap (`MADV_DONTNEED`) the whole pages of every loaded object's non-writable `PT_LOAD`
 /// segments: code and read-only data, which are never written, so the next access maps the
 /// same bytes from the file again. Writable segments (data, relocated RELRO) are left alone:

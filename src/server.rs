@@ -320,6 +320,10 @@ impl Drop for ConnSlot {
         if was == 1
             && let Some(after) = self.release_after
         {
+            // What the client connections held is free now (their Medusa connections' share
+            // follows when the pool lets them go): hand it back before the next burst piles
+            // on top of it, not only after a quiet spell.
+            crate::memory::trim_heap(Duration::from_secs(1));
             release_memory_soon(self.open.clone(), after);
         }
     }
