@@ -331,8 +331,8 @@ impl Drop for ConnSlot {
 
 /// The last connection closed: `after` that ([`Limits::release_memory_after`]), if still none
 /// is open, give freed heap memory, and the code pages mapped since, back to the system
-/// (`memory::release_unused`). glibc keeps what many connections
-/// freed (per-thread arenas, fragmented pages), so after a burst of slow clients the process
+/// (`memory::release_unused`). glibc keeps what many connections freed (per-thread arenas,
+/// fragmented pages), so after a burst of slow clients the process
 /// would stay at its peak; `malloc_trim` returns free pages inside the heap too. The delay
 /// lets the pooled connections to Medusa those clients used time out and free their buffers
 /// first (measured: a trim 1 s after left ~10 MiB that one 5 s after returned), and makes it
