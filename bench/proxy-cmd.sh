@@ -5,7 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${MEDUSA_AUTH_PROXY_BIN:-$here/target/release/medusa-auth-proxy}
-dir=${BENCH_STATE_DIR:-/tmp/medusa-auth-proxy-bench}/proxy
+# Its own directory per proxy (run.sh --bin runs several; each watches its config file).
+dir=${BENCH_PROXY_DIR:-${BENCH_STATE_DIR:-/tmp/medusa-auth-proxy-bench}/proxy}
 mkdir -p "$dir"
 ops_port=$(( ${BENCH_PROXY_PORT:-18090} + 1 ))
 cat >"$dir/config.toml" <<TOML

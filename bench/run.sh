@@ -45,6 +45,11 @@ Proxy under test:
   --proxy-wait S          how long it may take to answer GET /admin/products with 200 (default 30)
   --no-build              do not run 'cargo build --release' when the binary is missing or
                           older than the sources
+  --bin NAME=PATH         measure this binary as its own target NAME (repeat it to compare
+                          builds, e.g. --bin old=/tmp/old --bin new=target/release/...): each
+                          runs side by side with the others, interleaved like every target, and
+                          the report adds paired ratios against the first. Replaces 'proxy' in
+                          --targets; not in short-token mode.
 
 Services:
   --port-base P           ports P..P+11 are used (default \$BENCH_PORT_BASE or 18080)
@@ -69,6 +74,7 @@ PROXY_CMD_GIVEN=0
 PROXY_NAME=medusa-auth-proxy
 PROXY_WAIT=30
 BUILD=1 KEEP_RUNNING=0 RESTART=0 OUT=""
+BIN_NAMES=() BIN_PATHS=()
 PAUSE=0.5   # seconds between two runs, so one target's connection teardown settles
 declare -A GIVEN=()
 
@@ -85,6 +91,8 @@ while [ $# -gt 0 ]; do
         --proxy-name)     PROXY_NAME=$2; shift 2 ;;
         --proxy-wait)     PROXY_WAIT=$2; shift 2 ;;
         --no-build)       BUILD=0; shift ;;
+        --bin)            [[ "$2" == *=* ]] || die "--bin wants NAME=PATH, got '$2'"
+                          BIN_NAMES+=("${2%%=*}"); BIN_PATHS+=("${2#*=}"); shift 2 ;;
         --port-base)      set_ports "$2"; shift 2 ;;
         --keep-running)   KEEP_RUNNING=1; shift ;;
         --restart)        RESTART=1; shift ;;
@@ -104,6 +112,7 @@ if [ -n "$TOKEN_LIFETIME" ]; then
     [ -n "${GIVEN[rounds]:-}" ] || ROUNDS=1
     [ -n "${GIVEN[warmup]:-}" ] || WARMUP=0
     [ -n "${GIVEN[duration]:-}" ] || DURATION=30
+    [ "${#BIN_NAMES[@]}" = 0 ] || die "--bin is not for short-token mode (the logins of several proxies cannot be told apart)"
 fi
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a whole number of seconds"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
@@ -145,11 +154,32 @@ fi
 [ "${#SC_ID[@]}" -gt 0 ] || die "no scenarios selected"
 
 # --- Targets -------------------------------------------------------------------------
+# The proxies under test: one target "proxy" (the default), or one target per --bin, each
+# with its own label, binary, ports (P+10+2k and the next for its ops listener) and service.
+PROXIES=()
+declare -A P_LABEL=() P_BIN=() P_PORT=() P_SVC=() P_PID=() P_VERSION=()
+if [ "${#BIN_NAMES[@]}" -gt 0 ]; then
+    for ((k = 0; k < ${#BIN_NAMES[@]}; k++)); do
+        b=${BIN_NAMES[k]}
+        [[ "$b" =~ ^[a-z][a-z0-9_]*$ ]] || die "--bin NAME must be lower case letters, digits and _ ('$b')"
+        case "$b" in direct|nginx|haproxy|caddy|proxy|upstream|tokens) die "--bin NAME '$b' is taken by a target or service" ;; esac
+        [ -z "${P_LABEL[$b]:-}" ] || die "--bin NAME '$b' given twice"
+        [ -x "${BIN_PATHS[k]}" ] || die "--bin $b: ${BIN_PATHS[k]} is not an executable file"
+        PROXIES+=("$b")
+        P_LABEL[$b]=$b P_BIN[$b]=$(realpath "${BIN_PATHS[k]}") P_PORT[$b]=$((PROXY_PORT + 2 * k)) P_SVC[$b]=proxy-$b
+    done
+else
+    PROXIES=(proxy)
+    P_LABEL[proxy]=$PROXY_NAME P_PORT[proxy]=$PROXY_PORT P_SVC[proxy]=proxy
+fi
+is_proxy() { [ -n "${P_SVC[$1]:-}" ]; }
+
 TARGETS=() NEED=(nginx wrk curl python3 taskset setsid ss)
 IFS=, read -r -a _targets <<<"$TARGETS_OPT"
 for t in "${_targets[@]}"; do
     case "$t" in
-        direct|proxy) ;;
+        direct) ;;
+        proxy) TARGETS+=("${PROXIES[@]}"); continue ;;
         nginx|haproxy|caddy)
             [ "$MODE" = fixed ] || die "target '$t' injects a static token, which expires in short-token mode; use direct and/or proxy"
             [ "$t" = nginx ] || NEED+=("$t") ;;
@@ -159,6 +189,8 @@ for t in "${_targets[@]}"; do
 done
 [ "${#TARGETS[@]}" -gt 0 ] || die "no targets selected"
 has_target() { local t; for t in "${TARGETS[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
+has_proxy() { local t; for t in "${TARGETS[@]}"; do is_proxy "$t" && return 0; done; return 1; }
+[ "${#BIN_NAMES[@]}" = 0 ] || has_proxy || die "--bin needs 'proxy' in --targets"
 for tool in "${NEED[@]}"; do
     command -v "$tool" >/dev/null || die "'$tool' not found; run bench/install-deps.sh (as root) to install the Debian packages"
 done
@@ -169,7 +201,7 @@ target_port() {
         nginx)   echo "$NGINX_PORT" ;;
         haproxy) echo "$HAPROXY_PORT" ;;
         caddy)   echo "$CADDY_PORT" ;;
-        proxy)   echo "$PROXY_PORT" ;;
+        *)       echo "${P_PORT[$1]}" ;;
     esac
 }
 
@@ -177,7 +209,7 @@ target_port() {
 # With the default --proxy-cmd, make sure target/release/medusa-auth-proxy exists and is
 # not older than the sources (a stale binary is the classic way to benchmark the wrong thing).
 PROXY_BIN=""
-if has_target proxy && [ "$PROXY_CMD_GIVEN" = 0 ]; then
+if has_target proxy && [ "$PROXY_CMD_GIVEN" = 0 ]; then   # (with --bin, the binaries are given)
     PROXY_BIN=${MEDUSA_AUTH_PROXY_BIN:-$REPO_DIR/target/release/medusa-auth-proxy}
     if [ -z "${MEDUSA_AUTH_PROXY_BIN:-}" ]; then
         stale=""
@@ -196,6 +228,7 @@ if has_target proxy && [ "$PROXY_CMD_GIVEN" = 0 ]; then
         fi
     fi
     [ -x "$PROXY_BIN" ] || die "$PROXY_BIN is not executable"
+    P_BIN[proxy]=$PROXY_BIN
 fi
 
 # --- State directory and rendered configs ----------------------------------------------
@@ -231,13 +264,13 @@ fi
 
 # --- Services --------------------------------------------------------------------------
 STARTED=()          # services this invocation started (stopped again at exit)
-PROXY_STARTED=0
+PROXIES_STARTED=()  # the proxies under test it started (always stopped at exit)
 exec 9>&2           # original stderr, for cleanup messages
 cleanup() {
     local rc=$? i
     trap - EXIT INT TERM
     exec 2>&9       # an interrupt can land inside run_one's "2>file" block
-    if [ "$PROXY_STARTED" = 1 ]; then stop_service proxy; trim_log "$STATE_DIR/logs/proxy.log"; fi
+    for i in "${PROXIES_STARTED[@]}"; do stop_service "$i"; trim_log "$STATE_DIR/logs/$i.log"; done
     if [ "$KEEP_RUNNING" = 0 ]; then
         for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_service "${STARTED[i]}"; done
     elif [ "${#STARTED[@]}" -gt 0 ]; then
@@ -258,7 +291,7 @@ trap 'exit 130' INT TERM
 trap 'log "ERROR: status $? at line $LINENO: $BASH_COMMAND"' ERR
 
 if [ "$RESTART" = 1 ]; then
-    for s in proxy caddy haproxy nginx upstream tokens; do stop_service "$s"; done
+    for s in "${P_SVC[@]}" caddy haproxy nginx upstream tokens; do stop_service "$s"; done
 fi
 
 # ensure_service NAME PORT READY_URL CONFIG CMD...: reuse a copy left running by an earlier
@@ -364,38 +397,45 @@ listener_pid() {
     done
 }
 
-PROXY_METRIC_PID="" LOGINS_BEFORE=0 PROXY_T0="" PROXY_VERSION=""
-if has_target proxy; then
-    stop_service proxy   # leftover from an interrupted run
-    port_open "$PROXY_PORT" && die "port $PROXY_PORT is in use; try --port-base"
-    port_open "$((PROXY_PORT + 1))" && die "port $((PROXY_PORT + 1)) (the proxy's ops listener) is in use; try --port-base"
-    [ -n "$PROXY_BIN" ] && PROXY_VERSION=$("$PROXY_BIN" --version 2>/dev/null || true)
-    export BENCH_LISTEN_ADDR="127.0.0.1:$PROXY_PORT" BENCH_PROXY_PORT="$PROXY_PORT" \
-        BENCH_UPSTREAM_URL="$U" BENCH_ADMIN_EMAIL="$ADMIN_EMAIL" \
-        BENCH_ADMIN_PASSWORD="$ADMIN_PASSWORD" BENCH_STATE_DIR="$STATE_DIR" TOKIO_WORKER_THREADS=1
+LOGINS_BEFORE=0 PROXY_T0=""
+# start_proxy ID: start one proxy under test on its ports and wait until it has logged in.
+start_proxy() {
+    local id=$1 port=${P_PORT[$1]} svc=${P_SVC[$1]} label=${P_LABEL[$1]} pid
+    stop_service "$svc"   # leftover from an interrupted run
+    port_open "$port" && die "port $port is in use; try --port-base"
+    port_open "$((port + 1))" && die "port $((port + 1)) ($label's ops listener) is in use; try --port-base"
+    [ -n "${P_BIN[$id]:-}" ] && P_VERSION[$id]=$("${P_BIN[$id]}" --version 2>/dev/null || true)
+    pid=$(
+        export BENCH_LISTEN_ADDR="127.0.0.1:$port" BENCH_PROXY_PORT="$port" \
+            BENCH_UPSTREAM_URL="$U" BENCH_ADMIN_EMAIL="$ADMIN_EMAIL" \
+            BENCH_ADMIN_PASSWORD="$ADMIN_PASSWORD" BENCH_STATE_DIR="$STATE_DIR" \
+            BENCH_PROXY_DIR="$STATE_DIR/$svc" TOKIO_WORKER_THREADS=1
+        [ -z "${P_BIN[$id]:-}" ] || export MEDUSA_AUTH_PROXY_BIN="${P_BIN[$id]}"
+        start_service "$svc" "${PIN[@]}" bash -c "$PROXY_CMD"
+    )
+    PROXIES_STARTED+=("$svc")
+    log "started $label (pid $pid): ${P_BIN[$id]:-$PROXY_CMD}"
+    if ! wait_http "http://127.0.0.1:$port/admin/products" 200 "$PROXY_WAIT"; then
+        tail -n 30 "$STATE_DIR/logs/$svc.log" >&2 || true
+        die "$label did not answer 200 on GET /admin/products within ${PROXY_WAIT}s"
+    fi
+    P_PID[$id]=$(listener_pid "$port")
+    [ -n "${P_PID[$id]}" ] || P_PID[$id]=$(service_pid "$svc" 2>/dev/null || true)
+    [ -n "${P_PID[$id]}" ] || log "WARNING: cannot find $label's PID; CPU and RSS will read 0"
+    check_proxy "$label" "$port"
+}
+if has_proxy; then
     LOGINS_BEFORE=$(login_count)
     PROXY_T0=$(date +%s.%N)
-    pid=$(start_service proxy "${PIN[@]}" bash -c "$PROXY_CMD")
-    PROXY_STARTED=1
-    log "started $PROXY_NAME (pid $pid): $PROXY_CMD"
-    if ! wait_http "http://127.0.0.1:$PROXY_PORT/admin/products" 200 "$PROXY_WAIT"; then
-        tail -n 30 "$STATE_DIR/logs/proxy.log" >&2 || true
-        die "$PROXY_NAME did not answer 200 on GET /admin/products within ${PROXY_WAIT}s"
-    fi
-    PROXY_METRIC_PID=$(listener_pid "$PROXY_PORT")
-    [ -n "$PROXY_METRIC_PID" ] || PROXY_METRIC_PID=$(service_pid proxy 2>/dev/null || true)
-    [ -n "$PROXY_METRIC_PID" ] || log "WARNING: cannot find the proxy's PID; CPU and RSS will read 0"
-    check_proxy "$PROXY_NAME" "$PROXY_PORT"
+    for id in "${PROXIES[@]}"; do start_proxy "$id"; done
 fi
 
 # PIDs whose CPU time and memory count as "the proxy" for a target.
 target_pids() {
     local pid
-    case "$1" in
-        direct) return 0 ;;
-        proxy)  pid=$PROXY_METRIC_PID ;;
-        *)      pid=$(service_pid "$1") || return 0 ;;
-    esac
+    if [ "$1" = direct ]; then return 0
+    elif is_proxy "$1"; then pid=${P_PID[$1]}
+    else pid=$(service_pid "$1") || return 0; fi
     [ -n "$pid" ] && process_tree "$pid"
 }
 
@@ -473,12 +513,12 @@ for t in upstream "${TARGETS[@]}"; do
     else mapfile -t pids < <(target_pids "$t"); fi
     reused=0   # 1: started before this run, so its peak RSS includes earlier load
     for r in "${REUSED[@]}"; do if [ "$r" = "$t" ]; then reused=1; fi; done
-    label=$t; [ "$t" = proxy ] && label=$PROXY_NAME
+    label=$t; is_proxy "$t" && label=${P_LABEL[$t]}
     echo "$t,$label,${#pids[@]},$(status_kb VmHWM "${pids[@]}"),$(status_kb VmRSS "${pids[@]}"),$reused" >>"$RSS"
 done
 
 LOGINS=""
-has_target proxy && LOGINS=$(( $(login_count) - LOGINS_BEFORE ))
+has_proxy && LOGINS=$(( $(login_count) - LOGINS_BEFORE ))
 if [ "$MODE" = short-token ]; then
     # Events while the proxy ran (the sanity checks' own logins came before).
     awk -v t0="$PROXY_T0" -v t1="$PROXY_T1" -F'\t' '$2 + 0 >= t0 + 0 && $2 + 0 <= t1 + 0' \
@@ -500,8 +540,15 @@ fi
     echo "clk_tck=$CLK_TCK"
     echo "port_base=$PORT_BASE"
     echo "proxy_name=$PROXY_NAME"
-    echo "proxy_cmd=$(has_target proxy && echo "$PROXY_CMD")"
-    echo "proxy_version=$PROXY_VERSION"
+    echo "proxy_cmd=$(has_proxy && echo "$PROXY_CMD")"
+    echo "proxy_version=${P_VERSION[proxy]:-}"
+    # Several proxies under test (--bin): their target names, labels, binaries, versions.
+    echo "proxies=$(IFS=,; echo "${PROXIES[*]}")"
+    for id in "${PROXIES[@]}"; do
+        echo "label_$id=${P_LABEL[$id]}"
+        echo "bin_$id=${P_BIN[$id]:-}"
+        echo "version_$id=${P_VERSION[$id]:-}"
+    done
     echo "proxy_commit=$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || true)"
     echo "proxy_logins=$LOGINS"
     echo "proxy_t0=$PROXY_T0"

@@ -7,14 +7,21 @@
 //! Inputs are shaped like real traffic: a tool's request headers (including credentials and
 //! hop-by-hop headers the proxy must strip), Medusa's response headers (including the session
 //! cookie), a ~390-byte Medusa JWT, the default policy and access settings.
+//!
+//! The `stack` group times the whole request path of `stack::build` (every layer, the access
+//! line and the metrics included) over a `tower::service_fn` stand-in for Medusa, against that
+//! stand-in called alone: the difference is what the stack costs per request, with no sockets.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
 
 use medusa_auth_proxy::access::{self, AccessConfig, ClientKeys};
 use medusa_auth_proxy::auth::login::credential_header;
@@ -288,8 +295,233 @@ fn bench_scrub(c: &mut Criterion) {
     });
 }
 
+// The fake Medusa of the integration tests: the token manager logs in against it once.
+#[allow(dead_code)]
+#[path = "../tests/common/fake_medusa.rs"]
+mod fake_medusa;
+#[allow(dead_code)]
+#[path = "../tests/common/wait.rs"]
+mod wait;
+
+/// What the bench's fake upstream (`bench/conf/products.json`) answers to `GET /admin/products`.
+const PRODUCTS: &[u8] = include_bytes!("../bench/conf/products.json");
+
+/// One request case of the `stack` group: a method, the headers a tool sends (credentials
+/// and hop-by-hop headers the stack strips; `Content-Length` for a body) and the body.
+struct Case {
+    name: &'static str,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Case {
+    fn new(name: &'static str, method: Method, body: Bytes) -> Case {
+        let mut headers = client_request_headers();
+        if body.is_empty() {
+            headers.remove(http::header::CONTENT_TYPE);
+        } else {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        Case {
+            name,
+            method,
+            headers,
+            body,
+        }
+    }
+
+    /// The request as `server::serve` hands it to the stack, with the peer address.
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = Uri::from_static("/admin/products");
+        *req.headers_mut() = self.headers.clone();
+        req.extensions_mut()
+            .insert(medusa_auth_proxy::server::PeerAddr(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                40000,
+            ))));
+        req
+    }
+}
+
+/// `n` requests of `case` through `svc`, one after the other.
+async fn drive<S, RB>(svc: &S, case: &Case, n: u64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
+    S::Error: std::fmt::Debug,
+    RB: hyper::body::Body,
+    RB::Error: std::fmt::Debug,
+{
+    for _ in 0..n {
+        one(svc, case.request()).await;
+    }
+}
+
+/// Send one request through `svc` as the server does (a clone per request, `oneshot`) and read
+/// the whole response body, which is when `record` writes the access line.
+async fn one<S, B, RB>(svc: &S, req: Request<B>) -> StatusCode
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: std::fmt::Debug,
+    RB: hyper::body::Body,
+    RB::Error: std::fmt::Debug,
+{
+    let resp = svc.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    black_box(resp.into_body().collect().await.expect("body").to_bytes());
+    status
+}
+
+/// `stack/*`: the proxy's request path (`stack::build`: record -> ... -> inject) over a
+/// `tower::service_fn` stand-in for Medusa that reads the request body and answers 200 with
+/// Medusa's response headers and a 1 KiB product list, against that stand-in alone. The
+/// token manager holds a token from one login to the fake Medusa; its driver then sleeps.
+/// One current-thread runtime, like the proxy with `TOKIO_WORKER_THREADS=1`; each sample
+/// runs its requests in one `block_on`, so the runtime's entry is not counted.
+fn bench_stack(c: &mut Criterion) {
+    use medusa_auth_proxy::access_log::AccessLog;
+    use medusa_auth_proxy::auth::{SecretSource, TokenManager};
+    use medusa_auth_proxy::config::{LogFormat, MainIdentity, Rules, Settings};
+    use medusa_auth_proxy::identity::Identity;
+    use medusa_auth_proxy::metrics::Metrics;
+    use medusa_auth_proxy::stack::{Listener, Parts, Stack};
+    use medusa_auth_proxy::upstream::UpstreamError;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("password");
+    std::fs::write(&password, fake_medusa::DEFAULT_PASSWORD).expect("password file");
+    // The config the load benchmark runs (bench/proxy-cmd.sh): defaults apart from addresses.
+    let settings = Settings::from_toml(
+        "[proxy]\nlisten = \"127.0.0.1:7000\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:9\"\n\
+         [auth]\nflavor = \"v1\"\nemail = \"admin@example.com\"\npassword_env = \"UNUSED\"\n",
+    )
+    .expect("settings");
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (medusa, tokens) = rt.block_on(async {
+        let medusa = fake_medusa::FakeMedusa::start().await;
+        let tokens = TokenManager::builder(medusa.url(), medusa_auth_proxy::auth::Flavor::V1)
+            .email(fake_medusa::DEFAULT_EMAIL)
+            .secret(SecretSource::File(password.clone()))
+            .build()
+            .expect("token manager");
+        tokens.spawn_driver(stop_rx);
+        tokens.token().await.expect("login");
+        (medusa, tokens)
+    });
+    assert_eq!(medusa.logins(), 1);
+
+    // Medusa stand-in: reads the request body, answers like Express does. The same code
+    // serves both arms (the stack's body type is `ProxyBody<Full<Bytes>>`).
+    let medusa_headers = upstream_response_headers();
+    macro_rules! stand_in {
+        ($body:ty) => {{
+            let headers = medusa_headers.clone();
+            tower::service_fn(move |req: Request<$body>| {
+                let headers = headers.clone();
+                async move {
+                    let body = BodyExt::collect(req.into_body())
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    black_box(body);
+                    let mut resp = Response::new(Full::new(Bytes::from_static(PRODUCTS)));
+                    *resp.headers_mut() = headers;
+                    Ok::<_, UpstreamError>(resp)
+                }
+            })
+        }};
+    }
+    let alone = stand_in!(Full<Bytes>);
+    let upstream = stand_in!(medusa_auth_proxy::proxy::limit::ProxyBody<Full<Bytes>>);
+    let (stack, _handles) = Stack::new(
+        Parts {
+            identities: vec![Identity::new(0, "default", tokens.clone(), None)],
+            main: MainIdentity::Fixed(0),
+            rules: Rules::from_settings(&settings).expect("rules"),
+            body_timeout: settings.upstream.request_timeout,
+            metrics: Metrics::new(),
+            // Formatted and batched as in the proxy; the batches are dropped, not written.
+            access_log: (
+                std::sync::Arc::new(AccessLog::with_sink(LogFormat::Text, Box::new(|_| {}))),
+                true,
+            ),
+        },
+        vec![upstream],
+    );
+    let stack =
+        stack.service::<Full<Bytes>, _>(Listener::Main, settings.proxy.max_concurrent_requests);
+
+    let cases = [
+        Case::new("get", Method::GET, Bytes::new()),
+        Case::new(
+            "post_4KiB",
+            Method::POST,
+            Bytes::from(json_body(4 << 10, false)),
+        ),
+    ];
+    // Sanity: the stack answers as the proxy would, with the token injected.
+    for case in &cases {
+        assert_eq!(rt.block_on(one(&stack, case.request())), StatusCode::OK);
+        assert_eq!(rt.block_on(one(&alone, case.request())), StatusCode::OK);
+    }
+
+    // HOT_PATH_STACK_ONLY=<case>_<arm>:N (e.g. get_through_stack:100000) runs N requests and
+    // exits, for an instruction count under `valgrind --tool=callgrind`: deterministic where
+    // the wall clock of a shared machine is not. Difference two values of N.
+    if let Ok(only) = std::env::var("HOT_PATH_STACK_ONLY") {
+        let (what, n) = only
+            .split_once(':')
+            .expect("HOT_PATH_STACK_ONLY=<case>_<arm>:N");
+        let n: u64 = n.parse().expect("N");
+        let case = cases
+            .iter()
+            .find(|c| what.starts_with(c.name))
+            .expect("case: get or post_4KiB");
+        match &what[case.name.len()..] {
+            "_stand_in_alone" => rt.block_on(drive(&alone, case, n)),
+            "_through_stack" => rt.block_on(drive(&stack, case, n)),
+            arm => panic!("arm {arm}: _stand_in_alone or _through_stack"),
+        }
+        std::process::exit(0);
+    }
+
+    let mut g = c.benchmark_group("stack");
+    for case in &cases {
+        g.bench_function(format!("{}_stand_in_alone", case.name), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    drive(&alone, case, iters).await;
+                    start.elapsed()
+                })
+            })
+        });
+        g.bench_function(format!("{}_through_stack", case.name), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    drive(&stack, case, iters).await;
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+    assert_eq!(medusa.logins(), 1, "the token was used, never renewed");
+    drop(tokens);
+    drop(rt);
+}
+
 criterion_group!(
     benches,
+    bench_stack,
     bench_scrub,
     bench_headers,
     bench_policy,

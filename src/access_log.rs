@@ -21,22 +21,71 @@ use crate::config::LogFormat;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_AT: usize = 16 * 1024;
 
-/// One request, as logged.
+/// One request, as logged: the fields of an access line, in the order they are written.
 pub struct Entry<'a> {
+    /// The request method as the client sent it (`GET`, `PROPFIND`, ...).
     pub method: &'a str,
+    /// The path and query the client asked for, with every query value already redacted
+    /// (see [`redact_query`](crate::proxy::record::redact_query)); `-` when unknown.
     pub path: &'a str,
+    /// The status the client got, the proxy's own answers included.
     pub status: u16,
+    /// From the request head to the end (or the drop) of the response body; written in
+    /// milliseconds with microsecond precision (`duration_ms=1.234`).
     pub duration: Duration,
+    /// Request body bytes read from the client.
     pub bytes_in: u64,
+    /// Response body bytes handed to the client (not counting the head).
     pub bytes_out: u64,
+    /// The TCP peer's address and port.
     pub client: std::net::SocketAddr,
+    /// The 8-hex-digit fingerprint of the client key the request presented, never the key;
+    /// `None` (written `-` or `null`) without `access.client_keys`.
     pub client_key: Option<&'a str>,
+    /// The request was sent to Medusa a second time, with a new token, after Medusa rejected
+    /// the first.
     pub replayed: bool,
+    /// The identity served as (names are `[A-Za-z0-9_-]`, validated by the config); `None`
+    /// in the single form (nothing written: its line is unchanged).
+    pub identity: Option<&'a str>,
 }
 
 /// Where flushed bytes go (stderr, or a test's buffer).
 pub type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// The access log: [`record`](AccessLog::record) appends a line to a buffer that is written
+/// to its sink when it holds 16 KiB, or by [`spawn_flusher`](AccessLog::spawn_flusher)'s task
+/// at most [`FLUSH_EVERY`] after a line was recorded, and on drop.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use medusa_auth_proxy::access_log::{AccessLog, Entry};
+/// use medusa_auth_proxy::config::LogFormat;
+///
+/// let out = Arc::new(Mutex::new(Vec::new()));
+/// let sink = out.clone();
+/// let log = AccessLog::with_sink(
+///     LogFormat::Text,
+///     Box::new(move |bytes: &[u8]| sink.lock().unwrap().extend_from_slice(bytes)),
+/// );
+/// log.record(&Entry {
+///     method: "GET",
+///     path: "/admin/products?q=***",
+///     status: 200,
+///     duration: Duration::from_micros(1234),
+///     bytes_in: 0,
+///     bytes_out: 512,
+///     client: "127.0.0.1:5555".parse().unwrap(),
+///     client_key: None,
+///     replayed: false,
+///     identity: Some("reporting"),
+/// });
+/// log.flush();
+/// let line = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+/// assert!(line.contains("INFO access: method=GET path=/admin/products?q=*** status=200 duration_ms=1.234"));
+/// assert!(line.ends_with(" identity=reporting\n"));
+/// ```
 pub struct AccessLog {
     format: LogFormat,
     buf: Mutex<String>,
@@ -66,6 +115,8 @@ impl AccessLog {
         )
     }
 
+    /// Lines in `format` go to `sink`, which is called with whole lines only (one or more at
+    /// a time) from the recording thread or the flusher task.
     pub fn with_sink(format: LogFormat, sink: Sink) -> AccessLog {
         AccessLog {
             format,
@@ -91,6 +142,9 @@ impl AccessLog {
         })
     }
 
+    /// Append the line of `e` to the buffer (written out at once if the buffer reaches
+    /// 16 KiB). Without a running [`spawn_flusher`](AccessLog::spawn_flusher) task, a line
+    /// waits for the next full buffer, [`flush`](AccessLog::flush) or drop.
     pub fn record(&self, e: &Entry<'_>) {
         let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
         match self.format {
@@ -148,6 +202,11 @@ fn write_text(buf: &mut String, e: &Entry<'_>) {
         e.client_key.unwrap_or("-"),
         e.replayed
     );
+    if let Some(id) = e.identity {
+        // Before the newline `writeln!` wrote.
+        buf.pop();
+        let _ = writeln!(buf, " identity={id}");
+    }
 }
 
 fn write_json(buf: &mut String, e: &Entry<'_>) {
@@ -171,7 +230,12 @@ fn write_json(buf: &mut String, e: &Entry<'_>) {
         Some(k) => json_str(buf, k),
         None => buf.push_str("null"),
     }
-    let _ = writeln!(buf, ",\"replayed\":{}}}", e.replayed);
+    let _ = write!(buf, ",\"replayed\":{}", e.replayed);
+    if let Some(id) = e.identity {
+        buf.push_str(",\"identity\":");
+        json_str(buf, id);
+    }
+    buf.push_str("}\n");
 }
 
 /// A JSON string literal. Paths are ASCII in practice; anything else is escaped properly.
@@ -203,6 +267,7 @@ mod tests {
             client: "127.0.0.1:5555".parse().unwrap(),
             client_key: Some("ab12cd34"),
             replayed: false,
+            identity: None,
         }
     }
 

@@ -13,22 +13,38 @@ use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
 use crate::auth::login::Login;
 use crate::config::{ConfigError, Overrides, Rules, Settings};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::reload::{Applied, ReloadError, Reloader};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
+use crate::stack::{Listener, Parts, Stack};
+use crate::tls::TlsAcceptor;
 use crate::upstream::Upstream;
 use crate::watch::FileWatch;
 
+/// Why the proxy did not start. Each message names the config key to change (or the
+/// address that could not be bound), never a secret; [`StartError::is_config`] tells a
+/// refused configuration from a failure of the environment (the binary's exit status 2 or 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The credential could not be read from its source: the config key it was given by
+    /// (`auth.password`, `auth.api_key`, ...) and why (variable unset, file unreadable,
+    /// empty).
     #[error("{0}: {1}")]
-    Secret(&'static str, SecretError),
+    Secret(std::borrow::Cow<'static, str>, SecretError),
+    /// The access or policy rules are invalid (a CIDR, a route rule, the client keys file).
     #[error(transparent)]
     Rules(#[from] ConfigError),
+    /// The client for Medusa could not be set up (`upstream.ca_file`, `upstream.url`).
     #[error(transparent)]
     Tls(#[from] crate::upstream::TlsSetupError),
+    /// The listener's certificate or key (`proxy.tls_cert_file`, `proxy.tls_key_file`).
+    #[error(transparent)]
+    ListenerTls(#[from] crate::tls::TlsError),
+    /// `proxy.max_connections`, plus what the proxy needs besides, exceeds the file
+    /// descriptor limit even after the soft limit was raised to the hard one.
     #[error(
         "config key `proxy.max_connections`: {max_connections} client connections, plus \
          {upstream} for Medusa (proxy.max_concurrent_requests) and {reserve} for the ops \
@@ -37,16 +53,26 @@ pub enum StartError {
          (systemd LimitNOFILE=, docker --ulimit nofile=)"
     )]
     FileDescriptors {
+        /// Client connections allowed (`proxy.max_connections`, or its default).
         max_connections: usize,
+        /// Connections to Medusa at most (`proxy.max_concurrent_requests`).
         upstream: usize,
+        /// Descriptors kept for the ops listener's connections, listeners, files and logins.
         reserve: usize,
+        /// The sum of the three.
         needed: usize,
+        /// The soft `RLIMIT_NOFILE` in force.
         limit: libc::rlim_t,
     },
+    /// A listener could not be bound (address in use, no permission for the port, an
+    /// address of no local interface).
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
+        /// The config key of the address: `proxy.listen` or `ops.listen`.
         key: &'static str,
+        /// The address as configured.
         addr: SocketAddr,
+        /// What the operating system answered.
         #[source]
         source: std::io::Error,
     },
@@ -60,6 +86,7 @@ impl StartError {
             StartError::Secret(..)
             | StartError::Rules(_)
             | StartError::Tls(_)
+            | StartError::ListenerTls(_)
             | StartError::FileDescriptors { .. } => true,
             // The address may be fine and merely taken; the port may be free a moment later.
             StartError::Bind { .. } => false,
@@ -68,19 +95,43 @@ impl StartError {
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Running::shutdown`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use medusa_auth_proxy::{app, config::Settings};
+///
+/// let settings = Settings::load(std::path::Path::new("/etc/medusa-auth-proxy.toml"))?;
+/// let running = app::start(settings).await?;
+/// println!("proxy on {}, ops on {}", running.proxy_addr, running.ops_addr);
+/// tokio::signal::ctrl_c().await?;
+/// let drained = running.shutdown().await;
+/// println!("{drained:?}");
+/// # Ok(()) }
+/// ```
 pub struct Running {
+    /// The address the proxy listener is bound to (the port the OS chose for `:0`).
     pub proxy_addr: SocketAddr,
+    /// The address the ops listener (`/healthz`, `/readyz`, `/metrics`) is bound to.
     pub ops_addr: SocketAddr,
+    /// The bound address of each `[[listeners]]` entry, in order.
+    pub listener_addrs: Vec<SocketAddr>,
+    /// The first identity's token manager (the single form's only one), its login driver
+    /// running.
     pub tokens: TokenManager,
+    /// Every identity, in the configuration's order.
+    pub identities: Vec<Identity>,
+    /// The proxy's metrics registry (what `/metrics` on the ops listener exports).
     pub metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<Drained>,
+    listener_tasks: Vec<JoinHandle<Drained>>,
     ops_task: JoinHandle<Drained>,
-    driver: JoinHandle<()>,
+    drivers: Vec<JoinHandle<()>>,
     access_log: Arc<AccessLog>,
     flusher: JoinHandle<()>,
     _watch: Option<FileWatch>,
+    _tls_watch: Vec<FileWatch>,
 }
 
 impl Running {
@@ -97,9 +148,16 @@ impl Running {
 
     /// Wait until the servers have stopped (after [`Running::begin_shutdown`]).
     pub async fn wait(self) -> Drained {
-        let drained = self.proxy_task.await.unwrap_or(Drained::GraceExceeded);
+        let mut drained = self.proxy_task.await.unwrap_or(Drained::GraceExceeded);
+        for task in self.listener_tasks {
+            if task.await.unwrap_or(Drained::GraceExceeded) == Drained::GraceExceeded {
+                drained = Drained::GraceExceeded;
+            }
+        }
         let _ = self.ops_task.await;
-        self.driver.abort();
+        for driver in &self.drivers {
+            driver.abort();
+        }
         self.flusher.abort();
         self.access_log.flush();
         drained
@@ -132,11 +190,16 @@ pub async fn start_with_overrides(
     config_path: Option<PathBuf>,
     overrides: Overrides,
 ) -> Result<Running, StartError> {
-    let secret = settings
-        .auth
-        .secret
-        .load()
-        .map_err(|e| StartError::Secret(settings.auth.secret_name, e))?;
+    // Every secret first: a missing one is a config error before anything listens.
+    let mut secrets = Vec::with_capacity(settings.identities.len());
+    for id in &settings.identities {
+        secrets.push(
+            id.auth
+                .secret
+                .load()
+                .map_err(|e| StartError::Secret(id.auth.secret_name.clone(), e))?,
+        );
+    }
     let rules = Rules::from_settings(&settings)?;
     for name in rules.policy.lifted() {
         tracing::warn!(
@@ -145,54 +208,108 @@ pub async fn start_with_overrides(
         );
     }
     let max_connections = connection_budget(&settings.proxy)?;
+    // With [[clients]], every request on the main listener carries a key.
+    let main_keys = settings.access.client_keys_file.is_some() || !settings.clients.is_empty();
+    let tls = listener_tls(
+        "proxy",
+        settings.proxy.listen,
+        &settings.proxy.tls,
+        main_keys,
+    )?;
+    let mut listener_tls_acceptors = Vec::with_capacity(settings.listeners.len());
+    for (n, l) in settings.listeners.iter().enumerate() {
+        let table = format!("listeners[{n}]");
+        let keys = settings.access.client_keys_file.is_some();
+        listener_tls_acceptors.push(listener_tls(&table, l.listen, &l.tls, keys)?);
+    }
     let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;
     let ops_listener = bind("ops.listen", settings.ops.listen).await?;
+    let mut extra_listeners = Vec::with_capacity(settings.listeners.len());
+    for l in &settings.listeners {
+        extra_listeners.push(bind("listeners.listen", l.listen).await?);
+    }
     let local = |l: &TcpListener, key, addr| {
         l.local_addr()
             .map_err(|source| StartError::Bind { key, addr, source })
     };
     let proxy_addr = local(&proxy_listener, "proxy.listen", settings.proxy.listen)?;
     let ops_addr = local(&ops_listener, "ops.listen", settings.ops.listen)?;
+    let mut listener_addrs = Vec::with_capacity(extra_listeners.len());
+    for (l, s) in extra_listeners.iter().zip(&settings.listeners) {
+        listener_addrs.push(local(l, "listeners.listen", s.listen)?);
+    }
 
     let metrics = Metrics::new();
-    // Requests a pooled connection never took, sent again on another.
-    let resent = metrics.upstream_error_counter("resent");
-    let upstream: Upstream<crate::proxy::limit::ProxyBody> =
-        Upstream::counting(&settings.upstream, move || {
+    // One pooled client per upstream; requests a pooled connection never took, sent again
+    // on another, counted.
+    let mut upstreams: Vec<(&str, Upstream<crate::proxy::limit::ProxyBody>)> = Vec::new();
+    for u in &settings.upstreams {
+        let resent = metrics.upstream_error_counter("resent");
+        let client = Upstream::counting(&u.settings, move || {
             resent.inc();
         })?;
-    let login = Login::new(
-        upstream.for_body(),
-        settings.auth.flavor,
-        settings.auth.email.clone(),
-        secret,
-    )
-    .with_secret_source(&settings.auth.secret);
-    let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
+        upstreams.push((u.name.as_str(), client));
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let driver = tokens.spawn_driver(shutdown_rx.clone());
-    // Start-up ends with the first login's answer (or failure): hand back the pages of code
-    // only start-up ran (see `memory`) at once, since load may follow right away; after the
-    // login driver's turn (its log lines). No timer: an idle proxy must not wake for this.
-    let first = tokens.clone();
-    tokio::spawn(async move {
-        let _ = first.token().await;
-        tokio::task::yield_now().await;
-        crate::memory::release_code_pages();
+    let mut identities = Vec::with_capacity(settings.identities.len());
+    let mut routes = Vec::with_capacity(settings.identities.len());
+    let mut drivers = Vec::with_capacity(settings.identities.len());
+    for ((index, id), secret) in settings.identities.iter().enumerate().zip(secrets) {
+        let Some((_, shared)) = upstreams.iter().find(|(name, _)| *name == id.upstream) else {
+            return Err(StartError::Rules(ConfigError::Invalid {
+                key: format!("identities.{}.upstream", id.name).into(),
+                problem: "names no upstream".into(),
+            }));
+        };
+        // Its own Medusa session over the upstream's shared pool.
+        let upstream = if settings.identities.len() == 1 {
+            shared.clone()
+        } else {
+            shared.with_own_session()
+        };
+        let login = Login::new(
+            upstream.for_body(),
+            id.auth.flavor,
+            id.auth.email.clone(),
+            secret,
+        )
+        .with_secret_source(&id.auth.secret);
+        let events = crate::ops::IdentityEvents::new(&id.name, metrics.clone(), index == 0);
+        let tokens = TokenManager::new(login, id.auth.clone(), events);
+        // Each identity's driver is its own task: logins at start run concurrently, and one
+        // identity's failures and backoff never hold up another's.
+        drivers.push(tokens.spawn_driver(shutdown_rx.clone()));
+        identities.push(Identity::new(index, &id.name, tokens, id.policy.clone()));
+        routes.push(upstream);
+    }
+    let tokens = identities[0].tokens().clone();
+    // Start-up ends when every identity's first login has answered (or failed): then hand
+    // back the code pages only start-up ran (`memory`). No timer: idle must mean asleep.
+    let firsts: Vec<_> = identities.iter().map(|i| i.tokens().clone()).collect();
+    crate::memory::release_code_after(async move {
+        for t in firsts {
+            let _ = t.token().await;
+        }
     });
 
     let access_log = Arc::new(AccessLog::stderr(settings.log.format));
     let flusher = access_log.spawn_flusher();
-    let (service, handles) = crate::stack::proxy(
-        crate::stack::Parts {
-            tokens: tokens.clone(),
+    let body_timeout = settings
+        .upstreams
+        .iter()
+        .map(|u| u.settings.request_timeout)
+        .max()
+        .unwrap_or(settings.upstream.request_timeout);
+    let (stack, handles) = Stack::proxy(
+        Parts {
+            identities: identities.clone(),
+            main: settings.main_identity,
             rules,
-            max_concurrent: settings.proxy.max_concurrent_requests,
-            body_timeout: settings.upstream.request_timeout,
+            body_timeout,
             metrics: metrics.clone(),
             access_log: (access_log.clone(), settings.log.access),
         },
-        upstream,
+        routes,
     );
     let reloader = Arc::new(Reloader::new(
         config_path,
@@ -203,29 +320,57 @@ pub async fn start_with_overrides(
         metrics.clone(),
     ));
     let admit: server::Admit = Arc::new(move |ip| handles.peer_allowed(ip));
-    let proxy_task = tokio::spawn(server::serve(
+    let limits = |max_connections| server::Limits {
+        header_read_timeout: settings.proxy.header_read_timeout,
+        // Large uploads move in reads of up to 256 KiB instead of 64 KiB: about 18% more
+        // throughput for 1 MiB bodies (bench/), for at most 256 KiB per busy connection.
+        read_buf_max: 256 * 1024,
+        max_connections,
+        max_streams_per_connection: settings.proxy.max_streams_per_connection,
+        idle_timeout: settings.proxy.idle_timeout,
+        send_timeout: settings.proxy.send_timeout,
+        release_memory_after: Some(settings.upstream.pool_idle_timeout + Duration::from_secs(1)),
+        ..server::Limits::default()
+    };
+    // Each TLS listener's pair is reloaded when its files change.
+    let tls_watch: Vec<FileWatch> = std::iter::once(&tls)
+        .chain(&listener_tls_acceptors)
+        .flatten()
+        .filter_map(TlsAcceptor::watch)
+        .collect();
+    let proxy_task = tokio::spawn(server::serve_tls(
         proxy_listener,
-        service,
-        admit,
+        stack.service(Listener::Main, settings.proxy.max_concurrent_requests),
+        admit.clone(),
         shutdown_rx.clone(),
         settings.proxy.shutdown_grace,
-        server::Limits {
-            header_read_timeout: settings.proxy.header_read_timeout,
-            // Large uploads move in reads of up to 256 KiB instead of 64 KiB: about 18% more
-            // throughput for 1 MiB bodies (bench/), for at most 256 KiB per busy connection.
-            read_buf_max: 256 * 1024,
-            max_connections,
-            max_streams_per_connection: settings.proxy.max_streams_per_connection,
-            idle_timeout: settings.proxy.idle_timeout,
-            send_timeout: settings.proxy.send_timeout,
-            release_memory_after: Some(
-                settings.upstream.pool_idle_timeout + Duration::from_secs(1),
-            ),
-            ..server::Limits::default()
-        },
+        limits(max_connections),
         metrics.connections().clone(),
+        tls,
     ));
-    let ops = Arc::new(Ops::new(tokens.clone(), metrics.clone()));
+    // Each [[listeners]] entry: the same stack with its identity fixed, and [proxy] limits
+    // of its own.
+    let mut listener_tasks = Vec::with_capacity(extra_listeners.len());
+    let extra = extra_listeners.into_iter().zip(listener_tls_acceptors);
+    for ((listener, tls), l) in extra.zip(&settings.listeners) {
+        listener_tasks.push(tokio::spawn(server::serve_tls(
+            listener,
+            stack.service(
+                Listener::Fixed {
+                    identity: l.identity,
+                },
+                l.max_concurrent_requests
+                    .unwrap_or(settings.proxy.max_concurrent_requests),
+            ),
+            admit.clone(),
+            shutdown_rx.clone(),
+            settings.proxy.shutdown_grace,
+            limits(l.max_connections.unwrap_or(max_connections)),
+            metrics.connections().clone(),
+            tls,
+        )));
+    }
+    let ops = Arc::new(Ops::with_identities(identities.clone(), metrics.clone()));
     let ops_task = tokio::spawn(server::serve(
         ops_listener,
         tower::service_fn(move |req| {
@@ -245,33 +390,76 @@ pub async fn start_with_overrides(
     ));
     let watch = watch_files(&reloader);
     // Which build and which account: the first two questions when a login is refused.
-    let account = match &settings.auth.email {
+    let account = |auth: &crate::config::AuthSettings| match &auth.email {
         Some(email) => email.clone(),
-        None => format!("API key from {}", settings.auth.secret.describe()),
+        None => format!("API key from {}", auth.secret.describe()),
     };
+    if settings.identities.len() > 1 {
+        for id in &settings.identities {
+            let upstream = settings
+                .upstreams
+                .iter()
+                .find(|x| x.name == id.upstream)
+                .map_or("", |x| x.settings.url.as_str());
+            tracing::info!(
+                identity = %id.name,
+                upstream = %upstream,
+                flavor = id.auth.flavor.as_str(),
+                account = %account(&id.auth),
+                "identity"
+            );
+        }
+    }
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
         listen = %proxy_addr,
+        tls = settings.proxy.tls.is_some(),
         ops = %ops_addr,
+        listeners = ?listener_addrs,
         upstream = %settings.upstream.url,
         flavor = settings.auth.flavor.as_str(),
-        account = %account,
+        account = %account(&settings.auth),
+        identities = identities.len(),
         "medusa-auth-proxy started"
     );
     Ok(Running {
         proxy_addr,
         ops_addr,
+        listener_addrs,
         tokens,
+        identities,
         metrics,
         reloader,
         shutdown,
         proxy_task,
+        listener_tasks,
         ops_task,
-        driver,
+        drivers,
         access_log,
         flusher,
         _watch: watch,
+        _tls_watch: tls_watch,
     })
+}
+
+/// The TLS acceptor of a listener (`table`: `proxy` or `listeners[N]`) serving `files`, if
+/// set, and the warning when callers send client keys to a remote listener in clear text.
+fn listener_tls(
+    table: &str,
+    listen: SocketAddr,
+    files: &Option<crate::config::TlsFiles>,
+    client_keys: bool,
+) -> Result<Option<TlsAcceptor>, StartError> {
+    let tls = match files {
+        Some(files) => Some(TlsAcceptor::new(files.clone())?),
+        None => None,
+    };
+    if let Some(warning) =
+        crate::tls::cleartext_keys_warning(table, listen, client_keys, tls.is_some())
+    {
+        tracing::warn!("{warning}");
+    }
+    Ok(tls)
 }
 
 /// Connections the ops listener (probes, scrapes) holds at most.

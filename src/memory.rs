@@ -20,6 +20,18 @@ pub(crate) fn release_unused() {
     release_code_pages();
 }
 
+/// Unmap the code pages mapped so far once `start_up` has finished: start-up ends with the
+/// first logins' answers, and load may follow right away, so at once rather than after a
+/// timer (an idle proxy must not wake for this). After one more turn of the runtime, so the
+/// login drivers' log lines are written first.
+pub(crate) fn release_code_after(start_up: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(async move {
+        start_up.await;
+        tokio::task::yield_now().await;
+        release_code_pages();
+    });
+}
+
 /// Give free heap pages back to the system now, unless that was done less than `min_gap`
 /// ago. For the moment a burst of connections has ended: one `malloc_trim` walks the heap
 /// (well under a millisecond for the few MiB a proxy holds), and the gap bounds what a

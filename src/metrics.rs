@@ -36,6 +36,18 @@ struct LoginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLoginLabels {
+    identity: String,
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabel {
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -73,7 +85,7 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
 /// Connection-level counters the accept loop updates (`server` knows nothing else of metrics).
 #[derive(Clone, Debug, Default)]
 pub struct ConnMetrics {
-    /// Client connections open now.
+    /// Client connections open now on the proxy listener.
     pub open: Gauge,
     /// Closed at accept: the peer is outside `access.allow_cidrs`.
     pub refused_peer: Counter,
@@ -85,8 +97,28 @@ pub struct ConnMetrics {
     pub closed_idle: Counter,
     /// Closed by the proxy: the client accepted no response bytes for `proxy.send_timeout`.
     pub closed_send_timeout: Counter,
+    /// Closed by the proxy: the TLS handshake failed (plain HTTP, no common protocol, an
+    /// alert from the client). A handshake not done in `proxy.header_read_timeout` counts as
+    /// `closed_header_timeout`.
+    pub closed_tls_handshake: Counter,
 }
 
+/// The proxy's Prometheus registry: every metric it exports, under the prefix
+/// `medusa_auth_proxy_`, and the handles the request path, the token manager, the reloader and
+/// the accept loop record through. Shared as `Arc<Metrics>`; it implements
+/// [`TokenEvents`](crate::auth::TokenEvents), so it can be handed to a
+/// [`TokenManager`](crate::auth::TokenManager) as is.
+///
+/// ```
+/// use medusa_auth_proxy::metrics::Metrics;
+///
+/// let metrics = Metrics::new();
+/// metrics.request(&http::Method::GET, 200, 0.004);
+/// metrics.denied("route_denied");
+/// let text = metrics.encode();
+/// assert!(text.contains(r#"medusa_auth_proxy_requests_total{method="GET",status_class="2xx"} 1"#));
+/// assert!(text.contains(r#"medusa_auth_proxy_denied_requests_total{reason="route_denied"} 1"#));
+/// ```
 pub struct Metrics {
     registry: Registry,
     conns: ConnMetrics,
@@ -100,6 +132,8 @@ pub struct Metrics {
     token_expiry: Gauge<f64, AtomicU64>,
     reloads: Family<ResultLabel, Counter>,
     token_checks: Family<OutcomeLabel, Counter>,
+    identity_logins: Family<IdentityLoginLabels, Counter>,
+    identity_token_expiry: Family<IdentityLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +143,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// A registry with every metric registered, each label set the request path uses
+    /// created up front (so each is exported as 0 before its first event), and
+    /// `medusa_auth_proxy_build_info{version}` set to 1.
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("medusa_auth_proxy");
         let family = Family::<RequestLabels, Counter>::default();
@@ -181,6 +218,19 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             token_expiry.clone(),
         );
+        let identity_logins = Family::<IdentityLoginLabels, Counter>::default();
+        registry.register(
+            "identity_logins",
+            "Credential acquisitions (login, refresh, key_check) by identity and result",
+            identity_logins.clone(),
+        );
+        let identity_token_expiry = Family::<IdentityLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "identity_token_expiry_timestamp",
+            "When each identity's current credential stops being used (Unix time; 0 = none held)",
+            prometheus_client::registry::Unit::Seconds,
+            identity_token_expiry.clone(),
+        );
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_reloads",
@@ -218,7 +268,7 @@ impl Metrics {
         let closed = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_closed",
-            "Client connections the proxy closed, by reason (header_read_timeout, idle_timeout, send_timeout)",
+            "Client connections the proxy closed, by reason (header_read_timeout, idle_timeout, send_timeout, tls_handshake)",
             closed.clone(),
         );
         // One statement each: a `get_or_create` guard held across another would deadlock.
@@ -231,6 +281,7 @@ impl Metrics {
             closed_header_timeout: counter(&closed, "header_read_timeout"),
             closed_idle: counter(&closed, "idle_timeout"),
             closed_send_timeout: counter(&closed, "send_timeout"),
+            closed_tls_handshake: counter(&closed, "tls_handshake"),
             ..conns
         };
         Arc::new(Metrics {
@@ -246,10 +297,15 @@ impl Metrics {
             token_expiry,
             reloads,
             token_checks,
+            identity_logins,
+            identity_token_expiry,
         })
     }
 
-    /// Record a finished request.
+    /// Record a finished request: one in `medusa_auth_proxy_requests_total` by method (a
+    /// method outside the nine standard ones counts as `other`) and status class, and
+    /// `seconds` (from the request head to the end of the response body) in
+    /// `medusa_auth_proxy_request_duration_seconds`.
     pub fn request(&self, method: &http::Method, status: u16, seconds: f64) {
         let m = METHODS
             .iter()
@@ -265,6 +321,8 @@ impl Metrics {
         &self.conns
     }
 
+    /// `medusa_auth_proxy_requests_in_flight`: requests between their head and the end of
+    /// their response body. Whoever increments it decrements it when the request ends.
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
     }
@@ -276,12 +334,16 @@ impl Metrics {
             .clone()
     }
 
+    /// Count one failure towards Medusa in `medusa_auth_proxy_upstream_errors_total`; `kind` is
+    /// one of [`UPSTREAM_ERROR_KINDS`] (another value makes a new label).
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
     }
 
+    /// Count one credential acquisition in `medusa_auth_proxy_logins_total`: `kind` is `login`,
+    /// `refresh` or `key_check`, `ok` gives the `result` label (`success` or `failure`).
     pub fn login(&self, kind: &'static str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.logins
@@ -289,31 +351,65 @@ impl Metrics {
             .inc();
     }
 
+    /// Count one request replayed with a new token after Medusa rejected the first, in
+    /// `medusa_auth_proxy_replays_total`: `status` is the replay's answer, 401 counting as
+    /// `rejected` and anything else as `success`.
     pub fn replay(&self, status: u16) {
         let result = if status == 401 { "rejected" } else { "success" };
         self.replays.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Count one request the proxy refused itself, in
+    /// `medusa_auth_proxy_denied_requests_total`; `reason` is the JSON `error` code of the
+    /// answer (`route_denied`, `peer_not_allowed`, ..., see [`crate::error`]).
     pub fn denied(&self, reason: &'static str) {
         self.denied.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// Set `medusa_auth_proxy_token_expiry_timestamp_seconds`: when the credential held stops
+    /// being used, in seconds since the Unix epoch; 0 when none is held.
     pub fn token_expiry(&self, unix_seconds: f64) {
         self.token_expiry.set(unix_seconds);
     }
 
+    /// A login attempt of one identity ended (counted in `logins` too, by the caller).
+    pub fn identity_login(&self, identity: &str, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.identity_logins
+            .get_or_create(&IdentityLoginLabels {
+                identity: identity.to_owned(),
+                kind,
+                result,
+            })
+            .inc();
+    }
+
+    /// When one identity's credential stops being used (Unix time; 0: none held).
+    pub fn identity_token_expiry(&self, identity: &str, unix_seconds: f64) {
+        self.identity_token_expiry
+            .get_or_create(&IdentityLabel {
+                identity: identity.to_owned(),
+            })
+            .set(unix_seconds);
+    }
+
+    /// Count one configuration reload in `medusa_auth_proxy_config_reloads_total` (`result`:
+    /// `success` or `failure`; a failed reload keeps the running configuration).
     pub fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Count one check of the token after a 401 from Medusa in
+    /// `medusa_auth_proxy_token_checks_total`; `outcome` is one of [`TOKEN_CHECK_OUTCOMES`].
     pub fn token_check(&self, outcome: &'static str) {
         self.token_checks
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 
-    /// OpenMetrics text exposition.
+    /// Every metric in the OpenMetrics text format (what `GET /metrics` on the ops listener
+    /// answers).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.
@@ -361,6 +457,7 @@ mod tests {
             "medusa_auth_proxy_connections_open 0",
             "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"} 0",
             "medusa_auth_proxy_connections_closed_total{reason=\"send_timeout\"} 0",
+            "medusa_auth_proxy_connections_closed_total{reason=\"tls_handshake\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -32,8 +32,8 @@ pub enum ReloadError {
     /// The secret it names cannot be loaded.
     #[error("{key}: {source}")]
     Secret {
-        /// `auth.password` or `auth.api_key`.
-        key: &'static str,
+        /// `auth.password` or `auth.api_key` (`identities.NAME.password`, ...).
+        key: std::borrow::Cow<'static, str>,
         /// Why.
         #[source]
         source: SecretError,
@@ -43,6 +43,11 @@ pub enum ReloadError {
     Rules(#[source] ConfigError),
 }
 
+/// Re-reads the config file (if the proxy was started with one) and the secrets it names,
+/// and applies what changed to the running proxy: access and policy rules through the
+/// stack's [`Handles`], the access log switch, the account and its secret through the
+/// [`TokenManager`] (a changed credential drops the token held and logs in again). Started by
+/// `app`; SIGHUP and the file watcher call it.
 pub struct Reloader {
     config_path: Option<PathBuf>,
     /// The command line's values: they keep winning over the file's after a reload.
@@ -60,12 +65,18 @@ pub struct Reloader {
 pub struct Applied {
     /// Anything differed from what was in force (false: a spurious event or an unchanged file).
     pub changed: bool,
+    /// The account or its secret changed: the token held was dropped and the driver logs in
+    /// with the new credential.
     pub credential_changed: bool,
     /// Keys whose new value only takes effect after a restart.
     pub needs_restart: Vec<&'static str>,
 }
 
 impl Reloader {
+    /// A reloader for a proxy running with `settings` (read from `config_path`, if any, with
+    /// `overrides` over it), applying new rules through `proxy` and a new credential through
+    /// `tokens`, counting reloads in `metrics`. The files as they read now count as the last
+    /// attempt, so an event for an unchanged file does nothing.
     pub fn new(
         config_path: Option<PathBuf>,
         overrides: Overrides,
@@ -161,19 +172,54 @@ impl Reloader {
             None => self.lock().clone(),
         };
         // Validate everything before applying anything.
+        // Identities are not swapped live (yet): in the general form the running ones keep
+        // serving and only the rules (access, policy, the keys files' contents) apply.
+        let single = is_single(&self.lock()) && is_single(&new);
         let secret = new
             .auth
             .secret
             .load()
             .map_err(|source| ReloadError::Secret {
-                key: new.auth.secret_name,
+                key: new.auth.secret_name.clone(),
                 source,
             })?;
         let rules = Rules::from_settings(&new).map_err(ReloadError::Rules)?;
 
         let mut current = self.lock();
         let settings_changed = *current != new;
-        let needs_restart = restart_keys(&current, &new);
+        let mut needs_restart = restart_keys(&current, &new);
+        if !single {
+            if model(&current) != model(&new) {
+                needs_restart.push("identities");
+            }
+            // The credential of each identity stays as started; only rules are swapped.
+            for name in rules.policy.lifted() {
+                tracing::warn!(rule = %name, "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies");
+            }
+            let mut kept = new;
+            kept.upstream = current.upstream.clone();
+            kept.auth = current.auth.clone();
+            kept.upstreams = current.upstreams.clone();
+            kept.identities = current.identities.clone();
+            kept.clients = current.clients.clone();
+            kept.listeners = current.listeners.clone();
+            kept.main_identity = current.main_identity;
+            kept.proxy = current.proxy.clone();
+            kept.ops = current.ops.clone();
+            kept.log.format = current.log.format;
+            kept.log.level = current.log.level.clone();
+            // Rules as the running identities see them: the new [access] and [policy] with
+            // the [[clients]] mapping in force.
+            let rules = Rules::from_settings(&kept).map_err(ReloadError::Rules)?;
+            self.proxy.set_rules(rules);
+            self.proxy.set_access_log(kept.log.access);
+            *current = kept;
+            return Ok(Applied {
+                changed: settings_changed,
+                credential_changed: false,
+                needs_restart,
+            });
+        }
         for name in rules.policy.lifted() {
             tracing::warn!(rule = %name, "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies");
         }
@@ -200,6 +246,11 @@ impl Reloader {
             kept.auth.key_check_interval = current.auth.key_check_interval;
             kept.log.format = current.log.format;
             kept.log.level = current.log.level.clone();
+            kept.upstreams = current.upstreams.clone();
+        }
+        // The single form's one identity is `[auth]`.
+        if let Some(id) = kept.identities.first_mut() {
+            id.auth = kept.auth.clone();
         }
         *current = kept;
         Ok(Applied {
@@ -213,14 +264,40 @@ impl Reloader {
 /// The secret and key files a config names.
 fn named_files(s: &Settings) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = s
-        .auth
-        .secret
-        .file()
-        .map(Path::to_path_buf)
-        .into_iter()
+        .identities
+        .iter()
+        .filter_map(|id| id.auth.secret.file().map(Path::to_path_buf))
         .collect();
     files.extend(s.access.client_keys_file.clone());
+    files.extend(s.clients.iter().map(|c| c.keys_file.clone()));
     files
+}
+
+/// The single form: one identity, `default`, on the main listener only.
+fn is_single(s: &Settings) -> bool {
+    s.identities.len() == 1
+        && s.identities[0].name == crate::config::DEFAULT_IDENTITY
+        && s.clients.is_empty()
+        && s.listeners.is_empty()
+}
+
+/// What of a config a live reload does not change (yet) in the general form.
+fn model(
+    s: &Settings,
+) -> (
+    &[crate::config::NamedUpstream],
+    &[crate::config::IdentitySettings],
+    &[crate::config::ClientSettings],
+    &[crate::config::ListenerSettings],
+    crate::config::MainIdentity,
+) {
+    (
+        &s.upstreams,
+        &s.identities,
+        &s.clients,
+        &s.listeners,
+        s.main_identity,
+    )
 }
 
 /// SHA-256 over the config file's bytes and those of the files it names (or, when it does
@@ -281,6 +358,12 @@ fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check(
         old.proxy.max_concurrent_requests != new.proxy.max_concurrent_requests,
         "proxy.max_concurrent_requests",
+    );
+    // The files' contents are reloaded when they change (tls::TlsAcceptor::watch); which
+    // files, and whether there is TLS at all, is the listener's and needs a restart.
+    check(
+        old.proxy.tls != new.proxy.tls,
+        "proxy.tls_cert_file / proxy.tls_key_file",
     );
     check(old.upstream != new.upstream, "upstream");
     check(old.auth.flavor != new.auth.flavor, "auth.flavor");

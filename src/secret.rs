@@ -11,10 +11,20 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// A credential (password, API key, token). Cheap to clone; zeroized on drop of the last clone.
+///
+/// ```
+/// use medusa_auth_proxy::secret::Secret;
+///
+/// let s = Secret::new("hunter2".to_owned());
+/// assert_eq!(format!("{s:?} {s}"), r#"Secret("***") ***"#);
+/// assert_eq!(s.expose(), "hunter2");
+/// ```
 #[derive(Clone)]
 pub struct Secret(Arc<Zeroizing<String>>);
 
 impl Secret {
+    /// Take ownership of `value`; its bytes are zeroized when the last clone is dropped (a
+    /// copy the caller made before, e.g. the `String` it was read into, is not).
     pub fn new(value: String) -> Self {
         Secret(Arc::new(Zeroizing::new(value)))
     }
@@ -24,6 +34,7 @@ impl Secret {
         self.0.as_str()
     }
 
+    /// Whether the secret is the empty string (refused wherever a secret is loaded).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -50,7 +61,23 @@ impl PartialEq for Secret {
     }
 }
 
-/// Where a secret is read from, as configured.
+/// Where a secret is read from, as configured (`auth.password_env`, `auth.password_file`,
+/// `auth.api_key_env`, `auth.api_key_file`). Holds the variable's name or the file's path,
+/// never the secret: an embedding program hands this over and never sees the password.
+///
+/// ```
+/// use medusa_auth_proxy::secret::{SecretError, SecretSource};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("medusa-password");
+/// std::fs::write(&path, "hunter2\n").unwrap();
+/// let source = SecretSource::File(path.clone());
+/// assert_eq!(source.load().unwrap().expose(), "hunter2"); // one trailing newline trimmed
+/// assert_eq!(source.describe(), format!("file {}", path.display()));
+///
+/// let unset = SecretSource::Env("SURELY_NOT_SET_MEDUSA_PASSWORD".into());
+/// assert!(matches!(unset.load(), Err(SecretError::EnvMissing(_))));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// An environment variable, read once at start-up.
@@ -62,21 +89,32 @@ pub enum SecretSource {
 /// Why a secret could not be loaded. Names the variable or the path, never the value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// The environment variable (named) is not set in the process's environment.
     #[error("environment variable {0} is not set")]
     EnvMissing(String),
+    /// The environment variable (named) holds bytes that are not UTF-8.
     #[error("environment variable {0} is not valid UTF-8")]
     EnvNotUnicode(String),
+    /// The environment variable (named) is set to the empty string.
     #[error("environment variable {0} is empty")]
     EnvEmpty(String),
+    /// The file cannot be read (missing, no permission, a directory); the I/O error is the
+    /// source.
     #[error("cannot read secret file {path}: {source}", path = .0.display(), source = .1)]
     FileUnreadable(PathBuf, #[source] std::io::Error),
+    /// The file's content is not UTF-8.
     #[error("secret file {} is not valid UTF-8", .0.display())]
     FileNotUnicode(PathBuf),
+    /// The file is empty, or holds nothing but one trailing newline.
     #[error("secret file {} is empty", .0.display())]
     FileEmpty(PathBuf),
 }
 
 impl SecretSource {
+    /// Read the secret now. An environment variable is taken as is; a file loses exactly one
+    /// trailing newline (`\n` or `\r\n`: what `echo` and Kubernetes' `stringData` leave),
+    /// anything else being part of the secret. Empty is an error, as is anything not UTF-8;
+    /// errors name the variable or the path, never the content.
     pub fn load(&self) -> Result<Secret, SecretError> {
         match self {
             SecretSource::Env(name) => match std::env::var(name) {

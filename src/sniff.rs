@@ -105,6 +105,9 @@ pub struct Sniffed<T> {
 }
 
 impl<T> Sniffed<T> {
+    /// Follow the requests read through `inner` (a freshly accepted connection: the first
+    /// bytes must be a request head or the HTTP/2 preface). The [`Flags`] are shared with
+    /// the service, which asks them about each request it is handed.
     pub fn new(inner: T) -> (Sniffed<T>, Arc<Flags>) {
         let flags = Arc::new(Flags::default());
         (

@@ -6,19 +6,22 @@
 //! record    metrics and the access log line, when the response body ends     proxy/record.rs
 //! respond   a ProxyError becomes the client's JSON answer (status by class)   proxy/respond.rs
 //! guard     smuggling probe (CL + TE), oversized head                         proxy/guard.rs
-//! access    peer, Host, Origin, client key                       403 / 407    proxy/access.rs
+//! access    peer, Host, Origin, client key; the identity         403 / 407    proxy/access.rs
 //! policy    route rules; body rules down, scrubbed body up           403      proxy/policy.rs
 //! limit     body size, buffer or stream; replayable bodies       413 / 408    proxy/limit.rs
 //! hygiene   hop-by-hop, client credentials, origin claims, X-Forwarded-*      proxy/hygiene.rs
 //! admit     the concurrency slot, held until the body (or tunnel) ends  503   proxy/admit.rs
 //! upgrade   WebSocket: Upgrade re-set, 101 spliced in a task                  proxy/upgrade.rs
+//! route     to the identity's credential and upstream (one: no lookup)       proxy/route.rs
 //! inject    Medusa's token; on 401: verify, then replay once                  proxy/inject.rs
 //! upstream  session cookie, resend on a broken pooled connection, pool, TLS  upstream/
 //! ```
 //!
 //! A step that refuses answers at once and the steps below never see the request: a refused
-//! request holds no slot and costs no token. The slot is taken last before Medusa, so body
-//! buffering and every check happen before it (a slow client holds none).
+//! request holds no slot and costs no token (one exception: before the first login has
+//! finished, `policy` waits for it, since the own-user rule needs the user id). The slot is
+//! taken last before Medusa, so body buffering and every check happen before it (a slow
+//! client holds none).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,13 +32,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
-use tower::{Service, ServiceBuilder};
+use hyper::body::Body;
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::access_log::AccessLog;
-use crate::auth::TokenManager;
-use crate::config::Rules;
+use crate::config::{MainIdentity, Rules};
 use crate::error::ProxyError;
+use crate::identity::{Identity, Resolve};
 use crate::metrics::Metrics;
 use crate::proxy::access::{AccessLayer, AccessRules};
 use crate::proxy::admit::{AdmitLayer, Held};
@@ -46,31 +49,34 @@ use crate::proxy::limit::{ClientBody, LimitLayer, ProxyBody};
 use crate::proxy::policy::{PolicyLayer, PolicyRules};
 use crate::proxy::record::{RecordLayer, Recorder, Tracked};
 use crate::proxy::respond::RespondLayer;
+use crate::proxy::route::ByIdentity;
 use crate::proxy::upgrade::UpgradeLayer;
 use crate::scrub::ScrubBody;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{TargetLayer, TargetService, Upstream, UpstreamError};
 
-/// What the proxy needs to build its request path, besides the client to Medusa.
+/// What the proxy needs to build its request path, besides the clients to Medusa.
 pub struct Parts {
-    /// Medusa tokens.
-    pub tokens: TokenManager,
+    /// The identities, in the configuration's order (at least one): each request is served
+    /// as one of them.
+    pub identities: Vec<Identity>,
+    /// Whose requests the main listener serves.
+    pub main: MainIdentity,
     /// `[access]` and `[policy]`, validated.
     pub rules: Rules,
-    /// `proxy.max_concurrent_requests`.
-    pub max_concurrent: usize,
     /// How long a buffered request body may take (`upstream.request_timeout`).
     pub body_timeout: Duration,
-    /// The metrics registry.
+    /// The metrics registry `record` and `respond` count into.
     pub metrics: Arc<Metrics>,
     /// Where access log lines go, and whether they are written (`log.access`).
     pub access_log: (Arc<AccessLog>, bool),
 }
 
 /// The reloadable parts of the stack, swapped in place by the reloader: each step reads the
-/// rules it owns once per request.
+/// rules it owns once per request. Shared by every listener.
 #[derive(Clone)]
 pub struct Handles {
     access: AccessRules,
+    listener_access: AccessRules,
     policy: PolicyRules,
     max_body: Arc<AtomicU64>,
     recorder: Arc<Recorder>,
@@ -80,6 +86,7 @@ impl Handles {
     /// Swap in new access and policy rules (config reloaded, client keys file changed).
     pub fn set_rules(&self, rules: Rules) {
         self.access.store(Arc::new(rules.access));
+        self.listener_access.store(Arc::new(rules.listener_access));
         self.policy.store(Arc::new(rules.policy));
         self.max_body.store(rules.max_body, Ordering::Relaxed);
     }
@@ -89,7 +96,8 @@ impl Handles {
         self.recorder.set_access_log(on);
     }
 
-    /// Whether a TCP peer may connect at all (asked at accept).
+    /// Whether a TCP peer may connect at all (asked at accept; `[access]` is the same for
+    /// every listener).
     pub fn peer_allowed(&self, ip: std::net::IpAddr) -> bool {
         crate::proxy::access::peer_allowed(&self.access, ip)
     }
@@ -105,81 +113,237 @@ fn from_credential(e: CredentialError<UpstreamError>) -> ProxyError {
     }
 }
 
-/// The body of every answer of the proxy's request path: Medusa's (pooled connection, slot
-/// held, credentials scrubbed) or the proxy's own JSON, counted by `record`.
-pub type ProxyResponseBody = Answer<crate::upstream::ResponseBody<ProxyBody>>;
+/// The body of every answer of a request path over a client to Medusa whose answers have
+/// body `RB`: Medusa's (slot held, credentials scrubbed) or the proxy's own JSON, counted by
+/// `record`.
+pub type ResponseBodyOf<RB> = Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>;
 
-/// The body of the stack's answers over a client to Medusa whose bodies are `RB`.
-pub type Answer<RB> = Tracked<Either<ScrubBody<Held<RB>>, Full<Bytes>>>;
+/// The body of every answer of the proxy's request path (over the pooled upstream).
+pub type ProxyResponseBody = ResponseBodyOf<crate::upstream::ResponseBody<ProxyBody>>;
 
-/// The proxy's request path as one `Service` for `crate::server::serve`, and the handles the
-/// reloader swaps rules through.
-pub fn proxy(
-    p: Parts,
-    upstream: Upstream<ProxyBody>,
-) -> (
-    impl Service<
-        Request<Incoming>,
-        Response = Response<ProxyResponseBody>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static,
-    Handles,
-) {
-    build(p, upstream)
+/// Which listener a request path is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `proxy.listen`: its identity as [`Parts::main`] says.
+    Main,
+    /// A `[[listeners]]` entry: always identity number `identity`.
+    Fixed {
+        /// The identity's index in [`Parts::identities`].
+        identity: usize,
+    },
 }
 
-/// [`proxy`] over any client body and any client to Medusa (benchmarks and tests use
-/// stand-ins for both).
-pub fn build<B, U, RB>(
-    p: Parts,
-    upstream: U,
-) -> (
-    impl Service<
+/// The request path, built once and served by every listener ([`Stack::service`]), and the
+/// handles the reloader swaps rules through. [`Stack::proxy`] builds it over the pooled
+/// [`Upstream`]s; [`Stack::new`] over any client to Medusa `U` (benchmarks and tests use
+/// stand-ins). Every request must carry a [`PeerAddr`](crate::server::PeerAddr) extension
+/// (`serve` sets it). A listener's service never fails: every refusal or failure is a JSON
+/// answer (see [`crate::error`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use medusa_auth_proxy::access_log::AccessLog;
+/// use medusa_auth_proxy::auth::{TokenManager, login::Login};
+/// use medusa_auth_proxy::config::{LogFormat, MainIdentity, Rules, Settings};
+/// use medusa_auth_proxy::identity::Identity;
+/// use medusa_auth_proxy::metrics::Metrics;
+/// use medusa_auth_proxy::proxy::limit::ProxyBody;
+/// use medusa_auth_proxy::secret::Secret;
+/// use medusa_auth_proxy::server::PeerAddr;
+/// use medusa_auth_proxy::stack::{Listener, Parts, Stack};
+/// use medusa_auth_proxy::upstream::{Upstream, UpstreamError};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let settings = Settings::from_toml(
+///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+///      [auth]\nflavor = \"v2\"\nemail = \"a@example.com\"\npassword_env = \"MEDUSA_PASSWORD\"\n",
+/// )?;
+/// let metrics = Metrics::new();
+/// let login = Login::new(
+///     Upstream::new(&settings.upstream)?,
+///     settings.auth.flavor,
+///     settings.auth.email.clone(),
+///     Secret::new("never sent in this example".into()),
+/// );
+/// let tokens = TokenManager::new(login, settings.auth.clone(), metrics.clone());
+/// // A stand-in for Medusa: the stack is generic over the client.
+/// let medusa = tower::service_fn(|_req: http::Request<ProxyBody<Full<Bytes>>>| async {
+///     Ok::<_, UpstreamError>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+/// });
+/// let quiet = AccessLog::with_sink(LogFormat::Text, Box::new(|_: &[u8]| {}));
+/// let (stack, _handles) = Stack::new(
+///     Parts {
+///         identities: vec![Identity::new(0, "default", tokens, None)],
+///         main: MainIdentity::Fixed(0),
+///         rules: Rules::from_settings(&settings)?,
+///         body_timeout: Duration::from_secs(5),
+///         metrics,
+///         access_log: (Arc::new(quiet), false),
+///     },
+///     vec![medusa],
+/// );
+/// let service = stack.service(Listener::Main, 16);
+/// // A peer outside `access.allow_cidrs` (loopback by default) is refused by `access`:
+/// // the steps below it, Medusa included, never see the request.
+/// let mut req = http::Request::get("/admin/products")
+///     .header("host", "localhost:7000")
+///     .body(Full::new(Bytes::new()))?;
+/// req.extensions_mut().insert(PeerAddr("192.0.2.7:50000".parse()?));
+/// let resp = service.oneshot(req).await?;
+/// assert_eq!(resp.status(), 403);
+/// # Ok(()) }
+/// ```
+pub struct Stack<U> {
+    handles: Handles,
+    identities: Arc<[Identity]>,
+    main: MainIdentity,
+    /// The client to Medusa of each identity (its upstream's), in identity order.
+    upstreams: Vec<U>,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// The first identity's tokens, for a request without an identity (none reaches
+    /// `policy`: `access` sets one on every request it admits).
+    fallback: crate::auth::TokenManager,
+}
+
+impl Stack<TargetService<Upstream<ProxyBody>>> {
+    /// [`Stack::new`] over the pooled clients to Medusa, `upstreams[i]` the one of identity
+    /// `i`. Each gets the client's request target behind its own `upstream.url` base path,
+    /// origin-form ([`TargetLayer`]).
+    ///
+    /// # Panics
+    ///
+    /// When `p.identities` is empty (a validated config always has one).
+    pub fn proxy(
+        p: Parts,
+        upstreams: Vec<Upstream<ProxyBody>>,
+    ) -> (Stack<TargetService<Upstream<ProxyBody>>>, Handles) {
+        let targeted = upstreams
+            .into_iter()
+            .map(|upstream| TargetLayer::new(&upstream.settings().base_path).layer(upstream))
+            .collect();
+        Stack::new(p, targeted)
+    }
+}
+
+impl<U: Clone> Stack<U> {
+    /// The stack over `upstreams[i]`, the client to the upstream of identity `i`, and the
+    /// handles the reloader swaps rules through.
+    ///
+    /// # Panics
+    ///
+    /// When `p.identities` is empty (a validated config always has one).
+    pub fn new(p: Parts, upstreams: Vec<U>) -> (Stack<U>, Handles) {
+        assert!(
+            !p.identities.is_empty(),
+            "a stack needs at least one identity"
+        );
+        let handles = Handles {
+            access: Arc::new(ArcSwap::from_pointee(p.rules.access)),
+            listener_access: Arc::new(ArcSwap::from_pointee(p.rules.listener_access)),
+            policy: Arc::new(ArcSwap::from_pointee(p.rules.policy)),
+            max_body: Arc::new(AtomicU64::new(p.rules.max_body)),
+            recorder: Recorder::new(p.metrics.clone(), p.access_log.0, p.access_log.1),
+        };
+        let stack = Stack {
+            fallback: p.identities[0].tokens().clone(),
+            handles: handles.clone(),
+            identities: p.identities.into(),
+            main: p.main,
+            upstreams,
+            body_timeout: p.body_timeout,
+            metrics: p.metrics,
+        };
+        (stack, handles)
+    }
+
+    /// The request path of one listener, with `max_concurrent` slots of its own
+    /// (`proxy.max_concurrent_requests`, or the listener's): the `Service` for
+    /// [`crate::server::serve_tls`]. `U` gets the request as the steps above left it (headers
+    /// cleaned, body limited, credential set); its [`UpstreamError`] becomes a 502 or 504.
+    pub fn service<B, RB>(
+        &self,
+        listener: Listener,
+        max_concurrent: usize,
+    ) -> impl Service<
         Request<B>,
-        Response = Response<Answer<RB>>,
+        Response = Response<ResponseBodyOf<RB>>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone
     + Send
-    + 'static,
-    Handles,
-)
-where
-    B: ClientBody,
-    U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
-        + Clone
-        + Send
-        + 'static,
-    U::Future: Send,
-    RB: Body + Send + Unpin + 'static,
-{
-    let handles = Handles {
-        access: Arc::new(ArcSwap::from_pointee(p.rules.access)),
-        policy: Arc::new(ArcSwap::from_pointee(p.rules.policy)),
-        max_body: Arc::new(AtomicU64::new(p.rules.max_body)),
-        recorder: Recorder::new(p.metrics.clone(), p.access_log.0, p.access_log.1),
-    };
-    let service = ServiceBuilder::new()
-        .layer(RecordLayer(handles.recorder.clone()))
-        .layer(RespondLayer(p.metrics.clone()))
-        .layer(GuardLayer)
-        .layer(AccessLayer(handles.access.clone()))
-        .layer(PolicyLayer {
-            rules: handles.policy.clone(),
-            tokens: p.tokens.clone(),
-        })
-        .layer(LimitLayer {
-            max_body: handles.max_body.clone(),
-            body_timeout: p.body_timeout,
-        })
-        .layer(HygieneLayer)
-        .layer(AdmitLayer::new(p.max_concurrent))
-        .layer(UpgradeLayer)
-        .map_err(from_credential as fn(_) -> _)
-        .layer(CredentialLayer::new(p.tokens))
-        .service(upstream);
-    (service, handles)
+    + 'static
+    where
+        B: ClientBody,
+        U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
+            + Clone
+            + Send
+            + 'static,
+        U::Future: Send,
+        RB: Body + Send + Unpin + 'static,
+    {
+        let pick = |i: usize| {
+            self.identities
+                .get(i)
+                .or_else(|| self.identities.first())
+                .cloned()
+        };
+        let (access, resolve) = match (listener, self.main) {
+            (Listener::Fixed { identity }, _) => (
+                self.handles.listener_access.clone(),
+                pick(identity).map(Resolve::Fixed),
+            ),
+            (Listener::Main, MainIdentity::Fixed(i)) => {
+                (self.handles.access.clone(), pick(i).map(Resolve::Fixed))
+            }
+            (Listener::Main, MainIdentity::ByClientKey) => (
+                self.handles.access.clone(),
+                Some(Resolve::ByClientKey(self.identities.clone())),
+            ),
+        };
+        // The single form's lone `default` identity needs no extension: `route` has one
+        // service, `policy` falls back to its tokens and it has no policy of its own. Its hot
+        // path stays exactly as before identities (no allocation, no lookup).
+        let lone_default = matches!(&self.identities[..], [only]
+            if only.policy().is_none() && only.name() == crate::config::DEFAULT_IDENTITY)
+            && matches!(resolve, Some(Resolve::Fixed(_)));
+        let mut access = AccessLayer::new(access);
+        if let Some(resolve) = resolve.filter(|_| !lone_default) {
+            access = access.resolving(resolve);
+        }
+        let routes = ByIdentity::new(
+            self.identities
+                .iter()
+                .zip(&self.upstreams)
+                .map(|(id, upstream)| {
+                    ServiceBuilder::new()
+                        .map_err(from_credential as fn(_) -> _)
+                        .layer(CredentialLayer::new(id.tokens().clone()))
+                        .service(upstream.clone())
+                })
+                .collect(),
+        );
+        ServiceBuilder::new()
+            .layer(RecordLayer(self.handles.recorder.clone()))
+            .layer(RespondLayer(self.metrics.clone()))
+            .layer(GuardLayer)
+            .layer(access)
+            .layer(PolicyLayer {
+                rules: self.handles.policy.clone(),
+                tokens: self.fallback.clone(),
+            })
+            .layer(LimitLayer {
+                max_body: self.handles.max_body.clone(),
+                body_timeout: self.body_timeout,
+            })
+            .layer(HygieneLayer)
+            .layer(AdmitLayer::new(max_concurrent))
+            .layer(UpgradeLayer)
+            .service(routes)
+    }
 }

@@ -34,6 +34,9 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// The targets for `files` (relative paths are taken in the working directory; a path
+    /// without a file name, such as `/`, is left out). Their directories are what gets
+    /// watched.
     pub fn new(files: &[PathBuf]) -> Targets {
         let files: BTreeSet<(PathBuf, OsString)> = files
             .iter()

@@ -19,7 +19,9 @@ Per scenario and target, over the measured rounds (round 0 is the warm-up and is
   wrk CPU          load generator CPU use; near 100 % means the client limited that run
 The summary condenses each proxy to geometric means over scenarios; "Targets" checks the
 project's performance targets; the short-token section counts logins and failures while the
-proxy renewed its token under load.
+proxy renewed its token under load. With several binaries under test (run.sh --bin), each is
+a target of its own, and "Binaries compared" gives each one's paired ratios against the first
+(req/s, p50, p99, CPU per request: median over rounds and the min-max across rounds).
 """
 import csv
 import math
@@ -27,7 +29,7 @@ import pathlib
 import statistics
 import sys
 
-TARGET_ORDER = ["direct", "nginx", "haproxy", "caddy", "proxy"]
+REFERENCES = ["direct", "nginx", "haproxy", "caddy"]
 # The proxy's auth.refresh_before_expiry default (bench/proxy-cmd.sh does not change it).
 REFRESH_BEFORE_EXPIRY_S = 60.0
 
@@ -79,7 +81,9 @@ def main() -> int:
     clk_tck = float(meta.get("clk_tck", "100"))
     proxy_name = meta.get("proxy_name") or "proxy"
     short_token = meta.get("mode") == "short-token"
-    label = lambda t: proxy_name if t == "proxy" else t
+    # The proxies under test: "proxy", or one target per run.sh --bin (first = baseline).
+    proxies = [p for p in meta.get("proxies", "proxy").split(",") if p] or ["proxy"]
+    label = lambda t: meta.get(f"label_{t}") or (proxy_name if t == "proxy" else t)
 
     all_runs = list(csv.DictReader((out / "raw.csv").open()))
     runs = [r for r in all_runs if int(r["round"]) >= 1]
@@ -93,7 +97,7 @@ def main() -> int:
 
     scenarios = list(dict.fromkeys((r["scenario"], r["label"]) for r in runs))
     present = {r["target"] for r in runs}
-    targets = [t for t in TARGET_ORDER if t in present]
+    targets = [t for t in REFERENCES + proxies if t in present]
     rounds = sorted({int(r["round"]) for r in runs})
 
     title = "short-token run" if short_token else "benchmark"
@@ -109,9 +113,14 @@ def main() -> int:
     print(f"Machine: {meta.get('cpus')} x {meta.get('cpu_model')}, Linux {meta.get('kernel')}. "
           + "Versions: " + ", ".join(f"{k} {meta[k]}" for k in ("nginx", "haproxy", "caddy", "wrk") if meta.get(k))
           + ".")
-    if meta.get("proxy_cmd"):
+    if meta.get("proxy_cmd") and len(proxies) == 1:
         print(f"Proxy under test: {meta.get('proxy_version') or proxy_name} "
               f"(commit {meta.get('proxy_commit') or '?'}), `{meta['proxy_cmd']}`.")
+    elif meta.get("proxy_cmd"):
+        print("Proxies under test (checkout at commit "
+              f"{meta.get('proxy_commit') or '?'}): "
+              + "; ".join(f"**{label(p)}** = `{meta.get(f'bin_{p}', '')}` "
+                          f"({meta.get(f'version_{p}') or '?'})" for p in proxies) + ".")
     print()
 
     ratio_log = {t: {"direct": [], "nginx": [], "cpu": []} for t in targets}
@@ -144,7 +153,9 @@ def main() -> int:
             if cpu and nginx_cpu and t not in ("direct", "nginx"):
                 ratio_log[t]["cpu"].append(cpu / nginx_cpu)
             p99 = median([int(r["p99_us"]) / 1000 for r in mine.values()])
-            cells[(scenario, t)] = {"x_nginx": ratios["nginx"], "added_p50": added, "p99": p99}
+            cells[(scenario, t)] = {"x_nginx": ratios["nginx"], "added_p50": added, "p99": p99,
+                                    "x_direct": ratios["direct"], "rps": med, "spread": spread,
+                                    "cpu": cpu, "rounds": mine}
             rows.append([
                 label(t),
                 fmt(med, ".0f"),
@@ -195,28 +206,88 @@ def main() -> int:
         print()
 
     logins = meta.get("proxy_logins")
-    if not short_token and "proxy" in targets:
-        print(f"Logins seen by the upstream while {proxy_name} ran: {logins} "
+    measured = [p for p in proxies if p in targets]
+    if not short_token and len(measured) == 1:
+        print(f"Logins seen by the upstream while {label(measured[0])} ran: {logins} "
               "(its token is valid until 2100, so exactly 1 is right).\n")
-        targets_check(cells, ratio_log, rss, logins, scenarios, targets, proxy_name)
+        targets_check(cells, ratio_log, rss, logins, scenarios, targets, measured[0], label(measured[0]))
+    elif not short_token and measured:
+        print(f"Logins seen by the upstream while the {len(measured)} proxies ran: {logins} "
+              f"(the token is valid until 2100, so exactly {len(measured)}, one each, is right).\n")
+        for p in measured:
+            targets_check(cells, ratio_log, rss, None, scenarios, targets, p, label(p))
+        compare_binaries(cells, ratio_log, rss, scenarios, measured, label)
     if short_token and "proxy" in targets:
         short_token_report(out, meta, runs, all_runs, proxy_name)
     return 0
 
 
-def targets_check(cells, ratio_log, rss, logins, scenarios, targets, proxy_name):
-    """The project's performance targets, measured in this run."""
+def compare_binaries(cells, ratio_log, rss, scenarios, proxies, label):
+    """Each binary against the first, paired round by round within each scenario."""
+    base = proxies[0]
+
+    def paired(sc, t, key, f):
+        a, b = cells.get((sc, base)), cells.get((sc, t))
+        if not a or not b:
+            return []
+        return [f(b["rounds"][k][key], a["rounds"][k][key]) for k in b["rounds"]
+                if k in a["rounds"] and a["rounds"][k][key] and b["rounds"][k][key] is not None]
+
+    def cell(xs, spec, unit=""):
+        if not xs:
+            return "-"
+        return f"{format(median(xs), spec)}{unit} [{format(min(xs), spec)}, {format(max(xs), spec)}]"
+
+    ratio = lambda x, y: x / y
+    diff_us = lambda x, y: int(x) - int(y)
+    for t in proxies[1:]:
+        print(f"## Binaries compared: {label(t)} vs {label(base)}\n")
+        print(f"Paired within each round (same scenario, back to back): median over rounds "
+              f"[min, max]. req/s and CPU as {label(t)} / {label(base)}; latency as "
+              f"{label(t)} - {label(base)} in us. \"spread\" is each binary's own req/s spread "
+              "over rounds (max - min) / median, as in the tables above.\n")
+        rows, gm_rps, gm_cpu = [], [], []
+        for sc, sc_label in scenarios:
+            rps = paired(sc, t, "rps", ratio)
+            cpu = paired(sc, t, "proxy_cpu_us", ratio)
+            if rps:
+                gm_rps.append(median(rps))
+            if cpu:
+                gm_cpu.append(median(cpu))
+            a, b = cells.get((sc, base), {}), cells.get((sc, t), {})
+            rows.append([
+                sc_label, cell(rps, ".3f"),
+                f"{fmt(b.get('spread'), '.0f')}% / {fmt(a.get('spread'), '.0f')}%",
+                cell(paired(sc, t, "p50_us", diff_us), "+.0f"),
+                cell(paired(sc, t, "p99_us", diff_us), "+.0f"),
+                cell(cpu, ".3f"),
+                f"{fmt_ratio(b.get('x_nginx'))} / {fmt_ratio(a.get('x_nginx'))}",
+            ])
+        rows.append(["geometric mean", fmt(gmean(gm_rps), ".3f"), "", "", "",
+                     fmt(gmean(gm_cpu), ".3f"),
+                     f"{fmt_ratio(gmean(ratio_log[t]['nginx']))} / "
+                     f"{fmt_ratio(gmean(ratio_log[base]['nginx']))}"])
+        print(table(["scenario", "req/s ratio", "spread (each)", "p50 diff us", "p99 diff us",
+                     "CPU/req ratio", "x nginx (each)"], rows, ["l", "r", "r", "r", "r", "r", "r"]))
+        print()
+        if base in rss and t in rss:
+            print(f"Peak RSS over the whole run: {label(t)} {rss[t]:.2f} MiB, {label(base)} "
+                  f"{rss[base]:.2f} MiB ({rss[t] - rss[base]:+.2f} MiB).\n")
+
+
+def targets_check(cells, ratio_log, rss, logins, scenarios, targets, proxy, proxy_name):
+    """The project's performance targets, measured in this run for target `proxy`."""
     if "nginx" not in targets:
         return
     rows = []
     ok = lambda cond: "-" if cond is None else ("met" if cond else "MISSED")
-    gm = gmean(ratio_log["proxy"]["nginx"])
+    gm = gmean(ratio_log[proxy]["nginx"])
     rows.append(["throughput, geometric mean over scenarios", ">= 1.15 x nginx",
                  f"{fmt_ratio(gm)} x nginx", ok(gm >= 1.15 if gm else None)])
     if "haproxy" in targets:
         worse = []
         for sc, sc_label in scenarios:
-            mine = cells.get((sc, "proxy"), {}).get("x_nginx")
+            mine = cells.get((sc, proxy), {}).get("x_nginx")
             theirs = cells.get((sc, "haproxy"), {}).get("x_nginx")
             if mine is not None and theirs is not None and mine < theirs:
                 worse.append(f"{sc_label} ({mine:.2f} < {theirs:.2f})")
@@ -225,20 +296,21 @@ def targets_check(cells, ratio_log, rss, logins, scenarios, targets, proxy_name)
                      ok(not worse)])
     c1 = next((sc for sc, lab in scenarios if lab == "GET c=1"), None)
     if c1 and "direct" in targets:
-        added = cells.get((c1, "proxy"), {}).get("added_p50")
+        added = cells.get((c1, proxy), {}).get("added_p50")
         rows.append(["latency added at 1 connection (p50)", "<= +15 us",
                      fmt(added, "+.0f") + " us", ok(added <= 15 if added is not None else None)])
     if c1:
-        mine = cells.get((c1, "proxy"), {}).get("p99")
+        mine = cells.get((c1, proxy), {}).get("p99")
         ng = cells.get((c1, "nginx"), {}).get("p99")
         rows.append(["p99 at 1 connection", "<= nginx's",
                      f"{fmt(mine, '.3f')} ms vs {fmt(ng, '.3f')} ms",
                      ok(mine <= ng if mine is not None and ng is not None else None)])
-    peak = rss.get("proxy")
+    peak = rss.get(proxy)
     rows.append(["peak RSS over the whole run", "<= 10 MiB", f"{fmt(peak, '.1f')} MiB",
                  ok(peak <= 10 if peak is not None else None)])
-    rows.append(["logins during the run", "exactly 1", str(logins),
-                 ok(str(logins) == "1" if logins not in (None, "") else None)])
+    if logins is not None:   # several proxies: counted together, above
+        rows.append(["logins during the run", "exactly 1", str(logins),
+                     ok(str(logins) == "1" if logins not in (None, "") else None)])
     print(f"## Targets ({proxy_name})\n")
     print("One noisy run decides nothing: a MISSED ratio within the spread of its cells "
           "needs more rounds.\n")

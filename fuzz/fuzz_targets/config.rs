@@ -8,7 +8,7 @@ use medusa_auth_proxy::config::{ConfigError, Settings};
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Err(e) = Settings::from_toml(&text) {
-        match e {
+        match &e {
             ConfigError::Invalid { key, .. } => assert!(!key.is_empty()),
             ConfigError::Syntax { .. } | ConfigError::Read { .. } => {}
         }

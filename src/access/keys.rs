@@ -35,7 +35,13 @@ pub struct ClientKeys {
 struct StoredKey {
     digest: [u8; 32],
     fingerprint: String,
+    /// Bit of the identity this key acts as ([`ClientKeys::owned_by`]); [`NO_OWNER`] for
+    /// `access.client_keys_file`.
+    owner: u64,
 }
+
+/// The owner bit of a key that maps to no identity (`access.client_keys_file`).
+pub const NO_OWNER: u64 = 1 << 63;
 
 impl fmt::Debug for ClientKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +118,7 @@ impl ClientKeys {
             keys.push(StoredKey {
                 fingerprint: fingerprint_of(&digest),
                 digest,
+                owner: NO_OWNER,
             });
             key_lines.push(line_no);
         }
@@ -155,19 +162,46 @@ impl ClientKeys {
     /// any) matched or how much of a key was right, and comparing digests means the presented
     /// key's length is not compared either.
     pub fn verify(&self, presented: &[u8]) -> Option<String> {
+        self.verify_owners(presented).map(|(fp, _)| fp)
+    }
+
+    /// Like [`ClientKeys::verify`], with the owners of every matching key as a bit set
+    /// (bit `i`: identity `i`, see [`ClientKeys::owned_by`]; [`NO_OWNER`]: a key of
+    /// `access.client_keys_file`). The same key in two files has two owners.
+    pub fn verify_owners(&self, presented: &[u8]) -> Option<(String, u64)> {
         let digest = sha256(presented);
         let mut found = subtle::Choice::from(0);
         let mut index: u64 = 0;
+        let mut owners: u64 = 0;
         for (i, key) in (0u64..).zip(&self.keys) {
             let eq = same_digest(&digest, &key.digest);
             index.conditional_assign(&i, eq);
+            owners |= u64::conditional_select(&0, &key.owner, eq);
             found |= eq;
         }
         if bool::from(found) {
             let index = usize::try_from(index).ok()?;
-            self.keys.get(index).map(|k| k.fingerprint.clone())
+            self.keys
+                .get(index)
+                .map(|k| (k.fingerprint.clone(), owners))
         } else {
             None
+        }
+    }
+
+    /// These keys, acting as identity `index` (below [`crate::config::MAX_IDENTITIES`]).
+    pub fn owned_by(mut self, index: usize) -> ClientKeys {
+        let bit = 1u64 << index.min(62);
+        for k in &mut self.keys {
+            k.owner = bit;
+        }
+        self
+    }
+
+    /// All keys of several files, each keeping its owner.
+    pub fn merge(files: impl IntoIterator<Item = ClientKeys>) -> ClientKeys {
+        ClientKeys {
+            keys: files.into_iter().flat_map(|f| f.keys).collect(),
         }
     }
 

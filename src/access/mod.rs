@@ -35,7 +35,7 @@ use http::{StatusCode, Uri};
 
 pub use cidr::{Cidr, default_allow_cidrs};
 pub use host::{HostList, default_allow_hosts};
-pub use keys::ClientKeys;
+pub use keys::{ClientKeys, NO_OWNER};
 
 use host::origin_matches;
 
@@ -126,6 +126,9 @@ impl std::error::Error for Denied {}
 pub struct Caller {
     /// The first 8 hex digits of SHA-256 of the key used; `None` when keys are not configured.
     pub key_fingerprint: Option<String>,
+    /// The identities the key maps to, as a bit set ([`ClientKeys::verify_owners`]); 0 when
+    /// keys are not configured.
+    pub key_owners: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,14 +191,18 @@ fn check_inner(
     }
     check_host(&cfg.allow_hosts, headers, uri)?;
     check_origin(&cfg.allow_origins, headers)?;
-    let key_fingerprint = match &cfg.client_keys {
-        None => None,
+    let (key_fingerprint, key_owners) = match &cfg.client_keys {
+        None => (None, 0),
         Some(keys) => {
             let presented = presented_key(headers)?;
-            Some(keys.verify(presented).ok_or(Denied::BadKey)?)
+            let (fp, owners) = keys.verify_owners(presented).ok_or(Denied::BadKey)?;
+            (Some(fp), owners)
         }
     };
-    Ok(Caller { key_fingerprint })
+    Ok(Caller {
+        key_fingerprint,
+        key_owners,
+    })
 }
 
 /// At most one of a header; two is refused outright, because which one a later component
@@ -844,7 +851,8 @@ mod tests {
         assert_eq!(
             run(&local(), &[("host", "localhost")]),
             Ok(Caller {
-                key_fingerprint: None
+                key_fingerprint: None,
+                key_owners: 0
             })
         );
     }

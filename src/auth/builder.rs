@@ -98,7 +98,7 @@ impl TokenManagerBuilder {
     /// The account's email (required by the login flavors `v1`, `v2`, `auto`; refused by the
     /// static ones).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, TokenManager};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V1).email("admin@example.com");
     /// ```
@@ -111,7 +111,7 @@ impl TokenManagerBuilder {
     /// at [`build`](TokenManagerBuilder::build). The secret itself never passes through the
     /// embedding program.
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, SecretSource, TokenManager};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
     ///     .secret(SecretSource::Env("MEDUSA_PASSWORD".into()));
@@ -123,7 +123,7 @@ impl TokenManagerBuilder {
 
     /// How long one login may take (default 10 s; also bounds a 401 check).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, TokenManager};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V1)
     ///     .login_timeout(std::time::Duration::from_secs(5));
@@ -136,7 +136,7 @@ impl TokenManagerBuilder {
     /// Stop using a token this long before it expires (default 60 s; see
     /// [`schedule`](super::schedule)).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, TokenManager};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
     ///     .refresh_before_expiry(std::time::Duration::from_secs(120));
@@ -149,7 +149,7 @@ impl TokenManagerBuilder {
 
     /// How long a TCP connect to Medusa may take (default 5 s).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, TokenManager};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
     ///     .connect_timeout(std::time::Duration::from_secs(2));
@@ -162,7 +162,7 @@ impl TokenManagerBuilder {
 
     /// A PEM file of CA certificates to trust for an `https://` Medusa (a private CA).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, TokenManager};
     /// let b = TokenManager::builder("https://medusa.internal", Flavor::V2)
     ///     .ca_file("/etc/medusa/ca.pem");
@@ -179,7 +179,7 @@ impl TokenManagerBuilder {
     /// The backoff schedule after failed logins (default: 1 s doubling to 5 min; 30 s first
     /// after refused credentials).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, TokenManager, backoff::Backoff};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
     ///     .backoff(Backoff { max: std::time::Duration::from_secs(60), ..Backoff::default() });
@@ -191,7 +191,7 @@ impl TokenManagerBuilder {
 
     /// Where logins, the credential's expiry and 401 checks are reported (default: nowhere).
     ///
-    /// ```no_run
+    /// ```
     /// # use medusa_auth_proxy::auth::{Flavor, NoEvents, TokenManager};
     /// let b = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
     ///     .events(std::sync::Arc::new(NoEvents));
@@ -204,12 +204,30 @@ impl TokenManagerBuilder {
     /// Validate, read the secret, set up the client for Medusa. Logging in starts with
     /// [`TokenManager::spawn_driver`].
     ///
-    /// ```no_run
-    /// # use medusa_auth_proxy::auth::{Flavor, SecretSource, TokenManager};
-    /// # fn demo() -> Result<(), medusa_auth_proxy::auth::BuildError> {
+    /// ```
+    /// use medusa_auth_proxy::auth::{BuildError, Flavor, SecretSource, TokenManager};
+    ///
+    /// # fn main() -> Result<(), BuildError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let key = dir.path().join("medusa-api-token");
+    /// std::fs::write(&key, "my-v1-api-token\n").unwrap();
     /// let tokens = TokenManager::builder("http://127.0.0.1:9000", Flavor::V1ApiToken)
-    ///     .secret(SecretSource::Env("MEDUSA_API_TOKEN".into()))
+    ///     .secret(SecretSource::File(key))
     ///     .build()?;
+    /// // Nothing is sent to Medusa until `tokens.spawn_driver(..)`.
+    /// # let _ = tokens;
+    ///
+    /// let e = TokenManager::builder("http://127.0.0.1:9000", Flavor::V2)
+    ///     .email("admin@example.com")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(e, BuildError::NoSecret));
+    ///
+    /// let e = TokenManager::builder("ftp://127.0.0.1", Flavor::V1ApiToken)
+    ///     .secret(SecretSource::Env("MEDUSA_API_TOKEN".into()))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(e.to_string().contains("upstream.url"), "{e}");
     /// # Ok(()) }
     /// ```
     pub fn build(self) -> Result<TokenManager, BuildError> {

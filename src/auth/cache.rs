@@ -146,24 +146,10 @@ fn unix_at(at: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::super::NoEvents;
-    use super::super::login::{Credential, Obtained};
     use super::*;
-    use crate::config::{Flavor, Settings};
-    use crate::secret::Secret;
 
-    /// A token built the way the driver builds one (a static key: no JWT to forge).
     fn token(id: u64, user: Option<&str>) -> Arc<Token> {
-        let settings = Settings::from_toml(
-            "[upstream]\nurl=\"http://127.0.0.1:9\"\n[auth]\nflavor=\"v1-api-token\"\napi_key_env=\"K\"",
-        )
-        .unwrap();
-        let cred = Credential {
-            value: Secret::new("key".into()),
-            flavor: Flavor::V1ApiToken,
-            how: Obtained::KeyCheck,
-            user_id: user.map(str::to_owned),
-        };
-        Arc::new(Token::new(cred, &settings.auth, id, false).unwrap())
+        Token::for_tests(id, "key", user)
     }
 
     #[tokio::test]

@@ -187,8 +187,8 @@ pub fn schedule(lifetime: Duration, refresh_before_expiry: Duration) -> (Duratio
 #[cfg(test)]
 impl Token {
     /// A static-key token (`x-medusa-access-token: <value>`, no JWT to forge) built the way
-    /// the driver builds one, for the unit tests of the request path's steps.
-    pub(crate) fn for_tests(id: u64, value: &str) -> std::sync::Arc<Token> {
+    /// the driver builds one, naming `user` as its user, for unit tests.
+    pub(crate) fn for_tests(id: u64, value: &str, user: Option<&str>) -> std::sync::Arc<Token> {
         let settings = crate::config::Settings::from_toml(
             "[upstream]\nurl=\"http://127.0.0.1:9\"\n[auth]\nflavor=\"v1-api-token\"\napi_key_env=\"K\"",
         )
@@ -197,7 +197,7 @@ impl Token {
             value: Secret::new(value.into()),
             flavor: Flavor::V1ApiToken,
             how: Obtained::KeyCheck,
-            user_id: Some("user_01".into()),
+            user_id: user.map(str::to_owned),
         };
         std::sync::Arc::new(Token::new(cred, &settings.auth, id, false).expect("a valid token"))
     }

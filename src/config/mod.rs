@@ -6,10 +6,12 @@
 
 pub mod defaults;
 mod file;
+mod identities;
 mod overrides;
 mod rules;
 mod validate;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +22,10 @@ use crate::access::{Cidr, HostList};
 use crate::policy::Policy;
 use crate::secret::SecretSource;
 
+pub use identities::{
+    ClientSettings, DEFAULT_IDENTITY, IdentitySettings, ListenerSettings, MAX_IDENTITIES,
+    MainIdentity, NamedUpstream,
+};
 pub use overrides::Overrides;
 pub use rules::Rules;
 
@@ -43,19 +49,21 @@ pub enum ConfigError {
         /// toml's message, with the line.
         message: String,
     },
-    /// A value is refused.
+    /// A value is refused (out of range, malformed, contradicting another key, or a
+    /// required key missing).
     #[error("config key `{key}`: {problem}")]
     Invalid {
-        /// The key, e.g. `access.allow_cidrs` (or a table, e.g. `upstream`).
-        key: &'static str,
+        /// The key, e.g. `access.allow_cidrs` (or a table, e.g. `upstream`), or
+        /// `identities.reporting.upstream` for a key under a named table.
+        key: Cow<'static, str>,
         /// What is wrong, quoting the value where it is not secret.
         problem: String,
     },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<Cow<'static, str>>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }
@@ -80,9 +88,10 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
 pub struct Settings {
     /// `[proxy]`: the listener tools connect to.
     pub proxy: ProxySettings,
-    /// `[upstream]`: Medusa.
+    /// `[upstream]`: Medusa. In the general form, the first identity's upstream (by name).
     pub upstream: UpstreamSettings,
-    /// `[auth]`: the Medusa account or key.
+    /// `[auth]`: the Medusa account or key. In the general form, the first identity's (by
+    /// name).
     pub auth: AuthSettings,
     /// `[ops]`: health, readiness, metrics.
     pub ops: OpsSettings,
@@ -90,11 +99,23 @@ pub struct Settings {
     pub access: AccessSettings,
     /// `[policy]`: what callers may reach.
     pub policy: PolicySettings,
-    /// `[log]`.
+    /// `[log]`: format, level and the access log.
     pub log: LogSettings,
+    /// `[upstreams.NAME]` in name order; the single form's `[upstream]` as
+    /// [`DEFAULT_IDENTITY`].
+    pub upstreams: Vec<NamedUpstream>,
+    /// `[identities.NAME]` in name order (at least one); the single form's `[auth]` as
+    /// [`DEFAULT_IDENTITY`].
+    pub identities: Vec<IdentitySettings>,
+    /// `[[clients]]`: which client keys act as which identity.
+    pub clients: Vec<ClientSettings>,
+    /// `[[listeners]]`: more listeners, each serving one identity.
+    pub listeners: Vec<ListenerSettings>,
+    /// Whose requests the main listener (`proxy.listen`) serves.
+    pub main_identity: MainIdentity,
 }
 
-/// `log.format`.
+/// `log.format`: how diagnostic and access lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines (the default).
@@ -106,35 +127,60 @@ pub enum LogFormat {
 /// `[log]`. `RUST_LOG`, when set, wins over `level`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
-    /// Text or JSON lines.
+    /// Text or JSON lines (default text).
     pub format: LogFormat,
     /// A tracing filter directive: "info", "debug", "medusa_auth_proxy=debug,info", ...
+    /// (default [`defaults::LOG_LEVEL`]).
     pub level: String,
-    /// One line per request (target `access`).
+    /// One line per request (target `access`, see [`crate::access_log`]); reloadable.
     pub access: bool,
 }
 
-/// `[proxy]`.
+/// `[proxy]`: the listener tools connect to, and what a client may hold of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxySettings {
-    /// Address tools connect to.
+    /// Address tools connect to (default [`defaults::LISTEN`], loopback only).
     pub listen: SocketAddr,
-    /// After SIGTERM/SIGINT, in-flight requests get this long to finish.
+    /// After SIGTERM/SIGINT, in-flight requests get this long to finish (default
+    /// [`defaults::SHUTDOWN_GRACE`]).
     pub shutdown_grace: Duration,
-    /// A client that has not sent a complete request head within this is disconnected.
+    /// A client that has not sent a complete request head within this is disconnected
+    /// (default [`defaults::HEADER_READ_TIMEOUT`]).
     pub header_read_timeout: Duration,
-    /// Requests in flight (until their response body ends); beyond it -> 503 at once.
+    /// Requests in flight (until their response body ends); beyond it -> 503 at once
+    /// (default [`defaults::MAX_CONCURRENT_REQUESTS`]). Also the most connections to Medusa.
     pub max_concurrent_requests: usize,
     /// Client connections open at once; more are closed at accept. `None`: the app's default,
     /// or less when the file descriptor limit cannot hold that many
     /// ([`crate::app::connection_budget`]).
     pub max_connections: Option<usize>,
-    /// HTTP/2 streams open at once on one connection.
+    /// HTTP/2 streams open at once on one connection (default
+    /// [`defaults::MAX_STREAMS_PER_CONNECTION`]).
     pub max_streams_per_connection: u32,
-    /// A connection with no request in flight for this long is closed.
+    /// A connection with no request in flight for this long is closed (default
+    /// [`defaults::IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,
-    /// A client that takes no response bytes for this long is disconnected.
+    /// A client that takes no response bytes for this long is disconnected, and its request
+    /// to Medusa aborted (default [`defaults::SEND_TIMEOUT`]).
     pub send_timeout: Duration,
+    /// `tls_cert_file` and `tls_key_file`: serve TLS with this pair (see [`crate::tls`]);
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A listener's certificate and private key files (PEM), set together; read by
+/// [`crate::tls::TlsAcceptor`] at start-up and again whenever either file changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// The config key that named the certificate file (`proxy.tls_cert_file`): every message
+    /// about a file names its key.
+    pub cert_setting: Cow<'static, str>,
+    /// The config key that named the key file (`proxy.tls_key_file`).
+    pub key_setting: Cow<'static, str>,
 }
 
 /// `[access]`: who may use the proxy, validated (every entry parsed, defaults filled in, a
@@ -148,7 +194,8 @@ pub struct AccessSettings {
     /// Host names requests may be addressed to; default
     /// [`crate::access::default_allow_hosts`] of `proxy.listen`.
     pub allow_hosts: HostList,
-    /// Browser origins allowed to drive the proxy; default none.
+    /// Browser origins (`scheme://host[:port]`) allowed to drive the proxy; default none, so
+    /// a request with any `Origin` header is refused.
     pub allow_origins: Vec<String>,
     /// The operator's opt-in to a remote listener with neither client keys nor a
     /// non-loopback `allow_cidrs` entry.
@@ -161,14 +208,15 @@ pub struct PolicySettings {
     /// The route policy: `allow_paths`, `deny_paths`, `read_only` and
     /// `unsafe_lift_builtin_denies`, defaults from [`PolicyConfig::default`](crate::policy::PolicyConfig).
     pub routes: Policy,
-    /// `max_body`: largest request body forwarded, in bytes.
+    /// `max_body`: largest request body forwarded, in bytes (default
+    /// [`defaults::MAX_BODY`]); reloadable.
     pub max_body: u64,
 }
 
 /// `[upstream]`: Medusa's base URL and how to talk to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
-    /// The URL as configured, for messages.
+    /// `upstream.url` as configured, for messages.
     pub url: String,
     /// `http` or `https`.
     pub scheme: Scheme,
@@ -176,13 +224,16 @@ pub struct UpstreamSettings {
     pub authority: Authority,
     /// Path prefix of the base URL without a trailing slash ("" for none).
     pub base_path: String,
-    /// Bound on connecting (TCP and TLS) to Medusa.
+    /// Bound on the TCP connect to Medusa (default [`defaults::CONNECT_TIMEOUT`]); the TLS
+    /// handshake counts against `request_timeout`.
     pub connect_timeout: Duration,
-    /// Bound on Medusa's answer to one request.
+    /// Bound on Medusa's response head to one request, from taking or opening its connection
+    /// (TLS handshake included), and on reading a buffered request body from the client
+    /// (default [`defaults::REQUEST_TIMEOUT`]).
     pub request_timeout: Duration,
     /// Idle pooled connections are closed after this; keep it below Medusa's keep-alive
     /// timeout (Node's default is 5 s) so a request never lands on a connection the server
-    /// is closing.
+    /// is closing (default [`defaults::POOL_IDLE_TIMEOUT`]).
     pub pool_idle_timeout: Duration,
     /// PEM file of extra CA certificates trusted for an https upstream (a private CA).
     pub ca_file: Option<PathBuf>,
@@ -236,33 +287,54 @@ impl Flavor {
 /// `[auth]`: the Medusa account (or key) the proxy acts as.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthSettings {
-    /// How the credential is obtained.
+    /// How the credential is obtained (default in a file: [`Flavor::V1`]; without a file,
+    /// from the command line alone: [`Flavor::Auto`]).
     pub flavor: Flavor,
     /// The account's email (login flavors); `None` for static flavors.
     pub email: Option<String>,
     /// The password (login flavors) or the API key (static flavors).
     pub secret: SecretSource,
-    /// `"auth.password"` or `"auth.api_key"`, for messages.
-    pub secret_name: &'static str,
-    /// A token is renewed this long before it expires.
+    /// `"auth.password"` or `"auth.api_key"` (`"identities.NAME.password"`, ...), for
+    /// messages.
+    pub secret_name: Cow<'static, str>,
+    /// A token is renewed, and no longer sent, this long before it expires (default
+    /// [`defaults::REFRESH_BEFORE_EXPIRY`]).
     pub refresh_before_expiry: Duration,
-    /// Bound on one login.
+    /// Bound on one login, and on one check of the token after a 401 (default
+    /// [`defaults::LOGIN_TIMEOUT`]).
     pub login_timeout: Duration,
-    /// Assumed when a token does not say when it expires.
+    /// Assumed when a token does not say when it expires (no JWT `exp`; default
+    /// [`defaults::DEFAULT_TOKEN_LIFETIME`]).
     pub default_token_lifetime: Duration,
-    /// Static flavors: how often a cheap authenticated request proves the key still works.
+    /// Static flavors: how often a cheap authenticated request proves the key still works
+    /// (default [`defaults::KEY_CHECK_INTERVAL`]).
     pub key_check_interval: Duration,
 }
 
-/// `[ops]`.
+/// `[ops]`: the listener of probes and scrapes ([`crate::ops`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpsSettings {
-    /// Address of /healthz, /readyz and /metrics.
+    /// Address of /healthz, /readyz and /metrics (default [`defaults::OPS_LISTEN`]).
     pub listen: SocketAddr,
 }
 
 impl Settings {
-    /// The config file (if any) with the command line's values over it.
+    /// The config file (if any) with the command line's values over it, validated as one:
+    /// a flag is checked exactly like the key it stands for. Without a file, the flags must
+    /// name at least `upstream.url` and the credential; `auth.flavor` is then `auto`.
+    ///
+    /// ```
+    /// use medusa_auth_proxy::config::{Overrides, Settings};
+    ///
+    /// let flags = Overrides {
+    ///     upstream_url: Some("http://127.0.0.1:9000".into()),
+    ///     email: Some("admin@example.com".into()),
+    ///     password_env: Some("MEDUSA_PASSWORD".into()),
+    ///     ..Overrides::default()
+    /// };
+    /// let s = Settings::load_with(None, &flags).unwrap();
+    /// assert_eq!(s.auth.flavor.as_str(), "auto");
+    /// ```
     pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
         if overrides.is_empty()
             && let Some(path) = path
@@ -295,7 +367,27 @@ impl Settings {
         })
     }
 
-    /// The config file alone. Errors name the file (syntax) or the key (values).
+    /// Read and validate the config file at `path`, like [`Settings::from_toml`]. Errors name
+    /// the file ([`ConfigError::Read`], [`ConfigError::Syntax`]) or the key
+    /// ([`ConfigError::Invalid`]).
+    ///
+    /// ```
+    /// use medusa_auth_proxy::config::{ConfigError, Settings};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("proxy.toml");
+    /// std::fs::write(
+    ///     &path,
+    ///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+    ///      [auth]\nflavor = \"v2\"\nemail = \"admin@example.com\"\npassword_env = \"MEDUSA_PASSWORD\"\n",
+    /// )
+    /// .unwrap();
+    /// let s = Settings::load(&path).unwrap();
+    /// assert_eq!(s.upstream.authority, "127.0.0.1:9000");
+    ///
+    /// let missing = Settings::load(&dir.path().join("nope.toml")).unwrap_err();
+    /// assert!(matches!(missing, ConfigError::Read { .. }));
+    /// ```
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -312,6 +404,31 @@ impl Settings {
 
     /// Parse and validate, in one stage: the result is usable as is, or the error names the
     /// key. Secrets are not loaded here (see [`SecretSource::load`], [`Rules::from_settings`]).
+    /// Errors: [`ConfigError::Syntax`] (not TOML, an unknown or mistyped key; the path shown
+    /// is `<config>`) or [`ConfigError::Invalid`] (a value refused).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use medusa_auth_proxy::config::{ConfigError, Settings};
+    ///
+    /// let s = Settings::from_toml(
+    ///     r#"
+    ///     [upstream]
+    ///     url = "https://medusa.internal/shop"
+    ///     request_timeout = "30s"
+    ///     [auth]
+    ///     flavor = "v2"
+    ///     email = "robot@example.com"
+    ///     password_file = "/run/secrets/medusa-password"
+    ///     "#,
+    /// )
+    /// .unwrap();
+    /// assert_eq!(s.upstream.base_path, "/shop");
+    /// assert_eq!(s.upstream.request_timeout, Duration::from_secs(30));
+    ///
+    /// let e = Settings::from_toml("[upstream]\nurl = \"http://127.0.0.1:9000\"\ntimeout = 3\n");
+    /// assert!(matches!(e, Err(ConfigError::Syntax { .. })));
+    /// ```
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: PathBuf::from("<config>"),

@@ -27,8 +27,11 @@ use crate::policy::{Policy, PolicyConfig};
 /// ```
 #[derive(Debug)]
 pub struct Rules {
-    /// Who may call: peer ranges, hosts, origins, client keys.
+    /// Who may call the main listener: peer ranges, hosts, origins, client keys (with
+    /// `[[clients]]`, theirs too, each key tagged with its identity).
     pub access: AccessConfig,
+    /// Who may call a `[[listeners]]` listener: `[access]` alone (its identity is fixed).
+    pub listener_access: AccessConfig,
     /// Which routes may be reached.
     pub policy: Policy,
     /// Largest request body forwarded, in bytes.
@@ -45,7 +48,13 @@ impl Rules {
             }
             None => None,
         };
-        Ok(Rules::with_keys(s, client_keys))
+        let mut clients = Vec::with_capacity(s.clients.len());
+        for (n, c) in s.clients.iter().enumerate() {
+            let keys = ClientKeys::load(&c.keys_file)
+                .map_err(|e| invalid(format!("clients[{n}].keys_file"), e))?;
+            clients.push(keys.owned_by(c.identity));
+        }
+        Ok(Rules::with_keys(s, client_keys, clients))
     }
 
     /// The rules without reading `access.client_keys_file`, for `check --no-secrets` (CI of
@@ -57,12 +66,22 @@ impl Rules {
             .client_keys_file
             .as_ref()
             .map(|_| ClientKeys::unread());
-        Rules::with_keys(s, client_keys)
+        let clients = s.clients.iter().map(|_| ClientKeys::unread()).collect();
+        Rules::with_keys(s, client_keys, clients)
     }
 
-    fn with_keys(s: &Settings, client_keys: Option<ClientKeys>) -> Rules {
+    fn with_keys(s: &Settings, client_keys: Option<ClientKeys>, clients: Vec<ClientKeys>) -> Rules {
+        let listener_access = s.access.rules(client_keys.clone());
+        let main_keys = if s.clients.is_empty() {
+            client_keys
+        } else {
+            // Every request on the main listener needs a key; one of `access.client_keys_file`
+            // alone maps to no identity (refused by the access step, naming [[clients]]).
+            Some(ClientKeys::merge(client_keys.into_iter().chain(clients)))
+        };
         Rules {
-            access: s.access.rules(client_keys),
+            access: s.access.rules(main_keys),
+            listener_access,
             policy: s.policy.routes.clone(),
             max_body: s.policy.max_body,
         }
@@ -83,7 +102,11 @@ impl AccessSettings {
 
 /// Validates `[access]`; `proxy` gives the listen address (the default `allow_hosts` and the
 /// remote exposure check depend on it).
-pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSettings, ConfigError> {
+pub(super) fn access(
+    raw: RawAccess,
+    proxy: &ProxySettings,
+    has_clients: bool,
+) -> Result<AccessSettings, ConfigError> {
     let allow_cidrs = match raw.allow_cidrs {
         None => access::default_allow_cidrs(),
         Some(entries) => entries
@@ -111,11 +134,8 @@ pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSett
         allow_origins,
         allow_unauthenticated_remote: raw.allow_unauthenticated_remote.unwrap_or(false),
     };
-    // Whether keys are configured is what matters here, not what the file holds.
-    let keys = settings
-        .client_keys_file
-        .as_ref()
-        .map(|_| ClientKeys::unread());
+    // With [[clients]], every request on the main listener needs a key.
+    let keys = (has_clients || settings.client_keys_file.is_some()).then(ClientKeys::unread);
     access::remote_exposure_ok(
         proxy.listen,
         &settings.rules(keys),
@@ -123,6 +143,16 @@ pub(super) fn access(raw: RawAccess, proxy: &ProxySettings) -> Result<AccessSett
     )
     .map_err(|e| invalid("proxy.listen", e))?;
     Ok(settings)
+}
+
+impl AccessSettings {
+    /// Whether a `[[listeners]]` address is safe with these rules (only
+    /// `access.client_keys_file` guards such a listener): the remote exposure check of
+    /// `proxy.listen`.
+    pub(super) fn exposure_ok(&self, listen: std::net::SocketAddr) -> Result<(), String> {
+        let keys = self.client_keys_file.as_ref().map(|_| ClientKeys::unread());
+        access::remote_exposure_ok(listen, &self.rules(keys), self.allow_unauthenticated_remote)
+    }
 }
 
 /// Validates `[policy]`: path prefixes canonicalise, lifted rules exist, `max_body` is a size.

@@ -2,6 +2,7 @@
 //! [`super::defaults`]; `[access]` and `[policy]` are validated by [`super::rules`]. Every
 //! error names the key it is about.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,18 +12,56 @@ use http::uri::{Authority, Scheme};
 use super::file::{RawAuth, RawConfig, RawLog, RawOps, RawProxy, RawUpstream};
 use super::{
     AuthSettings, ConfigError, Flavor, LogFormat, LogSettings, OpsSettings, ProxySettings,
-    Settings, UpstreamSettings, defaults, invalid, rules,
+    Settings, TlsFiles, UpstreamSettings, defaults, identities, invalid, rules,
 };
 use crate::secret::SecretSource;
 
 /// Validates a parsed file; secrets and the client keys file are not read here.
 pub(super) fn settings(raw: RawConfig) -> Result<Settings, ConfigError> {
+    let main_identity = raw.proxy.identity.clone();
     let proxy = proxy(raw.proxy)?;
-    let upstream = upstream(raw.upstream)?;
-    let auth = auth(raw.auth)?;
-    let ops = ops(raw.ops, &proxy)?;
-    let access = rules::access(raw.access, &proxy)?;
     let policy = rules::policy(raw.policy)?;
+    let model = identities::model(
+        identities::RawModel {
+            upstream: raw.upstream,
+            auth: raw.auth,
+            upstreams: raw.upstreams,
+            identities: raw.identities,
+            clients: raw.clients,
+            listeners: raw.listeners,
+            main_identity,
+        },
+        &policy,
+    )?;
+    // The first identity's: what the single form always had, and what `check` shows.
+    let first = &model.identities[0];
+    let auth = first.auth.clone();
+    let upstream = model
+        .upstreams
+        .iter()
+        .find(|u| u.name == first.upstream)
+        .map(|u| u.settings.clone())
+        .ok_or_else(|| invalid("identities", "an identity names no upstream"))?;
+    let ops = ops(raw.ops, &proxy)?;
+    let access = rules::access(raw.access, &proxy, !model.clients.is_empty())?;
+    for (n, l) in model.listeners.iter().enumerate() {
+        access
+            .exposure_ok(l.listen)
+            .map_err(|e| invalid(format!("listeners[{n}].listen"), e))?;
+        let taken = [Some(proxy.listen), Some(ops.listen)]
+            .into_iter()
+            .flatten()
+            .chain(model.listeners[..n].iter().map(|o| o.listen));
+        if l.listen.port() != 0 && taken.into_iter().any(|a| a == l.listen) {
+            return Err(invalid(
+                format!("listeners[{n}].listen"),
+                format!(
+                    "{} is already proxy.listen, ops.listen or another listener's",
+                    l.listen
+                ),
+            ));
+        }
+    }
     let log = log(raw.log)?;
     Ok(Settings {
         proxy,
@@ -32,6 +71,11 @@ pub(super) fn settings(raw: RawConfig) -> Result<Settings, ConfigError> {
         access,
         policy,
         log,
+        upstreams: model.upstreams,
+        identities: model.identities,
+        clients: model.clients,
+        listeners: model.listeners,
+        main_identity: model.main,
     })
 }
 
@@ -70,10 +114,47 @@ fn proxy(raw: RawProxy) -> Result<ProxySettings, ConfigError> {
             raw.send_timeout.as_deref(),
             defaults::SEND_TIMEOUT,
         )?,
+        tls: tls_files(
+            ("proxy.tls_cert_file", raw.tls_cert_file),
+            ("proxy.tls_key_file", raw.tls_key_file),
+        )?,
     })
 }
 
-fn upstream(raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
+/// A certificate and its key, both or neither. The files are read when the listener starts
+/// (and by `check`): the key is a secret, and files mounted from a Secret may not exist where
+/// a config is merely validated.
+pub(super) fn tls_files(
+    (cert_key, cert): (impl Into<Cow<'static, str>>, Option<PathBuf>),
+    (key_key, key): (impl Into<Cow<'static, str>>, Option<PathBuf>),
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let (cert_key, key_key): (Cow<'static, str>, Cow<'static, str>) =
+        (cert_key.into(), key_key.into());
+    for (name, path) in [(&cert_key, &cert), (&key_key, &key)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid(name.clone(), "must name a PEM file"));
+        }
+    }
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            cert_file,
+            key_file,
+            cert_setting: cert_key,
+            key_setting: key_key,
+        })),
+        (Some(_), None) => Err(invalid(
+            key_key,
+            format!("is required with {cert_key}: set both (TLS) or neither (plain HTTP)"),
+        )),
+        (None, Some(_)) => Err(invalid(
+            cert_key,
+            format!("is required with {key_key}: set both (TLS) or neither (plain HTTP)"),
+        )),
+    }
+}
+
+pub(super) fn upstream(raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
     let up = raw.ok_or_else(|| invalid("upstream", "the [upstream] table is required"))?;
     let url = up.url.ok_or_else(|| {
         invalid(
@@ -112,7 +193,7 @@ fn upstream(raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
     })
 }
 
-fn auth(raw: Option<RawAuth>) -> Result<AuthSettings, ConfigError> {
+pub(super) fn auth(raw: Option<RawAuth>) -> Result<AuthSettings, ConfigError> {
     let a = raw.ok_or_else(|| invalid("auth", "the [auth] table is required"))?;
     let flavor = match a.flavor.as_deref() {
         None => Flavor::V1,
@@ -150,7 +231,7 @@ fn auth(raw: Option<RawAuth>) -> Result<AuthSettings, ConfigError> {
             a.api_key_env,
             a.api_key_file,
         )?;
-        (None, key, "auth.api_key")
+        (None, key, Cow::Borrowed("auth.api_key"))
     } else {
         for (key, set) in [
             ("auth.api_key_env", a.api_key_env.is_some()),
@@ -178,7 +259,7 @@ fn auth(raw: Option<RawAuth>) -> Result<AuthSettings, ConfigError> {
             a.password_env,
             a.password_file,
         )?;
-        (Some(email), pw, "auth.password")
+        (Some(email), pw, Cow::Borrowed("auth.password"))
     };
     Ok(AuthSettings {
         flavor,
@@ -274,7 +355,11 @@ fn secret_source(
     }
 }
 
-fn addr(key: &'static str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn addr(
+    key: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
     let v = value.unwrap_or(default);
     v.parse().map_err(|_| {
         invalid(
@@ -316,7 +401,7 @@ fn positive(
 }
 
 /// A count that, when given, must be at least 1.
-fn at_least_one<N: Default + PartialEq>(
+pub(super) fn at_least_one<N: Default + PartialEq>(
     key: &'static str,
     value: Option<N>,
 ) -> Result<Option<N>, ConfigError> {
@@ -422,6 +507,37 @@ mod tests {
                     .contains("policy.max_body"),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_errors_name_the_missing_key() {
+        let config = |proxy: &str| {
+            Settings::from_toml(&format!(
+                "[proxy]\n{proxy}\n[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+                 [auth]\nemail = \"a@example.com\"\npassword_env = \"PW\"\n"
+            ))
+        };
+        assert_eq!(config("").unwrap().proxy.tls, None);
+        let tls = config("tls_cert_file = \"/tls/crt\"\ntls_key_file = \"/tls/key\"")
+            .unwrap()
+            .proxy
+            .tls
+            .unwrap();
+        assert_eq!(
+            (tls.cert_file, tls.key_file),
+            (PathBuf::from("/tls/crt"), PathBuf::from("/tls/key"))
+        );
+        for (proxy, key) in [
+            ("tls_cert_file = \"/tls/crt\"", "proxy.tls_key_file"),
+            ("tls_key_file = \"/tls/key\"", "proxy.tls_cert_file"),
+            (
+                "tls_cert_file = \"\"\ntls_key_file = \"/tls/key\"",
+                "proxy.tls_cert_file",
+            ),
+        ] {
+            let e = config(proxy).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("config key `{key}`: ")), "{e}");
         }
     }
 

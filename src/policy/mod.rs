@@ -153,6 +153,12 @@ pub enum PolicyError {
         /// The name as written.
         name: String,
     },
+    /// A narrowing policy's `allow_paths` entry reaches outside the policy it narrows
+    /// ([`Policy::narrow`]).
+    Widens {
+        /// The entry as written.
+        entry: String,
+    },
 }
 
 impl PolicyError {
@@ -161,6 +167,7 @@ impl PolicyError {
         match self {
             PolicyError::BadPathEntry { key, .. } => key,
             PolicyError::UnknownBuiltin { .. } => LIFT_KEY,
+            PolicyError::Widens { .. } => "policy.allow_paths",
         }
     }
 
@@ -174,6 +181,10 @@ impl PolicyError {
                 let known: Vec<&str> = BUILTIN_RULES.iter().map(|r| r.name).collect();
                 format!("unknown rule {name:?}; known: {}", known.join(", "))
             }
+            PolicyError::Widens { entry } => format!(
+                "{entry:?} is not within the global [policy] allow_paths: an identity's policy \
+                 can only narrow the global one"
+            ),
         }
     }
 }
@@ -326,6 +337,71 @@ impl Policy {
             }
         }
         out
+    }
+}
+
+/// What a narrowing policy (an identity's `policy` table) may say: it can only take away.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Narrowing {
+    /// Path prefixes this caller may reach, each within the narrowed policy's `allow_paths`;
+    /// `None`: the narrowed policy's.
+    pub allow_paths: Option<Vec<String>>,
+    /// More path prefixes never forwarded.
+    pub deny_paths: Vec<String>,
+    /// Only GET, HEAD and OPTIONS (adds to the narrowed policy's `read_only`).
+    pub read_only: bool,
+}
+
+impl Policy {
+    /// A policy checked *in addition to* `self` that only takes away: its `allow_paths` must
+    /// each lie within one of `self`'s (whole segments), its `deny_paths` and `read_only` add
+    /// up, and the built-in rules are `self`'s (lifting is the global policy's business).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use medusa_auth_proxy::policy::{Decision, Narrowing, Policy, PolicyConfig};
+    ///
+    /// let global = Policy::new(PolicyConfig::default()).unwrap();
+    /// let reporting = global
+    ///     .narrow(Narrowing {
+    ///         allow_paths: Some(vec!["/admin/orders".into()]),
+    ///         read_only: true,
+    ///         ..Narrowing::default()
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(reporting.check(&Method::GET, "/admin/orders/o_1", None), Decision::Allow);
+    /// assert!(reporting.check(&Method::GET, "/admin/products", None) != Decision::Allow);
+    /// // Wider than the global allow_paths (`/admin/`): refused.
+    /// assert!(global.narrow(Narrowing {
+    ///     allow_paths: Some(vec!["/store".into()]),
+    ///     ..Narrowing::default()
+    /// }).is_err());
+    /// ```
+    pub fn narrow(&self, n: Narrowing) -> Result<Policy, PolicyError> {
+        let allow = match &n.allow_paths {
+            None => self.allow.clone(),
+            Some(entries) => {
+                let allow = canonical_prefixes("policy.allow_paths", entries)?;
+                for (entry, canonical) in entries.iter().zip(&allow) {
+                    if !self.allow.iter().any(|g| prefix_matches(g, canonical)) {
+                        return Err(PolicyError::Widens {
+                            entry: entry.clone(),
+                        });
+                    }
+                }
+                allow
+            }
+        };
+        let mut deny = self.deny.clone();
+        deny.extend(canonical_prefixes("policy.deny_paths", &n.deny_paths)?);
+        Ok(Policy {
+            allow,
+            deny,
+            read_only: self.read_only || n.read_only,
+            active: self.active.clone(),
+            content: self.content.clone(),
+            lifted: self.lifted.clone(),
+        })
     }
 }
 

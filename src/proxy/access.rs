@@ -13,10 +13,11 @@ use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use super::future::{Finish, LayerFuture};
-use super::record::Noted;
+use super::future::{LayerFuture, Pass};
+use super::record::Notes;
 use crate::access::{self, AccessConfig, Denied};
 use crate::error::ProxyError;
+use crate::identity::Resolve;
 use crate::server::PeerAddr;
 
 /// `[access]` as currently loaded, shared by the layer, the accept loop and the reloader.
@@ -28,25 +29,52 @@ pub fn peer_allowed(rules: &AccessRules, ip: IpAddr) -> bool {
     rules.load().allow_cidrs.iter().any(|c| c.contains(ip))
 }
 
-/// The `access` layer.
+/// The `access` layer: checks the peer, `Host`, `Origin` and client key of each request
+/// against the `[access]` rules it holds (swapped in place on reload) before the inner
+/// service sees it.
 #[derive(Clone)]
-pub struct AccessLayer(pub AccessRules);
+pub struct AccessLayer {
+    /// The rules, swapped on reload.
+    pub rules: AccessRules,
+    /// How the identity of an admitted request is chosen (set as a request
+    /// extension, [`crate::identity::Identity`]); `None`: no identity is set (unit tests of the steps below).
+    pub resolve: Option<Resolve>,
+}
+
+impl AccessLayer {
+    /// The step with `rules` and no identity.
+    pub fn new(rules: AccessRules) -> AccessLayer {
+        AccessLayer {
+            rules,
+            resolve: None,
+        }
+    }
+
+    /// Choose each admitted request's identity this way.
+    pub fn resolving(mut self, resolve: Resolve) -> AccessLayer {
+        self.resolve = Some(resolve);
+        self
+    }
+}
 
 impl<S> Layer<S> for AccessLayer {
     type Service = Access<S>;
     fn layer(&self, inner: S) -> Access<S> {
         Access {
             inner,
-            rules: self.0.clone(),
+            rules: self.rules.clone(),
+            resolve: self.resolve.clone(),
         }
     }
 }
 
-/// The `access` service.
+/// The `access` service: passes an admitted request on (the client key's fingerprint noted
+/// for the access log) and answers a refused one itself, 403 or 407.
 #[derive(Clone)]
 pub struct Access<S> {
     inner: S,
     rules: AccessRules,
+    resolve: Option<Resolve>,
 }
 
 impl<S, B, RB> Service<Request<B>> for Access<S>
@@ -55,13 +83,13 @@ where
 {
     type Response = Response<RB>;
     type Error = ProxyError;
-    type Future = LayerFuture<S::Future, Fingerprint, Response<RB>>;
+    type Future = LayerFuture<S::Future, Pass, Response<RB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let peer = req
             .extensions()
             .get::<PeerAddr>()
@@ -69,7 +97,34 @@ where
         let rules = self.rules.load();
         match access::check(&rules, peer, req.headers(), req.uri()) {
             Ok(caller) => {
-                LayerFuture::called(self.inner.call(req), Fingerprint(caller.key_fingerprint))
+                // What the access line needs, noted now: also when a later step fails.
+                let notes = req.extensions().get::<Notes>().cloned();
+                if let (Some(fp), Some(notes)) = (&caller.key_fingerprint, &notes) {
+                    notes.note(|n| n.key_fingerprint = Some(fp.clone()));
+                }
+                if let Some(resolve) = &self.resolve {
+                    match resolve.pick(caller.key_owners) {
+                        Ok(id) => {
+                            if let Some(notes) = &notes {
+                                notes.note(|n| n.identity = Some(id.shared_name()));
+                            }
+                            req.extensions_mut().insert(id.clone());
+                        }
+                        Err(u) => {
+                            tracing::info!(
+                                peer = %peer,
+                                reason = u.code(),
+                                client_key = caller.key_fingerprint.as_deref().unwrap_or(""),
+                                "request denied"
+                            );
+                            return LayerFuture::refuse(ProxyError::Forbidden {
+                                code: u.code(),
+                                message: u.message().to_owned(),
+                            });
+                        }
+                    }
+                }
+                LayerFuture::called(self.inner.call(req), Pass)
             }
             Err(d) => LayerFuture::refuse(refusal(d, &req, peer)),
         }
@@ -105,22 +160,6 @@ fn refusal<B>(d: Denied, req: &Request<B>, peer: IpAddr) -> ProxyError {
                 None => d.message().to_owned(),
             },
         },
-    }
-}
-
-/// Finishes `access`: the key's fingerprint for the access log.
-pub struct Fingerprint(Option<String>);
-
-impl<RB> Finish<Result<Response<RB>, ProxyError>> for Fingerprint {
-    type Output = Response<RB>;
-    fn finish(self, answer: Result<Response<RB>, ProxyError>) -> Result<Response<RB>, ProxyError> {
-        let mut resp = answer?;
-        if let Some(fp) = self.0 {
-            resp.extensions_mut()
-                .get_or_insert_default::<Noted>()
-                .key_fingerprint = Some(fp);
-        }
-        Ok(resp)
     }
 }
 
@@ -179,7 +218,7 @@ mod tests {
         crate::proxy::testing::Probe<()>,
     ) {
         let (inner, probe) = stand_in(|_| Ok(Response::new(())));
-        (AccessLayer(rules.clone()).layer(inner), probe)
+        (AccessLayer::new(rules.clone()).layer(inner), probe)
     }
 
     fn forbidden(err: &ProxyError) -> (&'static str, &str) {
@@ -314,17 +353,13 @@ mod tests {
     async fn an_admitted_caller_reaches_inner_and_its_key_is_noted() {
         let rules = shared(rules(true));
         let (svc, probe) = access(&rules);
-        let resp = svc
-            .oneshot(request(&[(
-                "proxy-authorization",
-                "Bearer key-a-0123456789abcdef",
-            )]))
-            .await
-            .unwrap();
+        let mut req = request(&[("proxy-authorization", "Bearer key-a-0123456789abcdef")]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        svc.oneshot(req).await.unwrap();
         assert_eq!(probe.calls(), 1);
         let want = ClientKeys::parse(KEY).unwrap().fingerprints();
-        let noted = resp.extensions().get::<Noted>().expect("Noted set");
-        assert_eq!(noted.key_fingerprint.as_ref(), Some(&want[0]));
+        assert_eq!(notes.get().key_fingerprint.as_ref(), Some(&want[0]));
         // The request itself went on as it came (hygiene strips the key, not access).
         assert_eq!(probe.last().uri(), "/admin/products");
     }
@@ -333,16 +368,69 @@ mod tests {
     async fn without_keys_nothing_is_noted() {
         let rules = shared(rules(false));
         let (svc, probe) = access(&rules);
-        let resp = svc.oneshot(request(&[])).await.unwrap();
+        let mut req = request(&[]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        svc.oneshot(req).await.unwrap();
         assert_eq!(probe.calls(), 1);
-        assert!(resp.extensions().get::<Noted>().is_none());
+        assert!(notes.get().key_fingerprint.is_none());
+    }
+
+    fn identity(index: usize, name: &str) -> crate::identity::Identity {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "password").unwrap();
+        let tokens =
+            crate::auth::TokenManager::builder("http://127.0.0.1:9", crate::config::Flavor::V1)
+                .email("a@b.c")
+                .secret(crate::secret::SecretSource::File(pw))
+                .build()
+                .unwrap();
+        crate::identity::Identity::new(index, name, tokens, None)
+    }
+
+    #[tokio::test]
+    async fn the_key_picks_the_identity_which_is_set_and_noted() {
+        const OTHER: &str = "key-b-0123456789abcdef";
+        let mut cfg = rules(false);
+        cfg.client_keys = Some(ClientKeys::merge([
+            ClientKeys::parse(KEY).unwrap().owned_by(1),
+            ClientKeys::parse(OTHER).unwrap(),
+        ]));
+        let all: Arc<[_]> = vec![identity(0, "catalog"), identity(1, "reporting")].into();
+        let (inner, probe) = stand_in(|_| Ok(Response::new(())));
+        let mut svc = AccessLayer::new(shared(cfg))
+            .resolving(Resolve::ByClientKey(all))
+            .layer(inner);
+        let mut req = request(&[("proxy-authorization", "Bearer key-a-0123456789abcdef")]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        (&mut svc).oneshot(req).await.unwrap();
+        let seen = probe.last();
+        let id = seen.extensions().get::<crate::identity::Identity>();
+        assert_eq!(id.map(|i| i.name()), Some("reporting"));
+        assert_eq!(notes.get().identity.as_deref(), Some("reporting"));
+        // A valid key of no [[clients]] entry: 403 naming the rule, never the key; the key's
+        // fingerprint is still noted for the access line.
+        let mut req = request(&[("proxy-authorization", "Bearer key-b-0123456789abcdef")]);
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        let err = (&mut svc).oneshot(req).await.unwrap_err();
+        let (code, message) = forbidden(&err);
+        assert_eq!(code, "no_identity");
+        assert!(
+            message.contains("[[clients]]") && !message.contains("key-b"),
+            "{message}"
+        );
+        assert!(notes.get().key_fingerprint.is_some() && notes.get().identity.is_none());
+        assert_eq!(probe.calls(), 1);
     }
 
     #[tokio::test]
     async fn the_inner_error_is_passed_on() {
         let rules = shared(rules(false));
         let (inner, probe) = stand_in::<(), ()>(|_| Err(ProxyError::Overloaded(4)));
-        let err = AccessLayer(rules)
+        let err = AccessLayer::new(rules)
             .layer(inner)
             .oneshot(request(&[]))
             .await

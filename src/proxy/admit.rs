@@ -47,7 +47,9 @@ impl<S> Layer<S> for AdmitLayer {
     }
 }
 
-/// The `admit` service.
+/// The `admit` service: takes a slot for each request, or answers 503 at once when all are
+/// taken; the slot travels with the response body (or the upgraded tunnel) and is given back
+/// when that ends, or when the inner service fails.
 #[derive(Clone)]
 pub struct Admit<S> {
     inner: S,

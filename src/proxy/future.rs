@@ -37,13 +37,18 @@ pub type BoxFuture<O> = Pin<Box<dyn Future<Output = Result<O, ProxyError>> + Sen
 pin_project_lite::pin_project! {
     /// The future of every proxy layer: refused at once, the next service's call being
     /// finished by `M`, or a boxed slow path.
+    // pin-project-lite takes no doc comments on fields: the variants describe theirs.
+    #[allow(missing_docs)]
     #[project = Proj]
     pub enum LayerFuture<F, M, O> {
-        /// Refused without calling the next service.
+        /// Refused without calling the next service: `error` is the answer (taken on the
+        /// first poll).
         Refused { error: Option<ProxyError> },
-        /// The next service's future; `finish` is taken when it completes.
+        /// The next service's future `inner`; `finish` turns its output into this layer's
+        /// answer and is taken when it completes.
         Called { #[pin] inner: F, finish: Option<M> },
-        /// A slow path (waiting for a body or a login) that calls the next service itself.
+        /// A slow path (waiting for a body or a login) that calls the next service itself:
+        /// `fut` gives the answer.
         Boxed { fut: BoxFuture<O> },
     }
 }

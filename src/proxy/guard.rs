@@ -1,7 +1,8 @@
 //! `guard`: requests that must not be forwarded at all, as the connection reader flagged
 //! them (`crate::sniff`, `crate::server`): Content-Length together with Transfer-Encoding
 //! (a smuggling probe; RFC 9112 §6.1 lets a server reject it, and hyper closes the
-//! connection after the answer) and a request head larger than `proxy.max_header_bytes`.
+//! connection after the answer) and a request head larger than the server's
+//! `Limits::max_head_bytes` (64 KiB).
 
 use std::task::{Context, Poll};
 
@@ -13,7 +14,8 @@ use crate::error::ProxyError;
 use crate::server::HeadTooLarge;
 use crate::sniff::ConflictingFraming;
 
-/// The `guard` layer.
+/// The `guard` layer: refuses what the connection reader flagged (see the module
+/// documentation). Holds no state.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GuardLayer;
 
@@ -24,7 +26,8 @@ impl<S> Layer<S> for GuardLayer {
     }
 }
 
-/// The `guard` service.
+/// The `guard` service: answers 400 to a request with both `Content-Length` and
+/// `Transfer-Encoding` and 431 to an oversized head, and passes anything else on untouched.
 #[derive(Debug, Clone)]
 pub struct Guard<S> {
     inner: S,

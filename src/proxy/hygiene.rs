@@ -22,7 +22,8 @@ use crate::server::PeerAddr;
 #[derive(Debug, Clone)]
 pub struct UpgradeRequested(pub HeaderValue);
 
-/// The `hygiene` layer.
+/// The `hygiene` layer: cleans request headers on the way to Medusa and response headers on
+/// the way back (see the module documentation). Holds no state.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HygieneLayer;
 
@@ -33,7 +34,8 @@ impl<S> Layer<S> for HygieneLayer {
     }
 }
 
-/// The `hygiene` service.
+/// The `hygiene` service: [`clean_request`] before the inner service, Medusa's response
+/// headers cleaned after it. Never refuses.
 #[derive(Debug, Clone)]
 pub struct Hygiene<S> {
     inner: S,

@@ -24,7 +24,42 @@ use crate::auth::{Token, TokenError, TokenManager};
 pub use crate::upstream::Replayable;
 
 /// Where [`Credential`] gets its tokens: [`TokenManager`] in the product; a stand-in in
-/// tests.
+/// tests. Implement it to put something between the layer and the manager, e.g. to count
+/// confirmed rejections:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use medusa_auth_proxy::auth::{Token, TokenError, TokenManager};
+/// use medusa_auth_proxy::proxy::inject::{CredentialLayer, Tokens};
+///
+/// #[derive(Clone)]
+/// struct Counted {
+///     tokens: TokenManager,
+///     rejected: Arc<AtomicU64>,
+/// }
+///
+/// impl Tokens for Counted {
+///     fn cached(&self) -> Option<Arc<Token>> {
+///         self.tokens.cached()
+///     }
+///     async fn token(&self) -> Result<Arc<Token>, TokenError> {
+///         self.tokens.token().await
+///     }
+///     async fn confirm_rejected(&self, token: &Arc<Token>) -> bool {
+///         let rejected = self.tokens.confirm_rejected(token).await;
+///         if rejected {
+///             self.rejected.fetch_add(1, Ordering::Relaxed);
+///         }
+///         rejected
+///     }
+/// }
+///
+/// # fn demo(tokens: TokenManager) {
+/// let layer = CredentialLayer::new(Counted { tokens, rejected: Arc::default() });
+/// # let _ = layer;
+/// # }
+/// ```
 pub trait Tokens: Clone + Send + Sync + 'static {
     /// A usable token if one is cached, without waiting (the hot path).
     fn cached(&self) -> Option<Arc<Token>>;
@@ -49,10 +84,36 @@ impl Tokens for TokenManager {
 
 /// The request was sent a second time, with a new token, after Medusa rejected the first
 /// (a response extension).
+///
+/// ```
+/// use medusa_auth_proxy::proxy::inject::Replayed;
+///
+/// fn was_replayed<B>(resp: &http::Response<B>) -> bool {
+///     resp.extensions().get::<Replayed>().is_some()
+/// }
+/// assert!(!was_replayed(&http::Response::new(())));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replayed;
 
-/// Why a request through [`Credential`] failed.
+/// Why a request through [`Credential`] failed. A 401 from Medusa is not an error: the
+/// caller gets Medusa's response whenever there is one.
+///
+/// ```
+/// use hyper_util::client::legacy::Error as ClientError;
+/// use medusa_auth_proxy::proxy::inject::CredentialError;
+///
+/// /// What a program tells its user about one call through the layer.
+/// fn report<B>(answer: Result<http::Response<B>, CredentialError<ClientError>>) -> String {
+///     match answer {
+///         Ok(resp) => format!("Medusa answered {}", resp.status()),
+///         Err(CredentialError::Token(e)) => format!("no token, retry in {:?}: {e}", e.retry_after()),
+///         Err(CredentialError::Rejected) => "the token was rejected; no new one yet".into(),
+///         Err(CredentialError::Inner(e)) => format!("the HTTP client failed: {e}"),
+///     }
+/// }
+/// assert_eq!(report::<()>(Err(CredentialError::Rejected)), "the token was rejected; no new one yet");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError<E> {
     /// No token could be had (login failing, Medusa down): retry after
@@ -62,7 +123,7 @@ pub enum CredentialError<E> {
     /// Medusa rejected the token and the login that followed brought no new one.
     #[error("Medusa rejected the token and no new one is available")]
     Rejected,
-    /// The inner service failed.
+    /// The inner service (the HTTP client) failed: no response from Medusa.
     #[error(transparent)]
     Inner(E),
 }
@@ -112,7 +173,28 @@ impl<S, T: Clone> Layer<S> for CredentialLayer<T> {
     }
 }
 
-/// The service of [`CredentialLayer`].
+/// The service of [`CredentialLayer`]: sends each request to `S` with the token of `T` in
+/// its credential header, and handles a 401 as the module documentation says. Its error is
+/// [`CredentialError`] of `S`'s; a request body must be [`Replayable`] (`None` is fine: such
+/// a request is never sent twice).
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::{Client, connect::HttpConnector};
+/// use hyper_util::rt::TokioExecutor;
+/// use medusa_auth_proxy::auth::TokenManager;
+/// use medusa_auth_proxy::proxy::inject::{Credential, CredentialLayer};
+/// use tower::Layer;
+///
+/// /// A client for Medusa with the credential managed, as a named type.
+/// type Medusa = Credential<Client<HttpConnector, Full<Bytes>>>;
+///
+/// fn medusa(tokens: TokenManager) -> Medusa {
+///     let client = Client::builder(TokioExecutor::new()).build_http();
+///     CredentialLayer::new(tokens).layer(client)
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Credential<S, T = TokenManager> {
     inner: S,
@@ -206,12 +288,17 @@ fn authorize<B>(req: &mut Request<B>, token: &Token) {
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Credential`].
+    /// The future of [`Credential`]: a plain state machine around the inner service's
+    /// future while the token was cached and no 401 came back; boxed otherwise.
+    // pin-project-lite takes no doc comments on fields: the variants describe theirs.
+    #[allow(missing_docs)]
     #[project = Proj]
     pub enum CredentialFuture<F, S, T, B, RB> where S: Service<Request<B>> {
-        /// Sent with a cached token.
+        /// Sent with a cached token: `fut` is the inner service's future, `ctx` what a 401
+        /// needs to check the token and replay (taken when `fut` completes).
         Sending { #[pin] fut: F, ctx: Option<Ctx<S, T, B>> },
-        /// Waiting for a login, or handling a 401.
+        /// Waiting for a login before sending, or handling a 401 (check, then replay): `fut`
+        /// gives the final answer.
         Slow { fut: BoxFuture<RB, S::Error> },
     }
 }
@@ -325,7 +412,7 @@ mod tests {
             Fake {
                 tokens: Arc::new(Mutex::new(
                     (1..=n)
-                        .map(|i| Token::for_tests(i, &format!("key-{i}")))
+                        .map(|i| Token::for_tests(i, &format!("key-{i}"), Some("user_01")))
                         .collect(),
                 )),
                 cache: true,

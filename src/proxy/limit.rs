@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::future::{Finish, LayerFuture};
 use super::inject::Replayable;
-use super::record::Noted;
+use super::record::Notes;
 use super::replay::{self, Plan};
 use crate::error::ProxyError;
 use crate::policy::BodyRules;
@@ -41,7 +41,8 @@ impl<B> ClientBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Se
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The `limit` layer. `max_body` is shared with the reloader.
+/// The `limit` layer: enforces `policy.max_body` on request bodies and buffers the ones that
+/// are small or must be inspected. `max_body` is shared with the reloader.
 #[derive(Clone)]
 pub struct LimitLayer {
     /// `policy.max_body`, swapped on reload.
@@ -61,7 +62,9 @@ impl<S> Layer<S> for LimitLayer {
     }
 }
 
-/// The `limit` service.
+/// The `limit` service: 413 for a body over the limit (declared, or reached while
+/// streaming), 408 for a buffered body that does not arrive in time; the inner service gets
+/// a [`ProxyBody`], whole or streamed.
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,
@@ -97,6 +100,7 @@ where
             .get::<BodyRules>()
             .copied()
             .unwrap_or_default();
+        let notes = req.extensions().get::<Notes>().cloned();
         let (parts, body) = req.into_parts();
         match replay::plan(&parts.headers, body.is_end_stream(), rules) {
             Err(e) => LayerFuture::refuse(e),
@@ -106,10 +110,12 @@ where
             }
             Ok(Plan::Stream) => {
                 let stats = Arc::new(BodyStats::default());
+                if let Some(notes) = notes {
+                    notes.note(|n| n.streamed_in = Some(stats.clone()));
+                }
                 let body = LimitedBody::new(body, max_body, stats.clone());
                 let req = Request::from_parts(parts, Either::Right(body));
                 let counted = Counted {
-                    bytes_in: 0,
                     stats: Some(stats),
                     max_body,
                 };
@@ -123,8 +129,10 @@ where
                 LayerFuture::boxed(async move {
                     let bytes =
                         replay::buffer(&parts.headers, body, timeout, rules, max_body).await?;
+                    if let Some(notes) = notes {
+                        notes.note(|n| n.bytes_in = bytes.len() as u64);
+                    }
                     let counted = Counted {
-                        bytes_in: bytes.len() as u64,
                         stats: None,
                         max_body,
                     };
@@ -136,11 +144,10 @@ where
     }
 }
 
-/// Finishes `limit`: tells the record how many bytes came in, and turns a send that failed
-/// because the streamed body broke off at the cap into the client's 413.
+/// Finishes `limit`: turns a send that failed because the streamed body broke off at the cap
+/// into the client's 413.
 #[derive(Default)]
 pub struct Counted {
-    bytes_in: u64,
     stats: Option<Arc<BodyStats>>,
     max_body: u64,
 }
@@ -155,15 +162,7 @@ impl<RB> Finish<Result<Response<RB>, ProxyError>> for Counted {
         match answer {
             // The body broke off at the cap; Medusa saw an incomplete message.
             Err(_) if exceeded => Err(ProxyError::PayloadTooLarge(self.max_body)),
-            Err(e) => Err(e),
-            Ok(mut resp) => {
-                if self.bytes_in > 0 || self.stats.is_some() {
-                    let noted = resp.extensions_mut().get_or_insert_default::<Noted>();
-                    noted.bytes_in = self.bytes_in;
-                    noted.streamed_in = self.stats;
-                }
-                Ok(resp)
-            }
+            other => other,
         }
     }
 }
@@ -325,36 +324,35 @@ mod tests {
     async fn a_small_declared_body_is_buffered_replayable_and_counted() {
         let seen = Seen::default();
         let svc = layer(1 << 20).layer(medusa::<Full<Bytes>>(seen.clone()));
-        let req = Request::post("/admin/products")
+        let mut req = Request::post("/admin/products")
             .header("content-length", "5")
             .body(Full::new(Bytes::from_static(b"hello")))
             .unwrap();
-        let resp = svc.oneshot(req).await.unwrap();
+        let notes = Notes::default();
+        req.extensions_mut().insert(notes.clone());
+        svc.oneshot(req).await.unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
             [(true, Bytes::from_static(b"hello"))]
         );
-        assert_eq!(resp.extensions().get::<Noted>().unwrap().bytes_in, 5);
+        assert_eq!(notes.get().bytes_in, 5);
     }
 
     #[tokio::test]
     async fn a_chunked_body_streams_and_breaks_off_at_the_cap_as_a_413() {
         let seen = Seen::default();
         let svc = layer(8).layer(medusa(seen.clone()));
-        let ok = Request::post("/admin/products")
+        let mut ok = Request::post("/admin/products")
             .body(chunked(&[b"abcd", b"efgh"]))
             .unwrap();
-        let resp = svc.clone().oneshot(ok).await.unwrap();
+        let notes = Notes::default();
+        ok.extensions_mut().insert(notes.clone());
+        svc.clone().oneshot(ok).await.unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
             [(false, Bytes::from_static(b"abcdefgh"))]
         );
-        let stats = resp
-            .extensions()
-            .get::<Noted>()
-            .unwrap()
-            .streamed_in
-            .clone();
+        let stats = notes.get().streamed_in;
         assert_eq!(stats.unwrap().bytes.load(Ordering::Relaxed), 8);
         let over = Request::post("/admin/products")
             .body(chunked(&[b"abcd", b"efgh", b"i"]))

@@ -19,13 +19,16 @@ use tower::{Layer, Service, ServiceExt};
 use super::future::{Finish, LayerFuture};
 use crate::auth::TokenManager;
 use crate::error::ProxyError;
+use crate::identity::Identity;
 use crate::policy::{BodyRules, Decision, Policy};
 use crate::scrub::{Scrub, ScrubBody};
 
 /// `[policy]` as currently loaded, shared by the layer and the reloader.
 pub type PolicyRules = Arc<ArcSwap<Policy>>;
 
-/// The `policy` layer.
+/// The `policy` layer: checks each request's method and route against the `[policy]` rules it
+/// holds (swapped on reload), and has Medusa's answer scrubbed of the route's credential
+/// fields.
 #[derive(Clone)]
 pub struct PolicyLayer {
     /// The rules, swapped on reload.
@@ -45,7 +48,9 @@ impl<S> Layer<S> for PolicyLayer {
     }
 }
 
-/// The `policy` service.
+/// The `policy` service: 403 `route_denied` for a refused route, 400 for a path it cannot
+/// read unambiguously; otherwise the request goes on with its [`BodyRules`] attached, and
+/// the response body comes back as a [`ScrubBody`].
 #[derive(Clone)]
 pub struct PolicyCheck<S> {
     inner: S,
@@ -75,8 +80,13 @@ where
             req.extensions_mut().insert(body_rules);
         }
         let scrubbed = Scrubbed(body_rules.scrub);
-        match self.tokens.user_id_hint() {
-            Some(own) => match decide(&rules, req.method(), req.uri().path(), Some(&own)) {
+        // The identity's token manager knows *its* user (the own-user rule), and its policy
+        // narrows the global one.
+        let identity = req.extensions().get::<Identity>();
+        let narrowed = identity.and_then(|id| id.policy().cloned());
+        let tokens = identity.map_or(&self.tokens, |id| id.tokens());
+        match tokens.user_id_hint() {
+            Some(own) => match decide(&rules, narrowed.as_ref(), &req, Some(&own)) {
                 Ok(()) => LayerFuture::called(self.inner.call(req), scrubbed),
                 Err(e) => LayerFuture::refuse(e),
             },
@@ -85,15 +95,10 @@ where
                 // Fail fast when no token can be had.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let tokens = self.tokens.clone();
+                let tokens = tokens.clone();
                 LayerFuture::boxed(async move {
                     let token = tokens.token().await?;
-                    decide(
-                        &rules,
-                        req.method(),
-                        req.uri().path(),
-                        token.user_id.as_deref(),
-                    )?;
+                    decide(&rules, narrowed.as_ref(), &req, token.user_id.as_deref())?;
                     scrubbed.finish(inner.oneshot(req).await)
                 })
             }
@@ -101,7 +106,21 @@ where
     }
 }
 
-fn decide(
+/// The global policy, then the identity's (which only narrows it).
+fn decide<B>(
+    global: &Policy,
+    identity: Option<&Policy>,
+    req: &Request<B>,
+    own: Option<&str>,
+) -> Result<(), ProxyError> {
+    check(global, req.method(), req.uri().path(), own)?;
+    match identity {
+        Some(p) => check(p, req.method(), req.uri().path(), own),
+        None => Ok(()),
+    }
+}
+
+fn check(
     policy: &Policy,
     method: &Method,
     path: &str,

@@ -1,6 +1,8 @@
 //! `record`: the outermost step. Counts every request in the metrics and writes its access
 //! log line when its response body ends (or when the client goes away first: 499, as nginx
-//! logs it). Inner steps leave what only they know as response extensions ([`Noted`]).
+//! logs it). While the access log is on, inner steps write what only they know (the client
+//! key's fingerprint, the identity, bytes in) into a [`Notes`] request extension, so that a request which
+//! fails further down still gets a complete line; with the log off, nothing is allocated.
 //!
 //! Not `tower_http::trace::TraceLayer`: the access line has its own stable format (text or
 //! JSON, redacted query, key fingerprint, replayed flag) written through a buffered sink, and
@@ -28,11 +30,32 @@ use crate::metrics::Metrics;
 use crate::server::PeerAddr;
 use crate::upstream::Resent;
 
-/// What inner steps tell the record, as response extensions.
+/// Where inner steps note what the access line needs: a request extension, present only while
+/// the access log is on (one allocation per request then, none otherwise).
+#[derive(Debug, Clone, Default)]
+pub struct Notes(Arc<std::sync::Mutex<Noted>>);
+
+impl Notes {
+    /// Note something about the request.
+    pub fn note(&self, f: impl FnOnce(&mut Noted)) {
+        if let Ok(mut n) = self.0.lock() {
+            f(&mut n);
+        }
+    }
+
+    /// What was noted so far.
+    pub fn get(&self) -> Noted {
+        self.0.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+/// What inner steps tell the record (see [`Notes`]).
 #[derive(Debug, Clone, Default)]
 pub struct Noted {
     /// Fingerprint of the client key used (`access`).
     pub key_fingerprint: Option<String>,
+    /// Name of the identity the request was served as (`access`).
+    pub identity: Option<Arc<str>>,
     /// Bytes of a buffered request body (`limit`).
     pub bytes_in: u64,
     /// Counter of a streamed request body (`limit`).
@@ -62,7 +85,8 @@ impl Recorder {
     }
 }
 
-/// The `record` layer.
+/// The `record` layer, the outermost step: counts every request and writes its access log
+/// line through the [`Recorder`] it holds.
 #[derive(Clone)]
 pub struct RecordLayer(pub Arc<Recorder>);
 
@@ -76,7 +100,8 @@ impl<S> Layer<S> for RecordLayer {
     }
 }
 
-/// The `record` service.
+/// The `record` service: counts the request in flight from its head, and records it (metrics,
+/// access line) when its response body ends or is dropped ([`Tracked`]).
 #[derive(Clone)]
 pub struct Record<S> {
     inner: S,
@@ -95,8 +120,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let log = self.rec.access_on.load(Ordering::Relaxed);
+        let notes = log.then(|| {
+            let notes = Notes::default();
+            req.extensions_mut().insert(notes.clone());
+            notes
+        });
         let record = RequestRecord {
             start: Instant::now(),
             method: req.method().clone(),
@@ -106,9 +136,8 @@ where
                 .get::<PeerAddr>()
                 .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |p| p.0),
             status: 0,
-            noted: Noted::default(),
+            notes,
             replayed: false,
-            log,
         };
         self.rec.metrics.in_flight().inc();
         RecordFuture {
@@ -122,7 +151,9 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Record`].
+    /// The future of [`Record`]: the inner future, and the request's record, which goes
+    /// into the response body ([`Tracked`]), or is finished at once as a 499 if the future is
+    /// dropped (the client went away before the response head).
     pub struct RecordFuture<F> {
         #[pin]
         inner: F,
@@ -138,14 +169,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(mut resp) = ready!(this.inner.poll(cx));
+        let Ok(resp) = ready!(this.inner.poll(cx));
         let pending = this.pending.take();
         let record = pending.and_then(|mut p| {
             let mut r = p.record.take()?;
             r.status = resp.status().as_u16();
-            if let Some(noted) = resp.extensions_mut().remove::<Noted>() {
-                r.noted = noted;
-            }
             r.replayed = resp.extensions().get::<Replayed>().is_some();
             if r.replayed {
                 p.rec.metrics.replay(r.status);
@@ -187,9 +215,9 @@ pub struct RequestRecord {
     path: Option<String>,
     peer: SocketAddr,
     status: u16,
-    noted: Noted,
+    /// Present while the access log is on.
+    notes: Option<Notes>,
     replayed: bool,
-    log: bool,
 }
 
 fn finish(rec: &Recorder, r: RequestRecord, bytes_out: u64) {
@@ -197,9 +225,10 @@ fn finish(rec: &Recorder, r: RequestRecord, bytes_out: u64) {
     rec.metrics
         .request(&r.method, r.status, elapsed.as_secs_f64());
     rec.metrics.in_flight().dec();
-    if r.log {
-        let bytes_in = r.noted.bytes_in
-            + r.noted
+    if let Some(notes) = &r.notes {
+        let noted = notes.get();
+        let bytes_in = noted.bytes_in
+            + noted
                 .streamed_in
                 .as_ref()
                 .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
@@ -211,7 +240,8 @@ fn finish(rec: &Recorder, r: RequestRecord, bytes_out: u64) {
             bytes_in,
             bytes_out,
             client: r.peer,
-            client_key: r.noted.key_fingerprint.as_deref(),
+            client_key: noted.key_fingerprint.as_deref(),
+            identity: noted.identity.as_deref(),
             replayed: r.replayed,
         });
     }
@@ -315,13 +345,14 @@ mod tests {
     #[tokio::test]
     async fn a_request_is_recorded_when_its_body_ends_with_what_the_steps_noted() {
         let (rec, lines, log) = recorder();
-        let svc = RecordLayer(rec.clone()).layer(service_fn(|_: Request<()>| async {
-            let mut resp = Response::new(Full::new(Bytes::from_static(b"12345")));
-            resp.extensions_mut().insert(Noted {
-                key_fingerprint: Some("abcd1234".into()),
-                bytes_in: 7,
-                streamed_in: None,
+        let svc = RecordLayer(rec.clone()).layer(service_fn(|req: Request<()>| async move {
+            let notes = req.extensions().get::<Notes>().expect("the log is on");
+            notes.note(|n| {
+                n.key_fingerprint = Some("abcd1234".into());
+                n.bytes_in = 7;
+                n.identity = Some("reporting".into());
             });
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"12345")));
             resp.extensions_mut().insert(Replayed);
             Ok::<_, Infallible>(resp)
         }));
@@ -345,6 +376,7 @@ mod tests {
             "client=127.0.0.7:4000",
             "client_key=abcd1234",
             "replayed=true",
+            "identity=reporting",
         ] {
             assert!(line.contains(part), "{part} missing in {line}");
         }

@@ -17,7 +17,8 @@ use tower::{Layer, Service};
 use crate::error::{Counted, ProxyError};
 use crate::metrics::Metrics;
 
-/// The `respond` layer.
+/// The `respond` layer: turns the [`ProxyError`] of the steps below into the client's JSON
+/// answer, counting it in the [`Metrics`] it holds.
 #[derive(Clone)]
 pub struct RespondLayer(pub Arc<Metrics>);
 
@@ -63,7 +64,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Respond`].
+    /// The future of [`Respond`]: the inner future, and what logging and counting a failure
+    /// needs (the request's method, the metrics).
     pub struct RespondFuture<F> {
         #[pin]
         inner: F,

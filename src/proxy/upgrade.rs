@@ -16,7 +16,8 @@ use super::future::{Finish, LayerFuture};
 use super::hygiene::UpgradeRequested;
 use crate::error::ProxyError;
 
-/// The `upgrade` layer.
+/// The `upgrade` layer: lets a protocol upgrade (WebSocket) through to Medusa and splices
+/// the two connections after a 101. Holds no state.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpgradeLayer;
 
@@ -27,7 +28,8 @@ impl<S> Layer<S> for UpgradeLayer {
     }
 }
 
-/// The `upgrade` service.
+/// The `upgrade` service: re-sets the client's `Upgrade` header on the request; on Medusa's
+/// 101, spawns the tunnel that copies bytes both ways until either side closes.
 #[derive(Debug, Clone)]
 pub struct Upgrade<S> {
     inner: S,

@@ -23,7 +23,9 @@ pub enum UpstreamError {
     /// TCP connect failed or timed out: Medusa is down or unreachable.
     #[error("cannot connect to Medusa at {authority}")]
     Connect {
+        /// Medusa's host and port, as configured in `upstream.url`.
         authority: Authority,
+        /// The connector's error: refused, DNS failure, `upstream.connect_timeout` elapsed.
         #[source]
         source: BoxError,
     },
@@ -39,7 +41,9 @@ pub enum UpstreamError {
     /// the trust store (`upstream.ca_file`) or the certificate that must change.
     #[error("Medusa's TLS certificate was rejected")]
     Certificate {
+        /// Medusa's host and port, as configured in `upstream.url`.
         authority: Authority,
+        /// rustls's verdict on the certificate (unknown issuer, expired, wrong name, ...).
         #[source]
         source: rustls::Error,
     },
@@ -51,7 +55,10 @@ pub enum UpstreamError {
          the TLS handshake with something else, probably plain HTTP): use http:// or \
          Medusa's TLS port"
     )]
-    NotTls { authority: Authority },
+    NotTls {
+        /// Medusa's host and port, as configured in `upstream.url`.
+        authority: Authority,
+    },
     /// The request could not be built (a path that is not a valid URI).
     #[error("invalid request URI")]
     InvalidUri(#[source] http::uri::InvalidUri),

@@ -20,6 +20,7 @@ mod cookie;
 mod error;
 mod pool;
 mod resend;
+mod target;
 mod tls;
 
 use std::pin::Pin;
@@ -39,6 +40,7 @@ pub use cookie::{SESSION_COOKIE, SessionCookie, SessionCookieFuture, SessionCook
 pub use error::{BoxError, UpstreamError};
 pub use pool::PooledBody;
 pub use resend::{Replayable, Resend, ResendFuture, ResendLayer, Resent, is_idempotent};
+pub use target::{TargetLayer, TargetService};
 pub use tls::TlsSetupError;
 
 /// Medusa's response body: once read to the end, its connection goes back to the pool;
@@ -53,8 +55,8 @@ type Stack<B> = SessionCookie<Resend<Client<B>>>;
 /// `Response<ResponseBody<B>>` (see the module docs for what it does to a request).
 ///
 /// Cheap to clone (clones share the pool and the session cookie). The request's URI must be
-/// Medusa's request target from [`Upstream::uri_for`] or [`Upstream::uri_for_target`]
-/// (origin-form, base path included); `Host` is set here.
+/// Medusa's request target from [`Upstream::uri_for`], or a client's target passed through
+/// [`TargetLayer`] (origin-form, base path included); `Host` is set here.
 ///
 /// ```no_run
 /// # async fn demo(settings: &medusa_auth_proxy::config::UpstreamSettings)
@@ -98,7 +100,30 @@ impl<B> std::fmt::Debug for Upstream<B> {
 
 impl<B: Send + 'static> Upstream<B> {
     /// A client for the Medusa of `settings` (TLS set up here: an unreadable
-    /// `upstream.ca_file` fails now, not at the first request).
+    /// `upstream.ca_file` fails now, not at the first request). Nothing is connected yet:
+    /// the first request opens the first connection.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use medusa_auth_proxy::config::Settings;
+    /// use medusa_auth_proxy::upstream::{TlsSetupError, Upstream};
+    ///
+    /// let settings = Settings::from_toml(
+    ///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n[auth]\nemail = \"a\"\npassword_env = \"P\"",
+    /// )
+    /// .unwrap();
+    /// let upstream: Upstream<Full<Bytes>> = Upstream::new(&settings.upstream).unwrap();
+    /// assert_eq!(upstream.settings().authority, "127.0.0.1:9000");
+    ///
+    /// let private_ca = Settings::from_toml(
+    ///     "[upstream]\nurl = \"https://medusa.internal\"\nca_file = \"/nonexistent/ca.pem\"\n\
+    ///      [auth]\nemail = \"a\"\npassword_env = \"P\"",
+    /// )
+    /// .unwrap();
+    /// let e = Upstream::<Full<Bytes>>::new(&private_ca.upstream).unwrap_err();
+    /// assert!(matches!(e, TlsSetupError::CaFile { .. }));
+    /// ```
     pub fn new(settings: &UpstreamSettings) -> Result<Upstream<B>, TlsSetupError> {
         Upstream::build(settings, None)
     }
@@ -167,6 +192,13 @@ impl<B: Send + 'static> Upstream<B> {
         Upstream::around(client, self.session.clone())
     }
 
+    /// The same Medusa over the same connection pool, with a session cookie of its own:
+    /// each identity on a shared upstream keeps its own Medusa session, so nothing one
+    /// identity's requests left in a session can serve another's.
+    pub fn with_own_session(&self) -> Upstream<B> {
+        Upstream::around(self.stack_client().clone(), SessionCookieLayer::new())
+    }
+
     fn stack_client(&self) -> &Client<B> {
         self.stack.get_ref().get_ref()
     }
@@ -207,13 +239,6 @@ impl<B> Upstream<B> {
     /// ```
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         self.target.uri_for(path_and_query)
-    }
-
-    /// The request target sent to Medusa for a client's request target (origin-form, or the
-    /// path and query of an absolute-form one). Without a base path the client's
-    /// path-and-query is reused as is (no copy, no re-parse: the hot path).
-    pub fn uri_for_target(&self, target: &Uri) -> Result<Uri, UpstreamError> {
-        self.target.uri_for_target(target)
     }
 }
 

@@ -17,17 +17,24 @@ pub enum TlsSetupError {
     /// `upstream.ca_file` cannot be read or is not PEM.
     #[error("config key `upstream.ca_file`: cannot read {path}", path = .path.display())]
     CaFile {
+        /// `upstream.ca_file` as configured.
         path: PathBuf,
+        /// Why it could not be read or parsed (I/O error, malformed PEM).
         #[source]
         source: rustls_pki_types::pem::Error,
     },
     /// `upstream.ca_file` holds no certificate at all.
     #[error("config key `upstream.ca_file`: {path} holds no PEM certificate", path = .path.display())]
-    CaFileEmpty { path: PathBuf },
+    CaFileEmpty {
+        /// `upstream.ca_file` as configured.
+        path: PathBuf,
+    },
     /// A certificate in `upstream.ca_file` is not a usable trust anchor.
     #[error("config key `upstream.ca_file`: cannot use a certificate of {path}", path = .path.display())]
     CaCertificate {
+        /// `upstream.ca_file` as configured.
         path: PathBuf,
+        /// Why rustls refused it as a trust anchor.
         #[source]
         source: rustls::Error,
     },

@@ -1,9 +1,5 @@
-//! Credentials in bodies, both directions (issue 12, "no credential leaves").
-//!
-//! **Responses.** Medusa v1 puts each user's static `api_token` into every user object it
-//! returns, and both versions list invite `token`s on `/admin/invites`. [`ScrubBody`] wraps
-//! Medusa's response body and replaces the *value* of every JSON field with one of the
-//! configured names ([`Scrub`]) as it streams past, whatever the chunking.
+//! The streaming replacement of field values, independent of any body type (so it can be
+//! tested, fuzzed and benchmarked on plain byte slices).
 //!
 //! Why a byte search is enough to find the field: in valid JSON a `"` inside a string is
 //! always escaped, i.e. preceded by an odd run of backslashes. So the bytes `"api_token"`
@@ -22,19 +18,13 @@
 //! A field name spelled with escapes (`"api\u005ftoken"`) is not found; Medusa serialises
 //! with `JSON.stringify`, which never escapes ASCII letters or `_`. JSON *inside a string*
 //! (escaped quotes) is not a field and is left alone.
-//!
-//! **Requests.** [`sets_api_token`] tells whether a request body sets an `api_token` field
-//! anywhere: every JSON string followed by `:` is a key, decoded (escapes included) and
-//! compared, so any depth and duplicate keys count; form-urlencoded keys are
-//! percent-decoded.
 
-use std::pin::Pin;
 use std::sync::LazyLock;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, SizeHint};
 use memchr::memmem::Finder;
+
+use super::{Scrub, is_ws};
 
 const API_TOKEN: &[u8] = b"\"api_token\"";
 const TOKEN: &[u8] = b"\"token\"";
@@ -43,63 +33,6 @@ const MAX_NEEDLE: usize = API_TOKEN.len();
 
 static API_TOKEN_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(API_TOKEN));
 static TOKEN_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(TOKEN));
-
-/// Which JSON fields to blank in a response. `Default` blanks nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Scrub {
-    /// `api_token`, anywhere (Medusa v1 user objects).
-    pub api_token: bool,
-    /// `token`, anywhere (meant for invite routes only: elsewhere `token` is too common a name).
-    pub invite_token: bool,
-}
-
-impl Scrub {
-    pub fn any(self) -> bool {
-        self.api_token || self.invite_token
-    }
-}
-
-/// Content types that are never scanned: they cannot hold a JSON field, and a binary body may
-/// hold the needle bytes by chance. Everything else is (JSON, text, no `Content-Type` at all).
-const BINARY_TYPES: [&str; 8] = [
-    "image/",
-    "audio/",
-    "video/",
-    "font/",
-    "application/octet-stream",
-    "application/pdf",
-    "application/zip",
-    "application/gzip",
-];
-
-/// Is a body of this `Content-Type` scanned? `None` (no header) is scanned: Medusa v1 sends
-/// some bodies without one.
-pub fn scanned_content_type(content_type: Option<&[u8]>) -> bool {
-    let Some(ct) = content_type else { return true };
-    let ct = trim_ascii(ct);
-    !BINARY_TYPES.iter().any(|t| {
-        ct.len() >= t.len() && ct[..t.len()].eq_ignore_ascii_case(t.as_bytes()) && {
-            // A whole type: `application/pdf` but not `application/pdfx`.
-            t.ends_with('/') || matches!(ct.get(t.len()), None | Some(b';' | b' ' | b'\t'))
-        }
-    })
-}
-
-/// Is a `Content-Encoding` value anything but identity (whose bytes we could not scan)?
-pub fn encoded(content_encoding: &[u8]) -> bool {
-    content_encoding
-        .split(|b| *b == b',')
-        .map(trim_ascii)
-        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
-}
-
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Value {
@@ -200,6 +133,21 @@ fn replace(out: &mut Out, old: u64, new: u64, ended: bool) {
 }
 
 impl Scanner {
+    /// A scanner at the start of a body. Feed it the chunks with [`Scanner::push`], then
+    /// call [`Scanner::finish`]; the output is as long as the input, however it is cut.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use medusa_auth_proxy::scrub::{Scanner, Scrub};
+    ///
+    /// let mut s = Scanner::new(Scrub { api_token: true, invite_token: false });
+    /// let mut out = Vec::new();
+    /// for chunk in [&br#"{"api_to"#[..], br#"ken":"s3cret"}"#] {
+    ///     out.extend(s.push(Bytes::from_static(chunk)).unwrap_or_default());
+    /// }
+    /// out.extend(s.finish().unwrap_or_default());
+    /// assert_eq!(out, br#"{"api_token":null    }"#);
+    /// ```
     pub fn new(scrub: Scrub) -> Scanner {
         Scanner {
             scrub,
@@ -462,241 +410,10 @@ fn trailing_odd(data: &[u8], before_odd: bool) -> bool {
     (run % 2 == 1) ^ (run == data.len() && before_odd)
 }
 
-/// A response body with the [`Scrub`]bed fields' values replaced (see the module docs).
-/// Without fields to scrub it is a plain pass-through.
-pub struct ScrubBody<B> {
-    inner: B,
-    scanner: Option<Box<Scanner>>,
-    /// Trailers that came after held-back bytes, sent next.
-    trailers: Option<Frame<Bytes>>,
-    done: bool,
-}
-
-impl<B> ScrubBody<B> {
-    pub fn passthrough(inner: B) -> ScrubBody<B> {
-        ScrubBody {
-            inner,
-            scanner: None,
-            trailers: None,
-            done: false,
-        }
-    }
-
-    pub fn new(inner: B, scrub: Scrub) -> ScrubBody<B> {
-        let mut body = ScrubBody::passthrough(inner);
-        body.scrub(scrub);
-        body
-    }
-
-    /// Start scrubbing (before the first frame is read).
-    pub fn scrub(&mut self, scrub: Scrub) {
-        self.scanner = scrub.any().then(|| Box::new(Scanner::new(scrub)));
-    }
-}
-
-impl<B> Body for ScrubBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let Some(scanner) = this.scanner.as_mut() else {
-            return Pin::new(&mut this.inner).poll_frame(cx);
-        };
-        loop {
-            if let Some(t) = this.trailers.take() {
-                return Poll::Ready(Some(Ok(t)));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if let Some(out) = scanner.push(data) {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                    }
-                    Err(trailers) => match scanner.finish() {
-                        Some(out) => {
-                            this.trailers = Some(trailers);
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                        None => return Poll::Ready(Some(Ok(trailers))),
-                    },
-                },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    this.done = true;
-                    if let Some(out) = scanner.finish() {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.scanner {
-            None => self.inner.is_end_stream(),
-            Some(s) => {
-                self.trailers.is_none()
-                    && s.pending() == 0
-                    && (self.done || self.inner.is_end_stream())
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let inner = if self.done {
-            SizeHint::with_exact(0)
-        } else {
-            self.inner.size_hint()
-        };
-        let Some(s) = &self.scanner else {
-            return inner;
-        };
-        // Output is exactly as long as input: what is held back is still to come.
-        let held = s.pending();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + held);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + held);
-        }
-        hint
-    }
-}
-
-/// Does this request body set a field named `api_token` (at any depth, under any JSON
-/// spelling of the name, duplicates included)? `content_type` decides only whether the body
-/// is also read as a form (`application/x-www-form-urlencoded`: keys percent-decoded, `+` as
-/// space; a key *containing* `api_token` counts, which covers `user[api_token]`).
-pub fn sets_api_token(body: &[u8], content_type: Option<&[u8]>) -> bool {
-    let form = content_type.is_some_and(|ct| {
-        let ct = trim_ascii(ct);
-        let t = b"application/x-www-form-urlencoded";
-        ct.len() >= t.len() && ct[..t.len()].eq_ignore_ascii_case(t)
-    });
-    if form && form_sets_api_token(body) {
-        return true;
-    }
-    // Without `api_token` spelled out or a `\u` escape no JSON key can decode to it.
-    let finder = memchr::memmem::find(body, b"api_token").is_some()
-        || memchr::memmem::find(body, b"\\u").is_some();
-    finder && json_sets_key(body, b"api_token")
-}
-
-fn form_sets_api_token(body: &[u8]) -> bool {
-    body.split(|b| *b == b'&').any(|pair| {
-        let key = pair.split(|b| *b == b'=').next().unwrap_or(pair);
-        let decoded = percent_decode_form(key);
-        memchr::memmem::find(&decoded, b"api_token").is_some()
-    })
-}
-
-fn percent_decode_form(input: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(h), Some(l)) = (
-                    input.get(i + 1).copied().and_then(hex),
-                    input.get(i + 2).copied().and_then(hex),
-                ) {
-                    out.push(h * 16 + l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Every JSON string followed by `:` is a key: decode it and compare with `name` (ASCII).
-/// Strings are tokenised from the start, so a quote inside a string never starts one.
-fn json_sets_key(body: &[u8], name: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(q) = memchr::memchr(b'"', &body[i..]) {
-        let (end, equal) = decode_compare(body, i + q + 1, name);
-        let Some(end) = end else { return false };
-        let mut j = end + 1;
-        while j < body.len() && is_ws(body[j]) {
-            j += 1;
-        }
-        if equal && body.get(j) == Some(&b':') {
-            return true;
-        }
-        i = end + 1;
-    }
-    false
-}
-
-/// Decode the JSON string starting at `start` (after its opening quote): (index of its
-/// closing quote, whether it decodes to exactly `name`).
-fn decode_compare(body: &[u8], start: usize, name: &[u8]) -> (Option<usize>, bool) {
-    // Code units decoded so far, and whether they all matched `name` so far.
-    let mut n = 0;
-    let mut equal = true;
-    let mut i = start;
-    while i < body.len() {
-        let unit = match body[i] {
-            b'"' => return (Some(i), equal && n == name.len()),
-            b'\\' => {
-                let Some(&e) = body.get(i + 1) else {
-                    return (None, false);
-                };
-                i += 2;
-                match e {
-                    b'u' => {
-                        let code = body
-                            .get(i..i + 4)
-                            .and_then(|h| std::str::from_utf8(h).ok())
-                            .and_then(|h| u32::from_str_radix(h, 16).ok());
-                        match code {
-                            Some(c) => {
-                                i += 4;
-                                c
-                            }
-                            // An invalid escape: JSON.parse rejects the whole body.
-                            None => u32::MAX,
-                        }
-                    }
-                    b'b' => 8,
-                    b'f' => 12,
-                    b'n' => 10,
-                    b'r' => 13,
-                    b't' => 9,
-                    other => u32::from(other),
-                }
-            }
-            // Non-ASCII bytes never equal an ASCII name's units.
-            b => {
-                i += 1;
-                u32::from(b)
-            }
-        };
-        equal = equal && name.get(n).is_some_and(|c| u32::from(*c) == unit);
-        n += 1;
-    }
-    (None, false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrub::tests::doc;
     use proptest::prelude::*;
     use serde_json::{Value as Json, json};
 
@@ -818,93 +535,6 @@ mod tests {
         assert!(s.finish().is_none());
     }
 
-    #[test]
-    fn content_types() {
-        for ct in [
-            None,
-            Some("application/json; charset=utf-8"),
-            Some("text/plain"),
-            Some("text/html"),
-            Some("application/pdfx"),
-        ] {
-            assert!(scanned_content_type(ct.map(str::as_bytes)), "{ct:?}");
-        }
-        for ct in [
-            "image/png",
-            "Application/Octet-Stream",
-            "application/pdf; x=y",
-            "video/mp4",
-            "font/woff2",
-            "application/zip",
-        ] {
-            assert!(!scanned_content_type(Some(ct.as_bytes())), "{ct}");
-        }
-        assert!(!encoded(b"identity"));
-        assert!(!encoded(b" Identity "));
-        assert!(encoded(b"gzip"));
-        assert!(encoded(b"identity, br"));
-    }
-
-    #[test]
-    fn request_bodies_that_set_api_token() {
-        let json = Some(&b"application/json"[..]);
-        for body in [
-            r#"{"api_token":"x"}"#,
-            r#"{"api\u005ftoken":"x"}"#,
-            r#"{"\u0061\u0070\u0069_token" : 1}"#,
-            r#"{"first_name":"a","user":{"deep":[{"api_token":null}]}}"#,
-            r#"{"api_token":"a","api_token":"b"}"#,
-            r#"{"x":"\"api_token\"","api_token":1}"#,
-        ] {
-            assert!(sets_api_token(body.as_bytes(), json), "{body}");
-        }
-        for body in [
-            r#"{"first_name":"api_token"}"#,
-            r#"{"x":"{\"api_token\":1}"}"#,
-            r#"{"api_tokens":1,"my_api_token":2}"#,
-            r#"{"api\u005ftoken2":1}"#,
-            r#"not json"#,
-            r#"{"a":"\u12"#,
-            "",
-        ] {
-            assert!(!sets_api_token(body.as_bytes(), json), "{body}");
-        }
-        let form = Some(&b"application/x-www-form-urlencoded; charset=utf-8"[..]);
-        for body in ["api_token=x", "a=1&api%5Ftoken=x", "user%5Bapi_token%5D=1"] {
-            assert!(sets_api_token(body.as_bytes(), form), "{body}");
-            assert!(!sets_api_token(body.as_bytes(), json), "{body}");
-        }
-        assert!(!sets_api_token(b"a=api_token", form));
-    }
-
-    #[tokio::test]
-    async fn body_keeps_trailers_and_length() {
-        use http_body_util::{BodyExt, StreamBody};
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"{\"a\":1,\"api_"))),
-            Ok(Frame::data(Bytes::from_static(
-                b"token\":\"abcdef\",\"b\":\"api_tok",
-            ))),
-            Ok(Frame::trailers(http::HeaderMap::from_iter([(
-                http::header::HeaderName::from_static("x-t"),
-                http::HeaderValue::from_static("1"),
-            )]))),
-        ];
-        let body = ScrubBody::new(StreamBody::new(futures_util::stream::iter(frames)), API);
-        let collected = match body.collect().await {
-            Ok(c) => c,
-            Err(e) => match e {},
-        };
-        assert_eq!(
-            collected.trailers().and_then(|t| t.get("x-t")),
-            Some(&http::HeaderValue::from_static("1"))
-        );
-        assert_eq!(
-            collected.to_bytes(),
-            Bytes::from_static(b"{\"a\":1,\"api_token\":null    ,\"b\":\"api_tok")
-        );
-    }
-
     // ---- property tests ----
 
     /// `v` with every `api_token` value set to null; `false` if one of them was not one of
@@ -926,41 +556,6 @@ mod tests {
             Json::Array(a) => Json::Array(a.iter().map(|v| blanked(v, ok)).collect()),
             other => other.clone(),
         }
-    }
-
-    fn leaf() -> impl Strategy<Value = Json> {
-        prop_oneof![
-            Just(Json::Null),
-            any::<bool>().prop_map(Json::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            // Quotes, backslashes, the needle itself and unicode inside strings.
-            "[a-z\"\\\\_ é]{0,12}".prop_map(Json::String),
-            Just(json!("\"api_token\":\"x\"")),
-            Just(json!("api_token")),
-            Just(json!("\\")),
-        ]
-    }
-
-    fn doc(with_field: bool) -> impl Strategy<Value = Json> {
-        let key = if with_field {
-            prop_oneof![
-                3 => "[a-z_]{1,10}",
-                1 => Just("api_token".to_owned()),
-                1 => Just("token".to_owned()),
-            ]
-            .boxed()
-        } else {
-            prop_oneof!["[a-z_]{1,10}", Just("my_api_token".to_owned())]
-                .prop_filter("no needle", |k| k != "api_token")
-                .boxed()
-        };
-        leaf().prop_recursive(5, 64, 6, move |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Json::Array),
-                prop::collection::vec((key.clone(), inner), 0..6)
-                    .prop_map(|kv| Json::Object(kv.into_iter().collect())),
-            ]
-        })
     }
 
     proptest! {
@@ -1012,23 +607,6 @@ mod tests {
             let mut data = data;
             data.extend_from_slice(b"\"api_token\":");
             prop_assert_eq!(run(BOTH, &data, &cuts).len(), data.len());
-        }
-
-        /// The request check agrees with a real parser on keys, for any spelling of them.
-        #[test]
-        fn request_check_matches_the_parsed_keys(v in doc(true), escape in any::<bool>()) {
-            fn has(v: &Json) -> bool {
-                match v {
-                    Json::Object(m) => m.iter().any(|(k, v)| k == "api_token" || has(v)),
-                    Json::Array(a) => a.iter().any(has),
-                    _ => false,
-                }
-            }
-            let mut text = v.to_string();
-            if escape {
-                text = text.replace("\"api_token\":", "\"api\\u005Ftoken\":");
-            }
-            prop_assert_eq!(sets_api_token(text.as_bytes(), None), has(&v), "{}", text);
         }
     }
 }
