@@ -14,25 +14,25 @@
 //! memory, never correctness: a name that matches nothing is ignored, and a function the list
 //! misses keeps its usual place.
 //!
-//! Skipped when RUSTFLAGS choose their own linker (the ordering file is LLD's, Rust's default
-//! linker here), or with `MEDUSA_AUTH_PROXY_NO_LAYOUT` set.
+//! The ordering file is LLD's (Rust's default linker for this target since 1.90, with rustup's
+//! toolchains); GNU ld rejects it. So the two inputs are first tried on an empty program
+//! linked the way the proxy will be (same rustc, RUSTFLAGS and cargo-configured linker): if
+//! that fails (GNU ld, mold, a distribution's rustc without LLD), the release build goes on
+//! without the layout and says so in a cargo warning. Skipped as well with
+//! `MEDUSA_AUTH_PROXY_NO_LAYOUT` set.
 
 use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/hot-functions.txt");
     println!("cargo:rerun-if-env-changed=MEDUSA_AUTH_PROXY_NO_LAYOUT");
     let var = |k: &str| env::var(k).unwrap_or_default();
-    let flags = var("CARGO_ENCODED_RUSTFLAGS");
-    let own_linker = ["linker", "link-self-contained", "fuse-ld"]
-        .iter()
-        .any(|f| flags.contains(f));
     if var("TARGET") != "x86_64-unknown-linux-gnu"
         || var("PROFILE") != "release"
-        || own_linker
         || env::var_os("MEDUSA_AUTH_PROXY_NO_LAYOUT").is_some()
     {
         return;
@@ -68,14 +68,62 @@ fn main() {
     );
     let mut order = names.join("\n");
     order.push('\n');
-    if std::fs::write(&script_path, script).is_ok() && std::fs::write(&order_path, order).is_ok() {
-        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script_path.display());
-        println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            order_path.display()
-        );
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    if std::fs::write(&script_path, script).is_err() || std::fs::write(&order_path, order).is_err()
+    {
+        return;
     }
+    let args = [
+        format!("-Wl,-T,{}", script_path.display()),
+        format!("-Wl,--symbol-ordering-file={}", order_path.display()),
+        "-Wl,--no-warn-symbol-ordering".to_owned(),
+    ];
+    if !linker_takes(&args, &out) {
+        println!(
+            "cargo:warning=release build without the request path's code layout: the linker \
+             rejects LLD's symbol ordering file (see build.rs; costs memory, not correctness)"
+        );
+        return;
+    }
+    for a in &args {
+        println!("cargo:rustc-link-arg-bins={a}");
+    }
+}
+
+/// Whether an empty program links with `link_args`, built by the same rustc for the same
+/// target with the same RUSTFLAGS and the linker cargo was configured with (`RUSTC_LINKER`,
+/// which is not among the RUSTFLAGS): the proxy's own link then takes them too.
+fn linker_takes(link_args: &[String], out: &Path) -> bool {
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let src = out.join("layout-probe.rs");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
+        return false;
+    }
+    let mut rustc = Command::new(env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()));
+    rustc
+        .arg(&src)
+        .args(["--crate-type", "bin", "--edition", "2021", "--target"])
+        .arg(env::var_os("TARGET").unwrap_or_default())
+        .arg("-o")
+        .arg(out.join("layout-probe"))
+        .args(
+            env::var("CARGO_ENCODED_RUSTFLAGS")
+                .unwrap_or_default()
+                .split('\x1f')
+                .filter(|f| !f.is_empty()),
+        );
+    if let Some(linker) = env::var_os("RUSTC_LINKER") {
+        let mut flag = std::ffi::OsString::from("-Clinker=");
+        flag.push(linker);
+        rustc.arg(flag);
+    }
+    for a in link_args {
+        rustc.arg(format!("-Clink-arg={a}"));
+    }
+    rustc
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `name` with its hashes replaced by `*`: legacy mangling's `17h<16 hex digits>E` at the end,
