@@ -80,7 +80,7 @@ fn main() {
     if !linker_takes(&args, &out) {
         println!(
             "cargo:warning=release build without the request path's code layout: the linker \
-             rejects LLD's symbol ordering file (see build.rs; costs memory, not correctness)"
+             rejects its inputs, e.g. GNU ld LLD's ordering file (build.rs; costs memory only)"
         );
         return;
     }
