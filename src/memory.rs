@@ -8,6 +8,11 @@
 //! hands those pages back; the page cache keeps them, so the ones a request needs come back
 //! as minor faults (a few microseconds, once), never as disk reads. That they are few is the
 //! release build's layout (`build.rs`): the request path's functions sit together.
+//!
+//! Unmapping lowers RSS, not what a container is charged: the pages stay in the page cache,
+//! charged to the cgroup that read them, and `container_memory_working_set_bytes` does not
+//! drop (measured in `docs/performance.md`, "RSS, page cache and a pod's working set"). The
+//! heap trim is what a pod saves; unmapped code only goes first when memory runs short.
 
 /// Give free heap pages back to the system and unmap the code pages mapped so far. Cheap
 /// enough to call whenever the proxy goes idle; never call it per request.
