@@ -11,17 +11,19 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::AccessLog;
 use crate::auth::TokenManager;
-use crate::auth::login::Login;
 use crate::config::{ConfigError, Overrides, Rules, Settings};
 use crate::identity::Identity;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
+use crate::proxy::admit::AdmitLayer;
 use crate::reload::{Applied, ReloadError, Reloader};
+use crate::roster::{Roster, RosterError};
 use crate::secret::SecretError;
 use crate::server::{self, Drained};
+use crate::stack::swap::Swappable;
 use crate::stack::{Listener, Parts, Stack};
 use crate::tls::TlsAcceptor;
-use crate::upstream::Upstream;
 use crate::watch::FileWatch;
 
 /// Why the proxy did not start. Each message names the config key to change (or the
@@ -115,10 +117,11 @@ pub struct Running {
     pub ops_addr: SocketAddr,
     /// The bound address of each `[[listeners]]` entry, in order.
     pub listener_addrs: Vec<SocketAddr>,
-    /// The first identity's token manager (the single form's only one), its login driver
-    /// running.
+    /// The first identity's token manager at start (the single form's only one, which a
+    /// reload keeps), its login driver running.
     pub tokens: TokenManager,
-    /// Every identity, in the configuration's order.
+    /// Every identity at start, in the configuration's order (after a reload:
+    /// [`Running::current_identities`]).
     pub identities: Vec<Identity>,
     /// The proxy's metrics registry (what `/metrics` on the ops listener exports).
     pub metrics: Arc<Metrics>,
@@ -127,10 +130,9 @@ pub struct Running {
     proxy_task: JoinHandle<Drained>,
     listener_tasks: Vec<JoinHandle<Drained>>,
     ops_task: JoinHandle<Drained>,
-    drivers: Vec<JoinHandle<()>>,
+    live: Arc<Live>,
     access_log: Arc<AccessLog>,
     flusher: JoinHandle<()>,
-    _watch: Option<FileWatch>,
     _tls_watch: Vec<FileWatch>,
 }
 
@@ -155,9 +157,7 @@ impl Running {
             }
         }
         let _ = self.ops_task.await;
-        for driver in &self.drivers {
-            driver.abort();
-        }
+        self.live.stop();
         self.flusher.abort();
         self.access_log.flush();
         drained
@@ -166,6 +166,12 @@ impl Running {
     /// Re-read the config file (if started with one) and the secrets; see [`Reloader`].
     pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         self.reloader.reload(trigger)
+    }
+
+    /// The identities in force now (a reload may have added, removed or changed some since
+    /// [`Running::identities`] was taken at start).
+    pub fn current_identities(&self) -> Vec<Identity> {
+        self.live.identities()
     }
 }
 
@@ -240,48 +246,17 @@ pub async fn start_with_overrides(
     }
 
     let metrics = Metrics::new();
-    // One pooled client per upstream; requests a pooled connection never took, sent again
-    // on another, counted.
-    let mut upstreams: Vec<(&str, Upstream<crate::proxy::limit::ProxyBody>)> = Vec::new();
-    for u in &settings.upstreams {
-        let resent = metrics.upstream_error_counter("resent");
-        let client = Upstream::counting(&u.settings, move || {
-            resent.inc();
-        })?;
-        upstreams.push((u.name.as_str(), client));
-    }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut identities = Vec::with_capacity(settings.identities.len());
-    let mut routes = Vec::with_capacity(settings.identities.len());
-    let mut drivers = Vec::with_capacity(settings.identities.len());
-    for ((index, id), secret) in settings.identities.iter().enumerate().zip(secrets) {
-        let Some((_, shared)) = upstreams.iter().find(|(name, _)| *name == id.upstream) else {
-            return Err(StartError::Rules(ConfigError::Invalid {
-                key: format!("identities.{}.upstream", id.name).into(),
-                problem: "names no upstream".into(),
-            }));
-        };
-        // Its own Medusa session over the upstream's shared pool.
-        let upstream = if settings.identities.len() == 1 {
-            shared.clone()
-        } else {
-            shared.with_own_session()
-        };
-        let login = Login::new(
-            upstream.for_body(),
-            id.auth.flavor,
-            id.auth.email.clone(),
-            secret,
-        )
-        .with_secret_source(&id.auth.secret);
-        let events = crate::ops::IdentityEvents::new(&id.name, metrics.clone(), index == 0);
-        let tokens = TokenManager::new(login, id.auth.clone(), events);
-        // Each identity's driver is its own task: logins at start run concurrently, and one
-        // identity's failures and backoff never hold up another's.
-        drivers.push(tokens.spawn_driver(shutdown_rx.clone()));
-        identities.push(Identity::new(index, &id.name, tokens, id.policy.clone()));
-        routes.push(upstream);
-    }
+    // One pooled client per upstream; per identity its token manager, whose driver is its own
+    // task: logins at start run concurrently, and one identity's failures and backoff never
+    // hold up another's.
+    let roster = Roster::start(&settings, secrets, metrics.clone(), shutdown_rx.clone()).map_err(
+        |e| match e {
+            RosterError::Config(e) => StartError::Rules(e),
+            RosterError::Tls(e) => StartError::Tls(e),
+        },
+    )?;
+    let identities = roster.identities();
     let tokens = identities[0].tokens().clone();
     // Start-up ends when every identity's first login has answered (or failed): then hand
     // back the code pages only start-up ran (`memory`). No timer: idle must mean asleep.
@@ -294,32 +269,53 @@ pub async fn start_with_overrides(
 
     let access_log = Arc::new(AccessLog::stderr(settings.log.format));
     let flusher = access_log.spawn_flusher();
-    let body_timeout = settings
-        .upstreams
-        .iter()
-        .map(|u| u.settings.request_timeout)
-        .max()
-        .unwrap_or(settings.upstream.request_timeout);
     let (stack, handles) = Stack::proxy(
         Parts {
             identities: identities.clone(),
             main: settings.main_identity,
             rules,
-            body_timeout,
+            body_timeout: crate::live::body_timeout(&settings),
             metrics: metrics.clone(),
             access_log: (access_log.clone(), settings.log.access),
         },
-        routes,
+        roster.routes(),
     );
-    let reloader = Arc::new(Reloader::new(
+    // Each listener serves the stack in force when a request arrives: a reload that changes
+    // identities stores a new one (crate::live). Its slots stay the listener's own.
+    let main_slots = AdmitLayer::new(settings.proxy.max_concurrent_requests);
+    let (main_service, main_swap) =
+        Swappable::new(stack.service_with_slots(Listener::Main, main_slots.clone()));
+    let mut listener_services = Vec::with_capacity(settings.listeners.len());
+    let mut listener_swaps = Vec::with_capacity(settings.listeners.len());
+    for l in &settings.listeners {
+        let slots = AdmitLayer::new(
+            l.max_concurrent_requests
+                .unwrap_or(settings.proxy.max_concurrent_requests),
+        );
+        let fixed = Listener::Fixed {
+            identity: l.identity,
+        };
+        let (service, swap) = Swappable::new(stack.service_with_slots(fixed, slots.clone()));
+        listener_services.push(service);
+        listener_swaps.push((swap, slots));
+    }
+    let rebuild: crate::live::Rebuild = Box::new(move |stack, fixed| {
+        main_swap.store(stack.service_with_slots(Listener::Main, main_slots.clone()));
+        for ((swap, slots), &identity) in listener_swaps.iter().zip(fixed) {
+            swap.store(stack.service_with_slots(Listener::Fixed { identity }, slots.clone()));
+        }
+    });
+    let ops = Arc::new(Ops::with_identities(identities.clone(), metrics.clone()));
+    let live = Arc::new(Live::new(roster, stack, handles, rebuild, ops.clone()));
+    let reloader = Reloader::new(
         config_path,
         overrides,
         settings.clone(),
-        handles.clone(),
-        tokens.clone(),
+        live.clone(),
         metrics.clone(),
-    ));
-    let admit: server::Admit = Arc::new(move |ip| handles.peer_allowed(ip));
+    );
+    let peers = live.clone();
+    let admit: server::Admit = Arc::new(move |ip| peers.handles().peer_allowed(ip));
     let limits = |max_connections| server::Limits {
         header_read_timeout: settings.proxy.header_read_timeout,
         // Large uploads move in reads of up to 256 KiB instead of 64 KiB: about 18% more
@@ -340,7 +336,7 @@ pub async fn start_with_overrides(
         .collect();
     let proxy_task = tokio::spawn(server::serve_tls(
         proxy_listener,
-        stack.service(Listener::Main, settings.proxy.max_concurrent_requests),
+        main_service,
         admit.clone(),
         shutdown_rx.clone(),
         settings.proxy.shutdown_grace,
@@ -352,16 +348,10 @@ pub async fn start_with_overrides(
     // of its own.
     let mut listener_tasks = Vec::with_capacity(extra_listeners.len());
     let extra = extra_listeners.into_iter().zip(listener_tls_acceptors);
-    for ((listener, tls), l) in extra.zip(&settings.listeners) {
+    for (((listener, tls), l), service) in extra.zip(&settings.listeners).zip(listener_services) {
         listener_tasks.push(tokio::spawn(server::serve_tls(
             listener,
-            stack.service(
-                Listener::Fixed {
-                    identity: l.identity,
-                },
-                l.max_concurrent_requests
-                    .unwrap_or(settings.proxy.max_concurrent_requests),
-            ),
+            service,
             admit.clone(),
             shutdown_rx.clone(),
             settings.proxy.shutdown_grace,
@@ -370,7 +360,6 @@ pub async fn start_with_overrides(
             tls,
         )));
     }
-    let ops = Arc::new(Ops::with_identities(identities.clone(), metrics.clone()));
     let ops_task = tokio::spawn(server::serve(
         ops_listener,
         tower::service_fn(move |req| {
@@ -388,7 +377,7 @@ pub async fn start_with_overrides(
         // The ops listener's connections are not the proxy's: counted apart (not exported).
         crate::metrics::ConnMetrics::default(),
     ));
-    let watch = watch_files(&reloader);
+    reloader.watch();
     // Which build and which account: the first two questions when a login is refused.
     let account = |auth: &crate::config::AuthSettings| match &auth.email {
         Some(email) => email.clone(),
@@ -434,10 +423,9 @@ pub async fn start_with_overrides(
         proxy_task,
         listener_tasks,
         ops_task,
-        drivers,
+        live,
         access_log,
         flusher,
-        _watch: watch,
         _tls_watch: tls_watch,
     })
 }
@@ -534,24 +522,4 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })
-}
-
-/// Reload when the config file or a secret file it names changes (directory watches, so
-/// Kubernetes' `..data` symlink swaps are seen), and only when its bytes differ from what the
-/// last attempt read: a rejected edit is reported once, not at every event until it is fixed.
-fn watch_files(reloader: &Arc<Reloader>) -> Option<FileWatch> {
-    let files = reloader.watched_files();
-    if files.is_empty() {
-        return None;
-    }
-    let r = reloader.clone();
-    match crate::watch::watch_files(&files, move || {
-        let _ = r.reload_if_changed("file change");
-    }) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config and secret files; use SIGHUP to reload");
-            None
-        }
-    }
 }

@@ -118,7 +118,8 @@ pub enum Class {
 }
 
 /// The metric a failure counts in: `medusa_auth_proxy_upstream_errors_total{kind}` or
-/// `medusa_auth_proxy_denied_requests_total{reason}`.
+/// `medusa_auth_proxy_denied_requests_total{reason}` (each also by `identity`, which
+/// `respond` knows and the error does not).
 ///
 /// ```
 /// use medusa_auth_proxy::error::{Counted, ProxyError};

@@ -54,12 +54,14 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod live;
 mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod roster;
 // docs: see the sizes branch
 #[allow(missing_docs)]
 pub mod scrub;

@@ -24,7 +24,7 @@ impl crate::auth::TokenEvents for Metrics {
     }
 
     fn token_check(&self, outcome: &'static str) {
-        Metrics::token_check(self, outcome);
+        Metrics::token_check(self, crate::config::DEFAULT_IDENTITY, outcome);
     }
 }
 
@@ -64,7 +64,7 @@ impl crate::auth::TokenEvents for IdentityEvents {
     }
 
     fn token_check(&self, outcome: &'static str) {
-        self.metrics.token_check(outcome);
+        self.metrics.token_check(&self.identity, outcome);
     }
 }
 
@@ -88,7 +88,7 @@ impl crate::auth::TokenEvents for IdentityEvents {
 /// # }
 /// ```
 pub struct Ops {
-    identities: Vec<Identity>,
+    identities: arc_swap::ArcSwap<Vec<Identity>>,
     metrics: Arc<Metrics>,
 }
 
@@ -110,9 +110,14 @@ impl Ops {
     /// Every identity: `/readyz` is 200 only when each holds a credential.
     pub fn with_identities(identities: Vec<Identity>, metrics: Arc<Metrics>) -> Ops {
         Ops {
-            identities,
+            identities: arc_swap::ArcSwap::from_pointee(identities),
             metrics,
         }
+    }
+
+    /// The identities a reload left in force: `/readyz` answers for these from now on.
+    pub fn set_identities(&self, identities: Vec<Identity>) {
+        self.identities.store(Arc::new(identities));
     }
 
     /// `/readyz`: 200 when every identity asked about holds a usable credential. The JSON
@@ -121,9 +126,10 @@ impl Ops {
     async fn readiness(&self, query: Option<&str>) -> Response<Full<Bytes>> {
         let wanted =
             query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("identity=")));
+        let identities = self.identities.load();
         let asked: Vec<&Identity> = match wanted {
-            None => self.identities.iter().collect(),
-            Some(name) => match self.identities.iter().find(|i| i.name() == name) {
+            None => identities.iter().collect(),
+            Some(name) => match identities.iter().find(|i| i.name() == name) {
                 Some(id) => vec![id],
                 None => {
                     return json_response(
@@ -148,7 +154,7 @@ impl Ops {
                 }
                 Err(reason) => {
                     if first_reason.is_none() {
-                        first_reason = Some(if self.identities.len() == 1 {
+                        first_reason = Some(if identities.len() == 1 {
                             reason.clone()
                         } else {
                             format!("identity {}: {reason}", id.name())

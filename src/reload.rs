@@ -11,16 +11,17 @@
 //! is enough.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest, Sha256};
 
-use crate::auth::TokenManager;
 use crate::config::Rules;
 use crate::config::{ConfigError, Overrides, Settings};
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::secret::SecretError;
-use crate::stack::Handles;
+use crate::roster::{Changes, RosterError};
+use crate::secret::{Secret, SecretError};
+use crate::watch::FileWatch;
 
 /// Why a reload was rejected (the previous configuration keeps serving). Names the key or
 /// the file, never a secret.
@@ -41,13 +42,16 @@ pub enum ReloadError {
     /// The access or policy rules are invalid.
     #[error("{0}")]
     Rules(#[source] ConfigError),
+    /// A new upstream's client cannot be set up, or the new identities do not fit the
+    /// listeners that keep running.
+    #[error("{0}")]
+    Roster(#[source] RosterError),
 }
 
 /// Re-reads the config file (if the proxy was started with one) and the secrets it names,
-/// and applies what changed to the running proxy: access and policy rules through the
-/// stack's [`Handles`], the access log switch, the account and its secret through the
-/// [`TokenManager`] (a changed credential drops the token held and logs in again). Started by
-/// `app`; SIGHUP and the file watcher call it.
+/// and applies what changed to the running proxy through [`Live`]: identities (kept, started
+/// or stopped, see [`crate::roster`]), clients, policies and access rules as one new request
+/// path, and the access log switch. Started by `app`; SIGHUP and the file watcher call it.
 pub struct Reloader {
     config_path: Option<PathBuf>,
     /// The command line's values: they keep winning over the file's after a reload.
@@ -55,9 +59,11 @@ pub struct Reloader {
     current: Mutex<Settings>,
     /// What the last attempt read: SHA-256 over the config file and the files it names.
     last_attempt: Mutex<[u8; 32]>,
-    proxy: Handles,
-    tokens: TokenManager,
+    live: Arc<Live>,
     metrics: Arc<Metrics>,
+    /// The watch on the config and the files it names (renewed when a reload names others).
+    watch: Mutex<Option<FileWatch>>,
+    me: Weak<Reloader>,
 }
 
 /// What a successful reload changed.
@@ -65,35 +71,61 @@ pub struct Reloader {
 pub struct Applied {
     /// Anything differed from what was in force (false: a spurious event or an unchanged file).
     pub changed: bool,
-    /// The account or its secret changed: the token held was dropped and the driver logs in
-    /// with the new credential.
+    /// The account or its secret of an identity kept running changed: the token it held was
+    /// dropped and its driver logs in with the new credential.
     pub credential_changed: bool,
+    /// What happened to each identity.
+    pub identities: Changes,
     /// Keys whose new value only takes effect after a restart.
     pub needs_restart: Vec<&'static str>,
 }
 
 impl Reloader {
     /// A reloader for a proxy running with `settings` (read from `config_path`, if any, with
-    /// `overrides` over it), applying new rules through `proxy` and a new credential through
-    /// `tokens`, counting reloads in `metrics`. The files as they read now count as the last
-    /// attempt, so an event for an unchanged file does nothing.
+    /// `overrides` over it), applying what changes through `live`, counting reloads in
+    /// `metrics`. The files as they read now count as the last attempt, so an event for an
+    /// unchanged file does nothing. [`Reloader::watch`] starts watching them.
     pub fn new(
         config_path: Option<PathBuf>,
         overrides: Overrides,
         settings: Settings,
-        proxy: Handles,
-        tokens: TokenManager,
+        live: Arc<Live>,
         metrics: Arc<Metrics>,
-    ) -> Reloader {
+    ) -> Arc<Reloader> {
         let last_attempt = Mutex::new(inputs_digest(config_path.as_deref(), &overrides, &settings));
-        Reloader {
+        Arc::new_cyclic(|me| Reloader {
             config_path,
             overrides,
             last_attempt,
             current: Mutex::new(settings),
-            proxy,
-            tokens,
+            live,
             metrics,
+            watch: Mutex::new(None),
+            me: me.clone(),
+        })
+    }
+
+    /// Reload when the config file or a file it names changes (directory watches, so
+    /// Kubernetes' `..data` symlink swaps are seen), and only when the bytes differ from what
+    /// the last attempt read: a rejected edit is reported once, not at every event until it
+    /// is fixed. Called at start and again by a reload that names other files.
+    pub fn watch(&self) {
+        let files = self.watched_files();
+        let mut slot = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if files.is_empty() {
+            *slot = None;
+            return;
+        }
+        let me = self.me.clone();
+        match crate::watch::watch_files(&files, move || {
+            if let Some(r) = me.upgrade() {
+                let _ = r.reload_if_changed("file change");
+            }
+        }) {
+            Ok(w) => *slot = Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config and secret files; use SIGHUP to reload");
+            }
         }
     }
 
@@ -171,94 +203,127 @@ impl Reloader {
             }
             None => self.lock().clone(),
         };
-        // Validate everything before applying anything.
-        // Identities are not swapped live (yet): in the general form the running ones keep
-        // serving and only the rules (access, policy, the keys files' contents) apply.
-        let single = is_single(&self.lock()) && is_single(&new);
-        let secret = new
-            .auth
-            .secret
-            .load()
-            .map_err(|source| ReloadError::Secret {
-                key: new.auth.secret_name.clone(),
-                source,
-            })?;
-        let rules = Rules::from_settings(&new).map_err(ReloadError::Rules)?;
-
+        // Validate everything before applying anything: the restart-only values kept, every
+        // secret loaded, the rules built.
         let mut current = self.lock();
         let settings_changed = *current != new;
-        let mut needs_restart = restart_keys(&current, &new);
-        if !single {
-            if model(&current) != model(&new) {
-                needs_restart.push("identities");
-            }
-            // The credential of each identity stays as started; only rules are swapped.
-            for name in rules.policy.lifted() {
-                tracing::warn!(rule = %name, "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies");
-            }
-            let mut kept = new;
-            kept.upstream = current.upstream.clone();
-            kept.auth = current.auth.clone();
-            kept.upstreams = current.upstreams.clone();
-            kept.identities = current.identities.clone();
-            kept.clients = current.clients.clone();
-            kept.listeners = current.listeners.clone();
-            kept.main_identity = current.main_identity;
-            kept.proxy = current.proxy.clone();
-            kept.ops = current.ops.clone();
-            kept.log.format = current.log.format;
-            kept.log.level = current.log.level.clone();
-            // Rules as the running identities see them: the new [access] and [policy] with
-            // the [[clients]] mapping in force.
-            let rules = Rules::from_settings(&kept).map_err(ReloadError::Rules)?;
-            self.proxy.set_rules(rules);
-            self.proxy.set_access_log(kept.log.access);
-            *current = kept;
-            return Ok(Applied {
-                changed: settings_changed,
-                credential_changed: false,
-                needs_restart,
-            });
-        }
+        let needs_restart = restart_keys(&current, &new);
+        let kept = keep_running(&current, new, !needs_restart.is_empty())?;
+        let secrets = load_secrets(&kept)?;
+        let rules = Rules::from_settings(&kept).map_err(ReloadError::Rules)?;
         for name in rules.policy.lifted() {
             tracing::warn!(rule = %name, "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies");
         }
-        self.proxy.set_rules(rules);
-        self.proxy.set_access_log(new.log.access);
-        let login = self.tokens.login();
-        login.set_secret_source(&new.auth.secret);
-        let credential_changed = login.set_credentials(new.auth.email.clone(), secret);
-        if credential_changed {
-            // The cached token belongs to the old credential (it may have been revoked).
-            let tokens = self.tokens.clone();
-            tokio::spawn(async move { tokens.invalidate().await });
+        let changes = self
+            .live
+            .apply(&kept, rules, secrets)
+            .map_err(ReloadError::Roster)?;
+        self.live.handles().set_access_log(kept.log.access);
+        if changes.any() {
+            tracing::info!(
+                started = ?changes.started,
+                stopped = ?changes.stopped,
+                credential_changed = ?changes.credential_changed,
+                "identities reloaded"
+            );
         }
-        // Keep the old values of settings that need a restart, so the next diff still shows them.
-        let mut kept = new;
-        if !needs_restart.is_empty() {
-            kept.proxy = current.proxy.clone();
+        let rewatch = named_files(&current) != named_files(&kept);
+        *current = kept;
+        drop(current);
+        if rewatch {
+            self.watch();
+        }
+        Ok(Applied {
+            changed: settings_changed || changes.any(),
+            credential_changed: !changes.credential_changed.is_empty(),
+            identities: changes,
+            needs_restart,
+        })
+    }
+}
+
+/// Every identity's secret, loaded (a reload that cannot read one changes nothing).
+fn load_secrets(s: &Settings) -> Result<Vec<Secret>, ReloadError> {
+    s.identities
+        .iter()
+        .map(|id| {
+            id.auth.secret.load().map_err(|source| ReloadError::Secret {
+                key: id.auth.secret_name.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// `new`, with the values that need a restart as they run now (`restart`: some differ), so
+/// the next diff still shows them. Listeners keep running where they are: when the new
+/// configuration moves, adds or removes one, each running listener keeps serving its
+/// identity (found by name); a running listener whose identity the new configuration
+/// removes rejects the reload.
+fn keep_running(current: &Settings, new: Settings, restart: bool) -> Result<Settings, ReloadError> {
+    let mut kept = new;
+    if restart {
+        kept.proxy = current.proxy.clone();
+        kept.ops = current.ops.clone();
+        kept.log.format = current.log.format;
+        kept.log.level = current.log.level.clone();
+        if is_single(current) && is_single(&kept) {
             kept.upstream = current.upstream.clone();
-            kept.ops = current.ops.clone();
+            kept.upstreams = current.upstreams.clone();
             kept.auth.flavor = current.auth.flavor;
             kept.auth.refresh_before_expiry = current.auth.refresh_before_expiry;
             kept.auth.login_timeout = current.auth.login_timeout;
             kept.auth.default_token_lifetime = current.auth.default_token_lifetime;
             kept.auth.key_check_interval = current.auth.key_check_interval;
-            kept.log.format = current.log.format;
-            kept.log.level = current.log.level.clone();
-            kept.upstreams = current.upstreams.clone();
+            // The single form's one identity is `[auth]`.
+            if let Some(id) = kept.identities.first_mut() {
+                id.auth = kept.auth.clone();
+            }
         }
-        // The single form's one identity is `[auth]`.
-        if let Some(id) = kept.identities.first_mut() {
-            id.auth = kept.auth.clone();
-        }
-        *current = kept;
-        Ok(Applied {
-            changed: settings_changed || credential_changed,
-            credential_changed,
-            needs_restart,
-        })
     }
+    if listener_places(current) != listener_places(&kept) {
+        let mut listeners = current.listeners.clone();
+        for l in &mut listeners {
+            let name = &current.identities[l.identity].name;
+            l.identity = kept
+                .identities
+                .iter()
+                .position(|id| id.name == *name)
+                .ok_or_else(|| {
+                    ReloadError::Config(ConfigError::Invalid {
+                        key: "listeners".into(),
+                        problem: format!(
+                            "the listener on {} serves identity `{name}`, which the new \
+                             configuration removes; removing or moving a listener needs a restart",
+                            l.listen
+                        ),
+                    })
+                })?;
+        }
+        kept.listeners = listeners;
+    }
+    Ok(kept)
+}
+
+/// What of the listeners only a restart changes: where each is, its TLS and its limits.
+type Place = (
+    std::net::SocketAddr,
+    Option<crate::config::TlsFiles>,
+    Option<usize>,
+    Option<usize>,
+);
+fn listener_places(s: &Settings) -> Vec<Place> {
+    s.listeners
+        .iter()
+        .map(|l| {
+            (
+                l.listen,
+                l.tls.clone(),
+                l.max_concurrent_requests,
+                l.max_connections,
+            )
+        })
+        .collect()
 }
 
 /// The secret and key files a config names.
@@ -279,25 +344,6 @@ fn is_single(s: &Settings) -> bool {
         && s.identities[0].name == crate::config::DEFAULT_IDENTITY
         && s.clients.is_empty()
         && s.listeners.is_empty()
-}
-
-/// What of a config a live reload does not change (yet) in the general form.
-fn model(
-    s: &Settings,
-) -> (
-    &[crate::config::NamedUpstream],
-    &[crate::config::IdentitySettings],
-    &[crate::config::ClientSettings],
-    &[crate::config::ListenerSettings],
-    crate::config::MainIdentity,
-) {
-    (
-        &s.upstreams,
-        &s.identities,
-        &s.clients,
-        &s.listeners,
-        s.main_identity,
-    )
 }
 
 /// SHA-256 over the config file's bytes and those of the files it names (or, when it does
@@ -365,17 +411,102 @@ fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {
         old.proxy.tls != new.proxy.tls,
         "proxy.tls_cert_file / proxy.tls_key_file",
     );
-    check(old.upstream != new.upstream, "upstream");
-    check(old.auth.flavor != new.auth.flavor, "auth.flavor");
     check(
-        old.auth.refresh_before_expiry != new.auth.refresh_before_expiry
-            || old.auth.login_timeout != new.auth.login_timeout
-            || old.auth.default_token_lifetime != new.auth.default_token_lifetime
-            || old.auth.key_check_interval != new.auth.key_check_interval,
+        listener_places(old) != listener_places(new),
+        "listeners (listen, tls files, limits)",
+    );
+    // In the general form identities and upstreams change live (crate::roster); the single
+    // form's [upstream] and [auth] timings are its one identity's and need a restart, as ever.
+    let single = is_single(old) && is_single(new);
+    check(single && old.upstream != new.upstream, "upstream");
+    check(single && old.auth.flavor != new.auth.flavor, "auth.flavor");
+    check(
+        single
+            && (old.auth.refresh_before_expiry != new.auth.refresh_before_expiry
+                || old.auth.login_timeout != new.auth.login_timeout
+                || old.auth.default_token_lifetime != new.auth.default_token_lifetime
+                || old.auth.key_check_interval != new.auth.key_check_interval),
         "auth timings",
     );
     check(old.ops != new.ops, "ops.listen");
     check(old.log.format != new.log.format, "log.format");
     check(old.log.level != new.log.level, "log.level");
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GENERAL: &str = r#"
+[upstreams.prod]
+url = "http://127.0.0.1:9"
+[identities.a]
+upstream = "prod"
+flavor = "v1"
+email = "a@example.com"
+password_env = "A_PASSWORD"
+[identities.b]
+upstream = "prod"
+flavor = "v1"
+email = "b@example.com"
+password_env = "B_PASSWORD"
+[proxy]
+identity = "a"
+[[listeners]]
+listen = "127.0.0.1:7002"
+identity = "b"
+"#;
+
+    fn settings(text: &str) -> Settings {
+        Settings::from_toml(text).unwrap()
+    }
+
+    #[test]
+    fn a_running_listener_keeps_its_identity_by_name_when_listeners_move() {
+        let current = settings(GENERAL);
+        // Listener moved, and a new identity sorts before `b`: `b` is now index 2.
+        let new = settings(&format!(
+            "{}\n[identities.aa]\nupstream = \"prod\"\nflavor = \"v1\"\nemail = \"c@example.com\"\npassword_env = \"C\"\n",
+            GENERAL.replace("127.0.0.1:7002", "127.0.0.1:7003")
+        ));
+        let restart = restart_keys(&current, &new);
+        assert!(
+            restart.iter().any(|k| k.starts_with("listeners")),
+            "{restart:?}"
+        );
+        let kept = keep_running(&current, new, true).unwrap();
+        assert_eq!(kept.listeners[0].listen, current.listeners[0].listen);
+        assert_eq!(kept.identities[kept.listeners[0].identity].name, "b");
+    }
+
+    #[test]
+    fn removing_a_running_listeners_identity_is_rejected_naming_it() {
+        let current = settings(GENERAL);
+        let without_b = GENERAL
+            .replace(
+                "[identities.b]\nupstream = \"prod\"\nflavor = \"v1\"\nemail = \"b@example.com\"\npassword_env = \"B_PASSWORD\"\n",
+                "",
+            )
+            .replace("[[listeners]]\nlisten = \"127.0.0.1:7002\"\nidentity = \"b\"\n", "");
+        let new = settings(&without_b);
+        let err = keep_running(&current, new, false).unwrap_err().to_string();
+        assert!(err.contains("listeners") && err.contains("`b`"), "{err}");
+        assert!(
+            err.contains("127.0.0.1:7002") && err.contains("restart"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_general_form_changes_upstreams_and_identities_without_a_restart() {
+        let current = settings(GENERAL);
+        let new =
+            settings(&GENERAL.replace("127.0.0.1:9\"", "127.0.0.1:10\"\nrequest_timeout = \"3s\""));
+        assert!(restart_keys(&current, &new).is_empty());
+        // The single form's [upstream] still needs one.
+        let single = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[auth]\nflavor = \"v1\"\nemail = \"a@b.c\"\npassword_env = \"P\"\n";
+        let keys = restart_keys(&settings(single), &settings(&single.replace(":9", ":10")));
+        assert_eq!(keys, vec!["upstream"]);
+    }
 }

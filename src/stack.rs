@@ -47,12 +47,14 @@ use crate::proxy::hygiene::HygieneLayer;
 use crate::proxy::inject::{CredentialError, CredentialLayer};
 use crate::proxy::limit::{ClientBody, LimitLayer, ProxyBody};
 use crate::proxy::policy::{PolicyLayer, PolicyRules};
-use crate::proxy::record::{RecordLayer, Recorder, Tracked};
+use crate::proxy::record::{Attribution, RecordLayer, Recorder, Tracked};
 use crate::proxy::respond::RespondLayer;
 use crate::proxy::route::ByIdentity;
 use crate::proxy::upgrade::UpgradeLayer;
 use crate::scrub::ScrubBody;
 use crate::upstream::{TargetLayer, TargetService, Upstream, UpstreamError};
+
+pub mod swap;
 
 /// What the proxy needs to build its request path, besides the clients to Medusa.
 pub struct Parts {
@@ -223,12 +225,42 @@ impl Stack<TargetService<Upstream<ProxyBody>>> {
         p: Parts,
         upstreams: Vec<Upstream<ProxyBody>>,
     ) -> (Stack<TargetService<Upstream<ProxyBody>>>, Handles) {
-        let targeted = upstreams
-            .into_iter()
-            .map(|upstream| TargetLayer::new(&upstream.settings().base_path).layer(upstream))
-            .collect();
-        Stack::new(p, targeted)
+        Stack::new(p, targeted(upstreams))
     }
+
+    /// [`Stack::next`] over the pooled clients to Medusa (as [`Stack::proxy`]).
+    ///
+    /// # Panics
+    ///
+    /// When `g.identities` is empty.
+    pub fn next_proxy(
+        &self,
+        g: Generation,
+        upstreams: Vec<Upstream<ProxyBody>>,
+    ) -> (Stack<TargetService<Upstream<ProxyBody>>>, Handles) {
+        self.next(g, targeted(upstreams))
+    }
+}
+
+/// Each client to Medusa behind its own `upstream.url` base path.
+fn targeted(upstreams: Vec<Upstream<ProxyBody>>) -> Vec<TargetService<Upstream<ProxyBody>>> {
+    upstreams
+        .into_iter()
+        .map(|upstream| TargetLayer::new(&upstream.settings().base_path).layer(upstream))
+        .collect()
+}
+
+/// What a reload changes in the request path: everything of [`Parts`] but the metrics and
+/// the access log, which stay.
+pub struct Generation {
+    /// The identities, in the new configuration's order (at least one).
+    pub identities: Vec<Identity>,
+    /// Whose requests the main listener serves.
+    pub main: MainIdentity,
+    /// `[access]` and `[policy]` with the new `[[clients]]` mapping.
+    pub rules: Rules,
+    /// How long a buffered request body may take.
+    pub body_timeout: Duration,
 }
 
 impl<U: Clone> Stack<U> {
@@ -239,27 +271,65 @@ impl<U: Clone> Stack<U> {
     ///
     /// When `p.identities` is empty (a validated config always has one).
     pub fn new(p: Parts, upstreams: Vec<U>) -> (Stack<U>, Handles) {
+        let recorder = Recorder::new(p.metrics.clone(), p.access_log.0, p.access_log.1);
+        let g = Generation {
+            identities: p.identities,
+            main: p.main,
+            rules: p.rules,
+            body_timeout: p.body_timeout,
+        };
+        Stack::build(g, recorder, p.metrics, upstreams)
+    }
+
+    /// The stack a reload builds: generation `g` over `upstreams`, recording into this one's
+    /// metrics and access log (its on/off switch included). Its handles are its own: the
+    /// rules that map client keys to identities change with the identities, in one step
+    /// (serve it through a [`swap::Swappable`]).
+    ///
+    /// # Panics
+    ///
+    /// When `g.identities` is empty.
+    pub fn next<V: Clone>(&self, g: Generation, upstreams: Vec<V>) -> (Stack<V>, Handles) {
+        Stack::build(
+            g,
+            self.handles.recorder.clone(),
+            self.metrics.clone(),
+            upstreams,
+        )
+    }
+
+    fn build(
+        g: Generation,
+        recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+        upstreams: Vec<U>,
+    ) -> (Stack<U>, Handles) {
         assert!(
-            !p.identities.is_empty(),
+            !g.identities.is_empty(),
             "a stack needs at least one identity"
         );
         let handles = Handles {
-            access: Arc::new(ArcSwap::from_pointee(p.rules.access)),
-            listener_access: Arc::new(ArcSwap::from_pointee(p.rules.listener_access)),
-            policy: Arc::new(ArcSwap::from_pointee(p.rules.policy)),
-            max_body: Arc::new(AtomicU64::new(p.rules.max_body)),
-            recorder: Recorder::new(p.metrics.clone(), p.access_log.0, p.access_log.1),
+            access: Arc::new(ArcSwap::from_pointee(g.rules.access)),
+            listener_access: Arc::new(ArcSwap::from_pointee(g.rules.listener_access)),
+            policy: Arc::new(ArcSwap::from_pointee(g.rules.policy)),
+            max_body: Arc::new(AtomicU64::new(g.rules.max_body)),
+            recorder,
         };
         let stack = Stack {
-            fallback: p.identities[0].tokens().clone(),
+            fallback: g.identities[0].tokens().clone(),
             handles: handles.clone(),
-            identities: p.identities.into(),
-            main: p.main,
+            identities: g.identities.into(),
+            main: g.main,
             upstreams,
-            body_timeout: p.body_timeout,
-            metrics: p.metrics,
+            body_timeout: g.body_timeout,
+            metrics,
         };
         (stack, handles)
+    }
+
+    /// The identities this stack serves, in order.
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
     }
 
     /// The request path of one listener, with `max_concurrent` slots of its own
@@ -275,9 +345,40 @@ impl<U: Clone> Stack<U> {
         Response = Response<ResponseBodyOf<RB>>,
         Error = Infallible,
         Future: Send + 'static,
-    > + Clone
+    >
+    + Clone
     + Send
     + 'static
+    + use<U, B, RB>
+    where
+        B: ClientBody,
+        U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
+            + Clone
+            + Send
+            + 'static,
+        U::Future: Send,
+        RB: Body + Send + Unpin + 'static,
+    {
+        self.service_with_slots(listener, AdmitLayer::new(max_concurrent))
+    }
+
+    /// [`Stack::service`] with the listener's slots given: the stacks a reload builds share
+    /// each listener's slots with the ones they replace (requests in flight on the old stack
+    /// keep theirs; the cap holds across the swap).
+    pub fn service_with_slots<B, RB>(
+        &self,
+        listener: Listener,
+        slots: AdmitLayer,
+    ) -> impl Service<
+        Request<B>,
+        Response = Response<ResponseBodyOf<RB>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    >
+    + Clone
+    + Send
+    + 'static
+    + use<U, B, RB>
     where
         B: ClientBody,
         U: Service<Request<ProxyBody<B>>, Response = Response<RB>, Error = UpstreamError>
@@ -312,6 +413,7 @@ impl<U: Clone> Stack<U> {
         let lone_default = matches!(&self.identities[..], [only]
             if only.policy().is_none() && only.name() == crate::config::DEFAULT_IDENTITY)
             && matches!(resolve, Some(Resolve::Fixed(_)));
+        let by = Attribution::of_listener(&self.metrics, resolve.as_ref());
         let mut access = AccessLayer::new(access);
         if let Some(resolve) = resolve.filter(|_| !lone_default) {
             access = access.resolving(resolve);
@@ -329,8 +431,8 @@ impl<U: Clone> Stack<U> {
                 .collect(),
         );
         ServiceBuilder::new()
-            .layer(RecordLayer(self.handles.recorder.clone()))
-            .layer(RespondLayer(self.metrics.clone()))
+            .layer(RecordLayer::new(self.handles.recorder.clone(), by.clone()))
+            .layer(RespondLayer(by))
             .layer(GuardLayer)
             .layer(access)
             .layer(PolicyLayer {
@@ -342,7 +444,7 @@ impl<U: Clone> Stack<U> {
                 body_timeout: self.body_timeout,
             })
             .layer(HygieneLayer)
-            .layer(AdmitLayer::new(max_concurrent))
+            .layer(slots)
             .layer(UpgradeLayer)
             .service(routes)
     }

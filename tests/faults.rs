@@ -604,7 +604,7 @@ async fn idle_race(r: IdleRace) -> IdleResult {
         let seen = forwarded_ids(&h.fake);
         let retried = metrics::value(
             &h.ops("/metrics").await.text(),
-            "medusa_auth_proxy_upstream_errors_total{kind=\"retried\"}",
+            "medusa_auth_proxy_upstream_errors_total{identity=\"default\",kind=\"retried\"}",
         )
         .expect("the retried series is exported") as usize;
         for o in out.iter().filter(|o| !o.ok()) {

@@ -270,6 +270,84 @@ async fn each_caller_reaches_only_its_identitys_upstream_with_its_credential_and
 }
 
 #[tokio::test]
+async fn metrics_count_each_request_under_its_identity() {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &prod.url(),
+        &staging.url(),
+        fake_medusa::DEFAULT_PASSWORD,
+    );
+    let p = Proc::start(&cfg, &[]);
+    let (main, ops, staging_listener) = urls(&p).await;
+    let c = client();
+    wait_ready(&c, &ops, "", 200).await;
+
+    let products = format!("{main}/admin/products");
+    for _ in 0..2 {
+        let (status, body) = send(&c, "GET", &products, Some(REPORTING_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // reporting is read-only: its policy denies, counted under it.
+    let (status, body) = send(&c, "POST", &products, Some(REPORTING_KEY)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = send(&c, "GET", &products, Some(CATALOG_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    // staging-admin's listener: every request is its own.
+    let (status, body) = send(
+        &c,
+        "GET",
+        &format!("{staging_listener}/admin/products"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // No key on the main listener: refused before any identity, `identity=""`.
+    let (status, _) = send(&c, "GET", &products, None).await;
+    assert_eq!(status, 407);
+
+    // Each request is counted when its response has ended; wait for the exact lines.
+    let text = common::metrics::wait_lines(
+        &ops,
+        &[
+            "medusa_auth_proxy_requests_total{identity=\"reporting\",method=\"GET\",status_class=\"2xx\"} 2\n",
+            "medusa_auth_proxy_requests_total{identity=\"reporting\",method=\"POST\",status_class=\"4xx\"} 1\n",
+            "medusa_auth_proxy_denied_requests_total{identity=\"reporting\",reason=\"route_denied\"} 1\n",
+            "medusa_auth_proxy_requests_total{identity=\"catalog\",method=\"GET\",status_class=\"2xx\"} 1\n",
+            "medusa_auth_proxy_request_duration_seconds_count{identity=\"catalog\"} 1\n",
+            "medusa_auth_proxy_requests_total{identity=\"staging-admin\",method=\"GET\",status_class=\"2xx\"} 1\n",
+            "medusa_auth_proxy_requests_total{identity=\"\",method=\"GET\",status_class=\"4xx\"} 1\n",
+            "medusa_auth_proxy_denied_requests_total{identity=\"\",reason=\"proxy_auth_required\"} 1\n",
+            // Every identity's upstream error kinds are exported from the start.
+            "medusa_auth_proxy_upstream_errors_total{identity=\"staging-admin\",kind=\"unreachable\"} 0\n",
+            "medusa_auth_proxy_token_checks_total{identity=\"catalog\",outcome=\"error\"} 0\n",
+        ],
+    )
+    .await;
+    // Nothing counted under another identity than the request's.
+    for absent in [
+        "medusa_auth_proxy_denied_requests_total{identity=\"catalog\"",
+        "medusa_auth_proxy_denied_requests_total{identity=\"staging-admin\"",
+        "medusa_auth_proxy_requests_total{identity=\"default\"",
+    ] {
+        assert!(!text.contains(absent), "{absent} in\n{text}");
+    }
+    for (identity, class) in [("catalog", "4xx"), ("staging-admin", "4xx"), ("", "2xx")] {
+        let series = format!(
+            "medusa_auth_proxy_requests_total{{identity=\"{identity}\",method=\"GET\",status_class=\"{class}\"}}"
+        );
+        assert_eq!(
+            common::metrics::value(&text, &series),
+            Some(0.0),
+            "{series}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn one_identitys_failure_leaves_the_others_serving() {
     let prod = FakeMedusa::start().await;
     prod.set_api_key(Some(CATALOG_API_TOKEN));
@@ -364,8 +442,35 @@ fn check_refuses_unknown_names_naming_the_key() {
     }
 }
 
+/// Replace the config file in one step (as an editor's save or a ConfigMap update does), so
+/// the file watcher never reads half of it.
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Send SIGHUP and wait for the reload's outcome line (the `n`th such line).
+async fn reload(p: &Proc, n: usize) {
+    p.signal("HUP");
+    common::wait::until(
+        Duration::from_secs(10),
+        "the reload's outcome line",
+        async || {
+            let done = p.count_lines("configuration reloaded")
+                + p.count_lines("configuration reload rejected");
+            if done >= n { Ok(()) } else { Err(p.log()) }
+        },
+    )
+    .await;
+}
+
+/// Live reload of the identity model, against the binary: a policy made wider applies at
+/// once; a new identity (with its `[[clients]]` key) logs in alone, the others keep their
+/// tokens; a removed identity's key stops working and `/readyz` stops naming it; a moved
+/// listener says it needs a restart and keeps serving where it is.
 #[tokio::test]
-async fn a_reload_that_changes_identities_says_restart_and_keeps_them() {
+async fn a_reload_changes_identities_live_and_logs_in_only_the_new_one() {
     let prod = FakeMedusa::start().await;
     prod.set_api_key(Some(CATALOG_API_TOKEN));
     let staging = FakeMedusa::start_v2().await;
@@ -377,32 +482,197 @@ async fn a_reload_that_changes_identities_says_restart_and_keeps_them() {
         fake_medusa::DEFAULT_PASSWORD,
     );
     let p = Proc::start(&cfg, &[]);
-    let (main, ops, _) = urls(&p).await;
+    let (main, ops, staging_listener) = urls(&p).await;
     let c = client();
     wait_ready(&c, &ops, "", 200).await;
-    // reporting would become writable: not applied live.
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("read_only = true", "read_only = false")).unwrap();
-    p.signal("HUP");
-    let line = p.wait_line("need a restart").await;
-    assert!(line.contains("identities"), "{line}");
-    let (status, _) = send(
-        &c,
-        "POST",
-        &format!("{main}/admin/upload"),
-        Some(REPORTING_KEY),
-    )
-    .await;
-    assert_eq!(status, 403);
-    let (status, _) = send(
+    let logins = || (prod.logins(), staging.logins());
+    assert_eq!(logins(), (1, 1));
+    let upload = format!("{main}/admin/upload");
+    assert_eq!(send(&c, "POST", &upload, Some(REPORTING_KEY)).await.0, 403);
+
+    // 1. reporting's policy widened (still within the global one): applied live.
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let widened = original.replace(
+        "read_only = true\nallow_paths = [\"/admin/products\"]",
+        "read_only = false\nallow_paths = [\"/admin/products\", \"/admin/upload\"]",
+    );
+    assert_ne!(widened, original);
+    write_atomic(&cfg, &widened);
+    reload(&p, 1).await;
+    let (status, body) = send(&c, "POST", &upload, Some(REPORTING_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(logins(), (1, 1), "a policy change logs nobody in");
+
+    // 2. A new identity on staging, with a key of its own: only it logs in.
+    let new_key = "newcomer-key-0123456789abcdef";
+    let newcomer_keys = dir.path().join("newcomer-keys");
+    std::fs::write(&newcomer_keys, format!("{new_key}\n")).unwrap();
+    let added = format!(
+        "{widened}\n[identities.newcomer]\nupstream = \"staging\"\nflavor = \"v2\"\n\
+         email = \"{email}\"\npassword_file = \"{pw}\"\n\
+         [[clients]]\nkeys_file = \"{keys}\"\nidentity = \"newcomer\"\n",
+        email = fake_medusa::DEFAULT_EMAIL,
+        pw = dir.path().join("staging-password").display(),
+        keys = newcomer_keys.display(),
+    );
+    write_atomic(&cfg, &added);
+    reload(&p, 2).await;
+    let ready = wait_ready(&c, &ops, "?identity=newcomer", 200).await;
+    assert!(ready.contains("newcomer"), "{ready}");
+    assert_eq!(logins(), (1, 2), "only the new identity logs in");
+    let (status, body) = send(&c, "GET", &format!("{main}/admin/stores"), Some(new_key)).await;
+    assert_eq!(status, 200, "the new key reaches staging (v2): {body}");
+    // The others serve as before, with the tokens they had.
+    assert_eq!(
+        send(
+            &c,
+            "GET",
+            &format!("{main}/admin/products"),
+            Some(CATALOG_KEY)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        send(&c, "GET", &format!("{staging_listener}/admin/stores"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(logins(), (1, 2));
+
+    // 3. catalog removed (identity and its client entry): its key is refused, /readyz
+    //    no longer names it, nobody logs in.
+    let catalog_table = "[identities.catalog]\nupstream = \"prod\"\nflavor = \"v1-api-token\"\n";
+    let start = added.find(catalog_table).expect("catalog table");
+    let end = start + added[start..].find("\n\n").unwrap();
+    let mut removed = format!("{}{}", &added[..start], &added[end..]);
+    let client_entry = format!(
+        "[[clients]]\nkeys_file = \"{}\"\nidentity = \"catalog\"\n",
+        dir.path().join("catalog-keys").display()
+    );
+    assert!(removed.contains(&client_entry));
+    removed = removed.replace(&client_entry, "");
+    write_atomic(&cfg, &removed);
+    reload(&p, 3).await;
+    assert!(
+        p.log()
+            .lines()
+            .any(|l| l.contains("identities reloaded") && l.contains("stopped=[\"catalog\"]")),
+        "{}",
+        p.log()
+    );
+    let (status, body) = send(
         &c,
         "GET",
         &format!("{main}/admin/products"),
         Some(CATALOG_KEY),
     )
     .await;
-    assert_eq!(status, 200);
-    assert_eq!(prod.logins(), 1, "no identity logged in again");
+    assert_eq!(status, 407, "{body}");
+    assert!(!body.contains(CATALOG_KEY), "{body}");
+    assert_eq!(
+        send(&c, "GET", &format!("{ops}/readyz?identity=catalog"), None)
+            .await
+            .0,
+        404
+    );
+    let ready = wait_ready(&c, &ops, "", 200).await;
+    assert!(
+        !ready.contains("catalog") && ready.contains("newcomer"),
+        "{ready}"
+    );
+    assert_eq!(
+        send(
+            &c,
+            "GET",
+            &format!("{main}/admin/products"),
+            Some(REPORTING_KEY)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(logins(), (1, 2));
+
+    // 4. The staging listener moved: needs a restart, keeps serving where it is.
+    let moved = removed.replacen(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"",
+        "[[listeners]]\nlisten = \"127.0.0.1:1\"",
+        1,
+    );
+    assert_ne!(moved, removed);
+    write_atomic(&cfg, &moved);
+    reload(&p, 4).await;
+    let line = p.wait_line("need a restart").await;
+    assert!(line.contains("listeners"), "{line}");
+    assert_eq!(
+        send(&c, "GET", &format!("{staging_listener}/admin/stores"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(logins(), (1, 2), "no identity logged in again");
+    assert!(!p.log().contains(new_key) && !p.log().contains(REPORTING_KEY));
+}
+
+/// `[proxy]` limits are per listener: the staging listener, with one slot of its own, is
+/// full while its one request waits on a slow Medusa and answers 503 `overloaded`; the main
+/// listener's callers are not affected.
+#[tokio::test]
+async fn each_listener_has_its_own_slots() {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &prod.url(),
+        &staging.url(),
+        fake_medusa::DEFAULT_PASSWORD,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "identity = \"staging-admin\"\n",
+        "identity = \"staging-admin\"\nmax_concurrent_requests = 1\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let p = Proc::start(&cfg, &[]);
+    let (main, ops, staging_listener) = urls(&p).await;
+    let c = client();
+    wait_ready(&c, &ops, "", 200).await;
+    staging.set_response_delay(Duration::from_secs(3));
+    let slow = {
+        let (c, url) = (c.clone(), format!("{staging_listener}/admin/stores"));
+        tokio::spawn(async move { send(&c, "GET", &url, None).await })
+    };
+    // The slow request holds the listener's one slot once it is in flight.
+    common::wait::until(
+        Duration::from_secs(10),
+        "one request in flight",
+        async || {
+            let (_, metrics) = send(&c, "GET", &format!("{ops}/metrics"), None).await;
+            if metrics.contains("medusa_auth_proxy_requests_in_flight 1") {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await;
+    let (status, body) = send(&c, "GET", &format!("{staging_listener}/admin/stores"), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("overloaded"), "{body}");
+    // The main listener has slots of its own.
+    let (status, body) = send(
+        &c,
+        "GET",
+        &format!("{main}/admin/products"),
+        Some(REPORTING_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(slow.await.unwrap().0, 200);
 }
 
 /// `check --login` with the general form: every identity logs in (at the same time), each

@@ -2,6 +2,10 @@
 //! proxy process wakes at most once a second on average. Counted from /proc (voluntary
 //! context switches of every thread), not timed. `IDLE_SECONDS` sets the window (default 5;
 //! the README's figure is 60 s on a release build: `MEDUSA_AUTH_PROXY_BIN=...`).
+//!
+//! It also prints, without asserting them (figures are the benchmark's, `bench/sidecar-cost.sh`),
+//! the time from exec to `/readyz` 200 with a fake Medusa on loopback and the resident memory
+//! when idle.
 
 mod common;
 
@@ -39,8 +43,32 @@ async fn an_idle_proxy_sleeps() {
         "",
     );
     std::fs::write(&cfg, text).unwrap();
+    let started = std::time::Instant::now();
     let p = Proc::start(&cfg, &[]);
-    let (proxy, _) = p.urls().await;
+    // Start to ready, polled every millisecond (a figure to print, not to assert).
+    while p.count_lines("medusa-auth-proxy started") == 0 {
+        assert!(
+            started.elapsed() < common::wait::LONG,
+            "no start line:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (proxy, ops) = p.urls().await;
+    let c = client();
+    while fetch(&c, &format!("{ops}/readyz")).await.0 != 200 {
+        assert!(
+            started.elapsed() < common::wait::LONG,
+            "never ready:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "start to ready: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    drop(c);
     // Traffic first: a request (an access line, a pooled connection), then nothing.
     assert_eq!(
         fetch(&client(), &format!("{proxy}/admin/products")).await.0,
@@ -57,6 +85,11 @@ async fn an_idle_proxy_sleeps() {
     let before = wakeups(p.pid());
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let woke = wakeups(p.pid()) - before;
+    println!(
+        "idle RSS: {:.1} MiB (peak so far {:.1} MiB)",
+        p.status_kib("VmRSS") as f64 / 1024.0,
+        p.status_kib("VmHWM") as f64 / 1024.0
+    );
     println!(
         "idle proxy: {woke} wake-ups in {secs} s ({:.2}/s)",
         woke as f64 / secs as f64

@@ -595,7 +595,9 @@ async fn a_401_whose_check_cannot_reach_medusa_keeps_the_token() {
     assert_eq!(h.fake.token_checks(), 1, "checked once");
     let metrics = h.ops("/metrics").await.text();
     assert!(
-        metrics.contains("medusa_auth_proxy_token_checks_total{outcome=\"error\"} 1"),
+        metrics.contains(
+            "medusa_auth_proxy_token_checks_total{identity=\"default\",outcome=\"error\"} 1"
+        ),
         "{metrics}"
     );
     // The token was kept: no login, and the next request uses it.
@@ -621,7 +623,9 @@ async fn a_401_for_the_route_is_passed_on_unchanged_and_the_token_stays() {
     assert_eq!(h.fake.always_401_requests(), 1, "not replayed");
     let metrics = h.ops("/metrics").await.text();
     assert!(
-        metrics.contains("medusa_auth_proxy_token_checks_total{outcome=\"accepted\"} 1"),
+        metrics.contains(
+            "medusa_auth_proxy_token_checks_total{identity=\"default\",outcome=\"accepted\"} 1"
+        ),
         "{metrics}"
     );
     assert!(

@@ -106,7 +106,10 @@ where
                     match resolve.pick(caller.key_owners) {
                         Ok(id) => {
                             if let Some(notes) = &notes {
-                                notes.note(|n| n.identity = Some(id.shared_name()));
+                                notes.note(|n| {
+                                    n.identity = Some(id.shared_name());
+                                    n.identity_index = Some(id.index());
+                                });
                             }
                             req.extensions_mut().insert(id.clone());
                         }

@@ -1,12 +1,12 @@
 //! `respond`: the one place a [`ProxyError`] becomes the client's answer. It logs the
-//! failure once, counts it in the metric its class names ([`ProxyError::counted`]) and
-//! answers JSON with the status the class gives. Below it every step returns
-//! `Result<_, ProxyError>`; above it nothing can fail.
+//! failure once, counts it in the metric its class names ([`ProxyError::counted`]), under the
+//! identity the request was served as ([`Attribution`]), and answers JSON with the status the
+//! class gives. Below it every step returns `Result<_, ProxyError>`; above it nothing can
+//! fail.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,20 +14,21 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use tower::{Layer, Service};
 
+use super::record::{Attribution, Notes};
 use crate::error::{Counted, ProxyError};
-use crate::metrics::Metrics;
+use crate::metrics::IdentityMetrics;
 
 /// The `respond` layer: turns the [`ProxyError`] of the steps below into the client's JSON
-/// answer, counting it in the [`Metrics`] it holds.
+/// answer, counting it under the identity the [`Attribution`] it holds gives.
 #[derive(Clone)]
-pub struct RespondLayer(pub Arc<Metrics>);
+pub struct RespondLayer(pub Attribution);
 
 impl<S> Layer<S> for RespondLayer {
     type Service = Respond<S>;
     fn layer(&self, inner: S) -> Respond<S> {
         Respond {
             inner,
-            metrics: self.0.clone(),
+            by: self.0.clone(),
         }
     }
 }
@@ -36,7 +37,7 @@ impl<S> Layer<S> for RespondLayer {
 #[derive(Clone)]
 pub struct Respond<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    by: Attribution,
 }
 
 impl<S, B, RB> Service<Request<B>> for Respond<S>
@@ -55,22 +56,30 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // `access` notes the identity it picks there, after this step has passed the request.
+        let notes = self
+            .by
+            .per_request()
+            .then(|| req.extensions().get::<Notes>().cloned())
+            .flatten();
         RespondFuture {
             method: req.method().clone(),
             inner: self.inner.call(req),
-            metrics: self.metrics.clone(),
+            by: self.by.clone(),
+            notes,
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The future of [`Respond`]: the inner future, and what logging and counting a failure
-    /// needs (the request's method, the metrics).
+    /// needs (the request's method, whose series it counts in).
     pub struct RespondFuture<F> {
         #[pin]
         inner: F,
         method: http::Method,
-        metrics: Arc<Metrics>,
+        by: Attribution,
+        notes: Option<Notes>,
     }
 }
 
@@ -84,16 +93,20 @@ where
         let this = self.project();
         Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
             Ok(resp) => resp.map(Either::Left),
-            Err(e) => answer(e, this.method, this.metrics).map(Either::Right),
+            Err(e) => answer(e, this.method, this.by.of(this.notes.as_ref())).map(Either::Right),
         }))
     }
 }
 
-/// Count, log and answer one failure.
-pub fn answer(e: ProxyError, method: &http::Method, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// Count (under `identity`), log and answer one failure.
+pub fn answer(
+    e: ProxyError,
+    method: &http::Method,
+    identity: &IdentityMetrics,
+) -> Response<Full<Bytes>> {
     match e.counted() {
-        Counted::Upstream(kind) => metrics.upstream_error(kind),
-        Counted::Denied(reason) => metrics.denied(reason),
+        Counted::Upstream(kind) => identity.upstream_error(kind),
+        Counted::Denied(reason) => identity.denied(reason),
     }
     tracing::warn!(method = %method, status = e.status().as_u16(), class = ?e.class(), error = %e, "request failed");
     e.into_response()
@@ -107,12 +120,18 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::metrics::Metrics;
     use crate::proxy::testing::{body_text, response, stand_in};
+
+    /// Every failure counted under one identity, `default`, as on the single form's listener.
+    fn as_default(metrics: &Metrics) -> RespondLayer {
+        RespondLayer(Attribution::fixed(metrics.identity("default")))
+    }
 
     /// Answer one request whose next step fails with `e` (or succeeds, `None`).
     async fn answered(
         e: impl Fn() -> ProxyError + Send + Sync + 'static,
-        metrics: &Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Response<Either<Full<Bytes>, Full<Bytes>>> {
         let (inner, probe) = stand_in(move |_| Err::<Response<Full<Bytes>>, _>(e()));
         let req = Request::builder()
@@ -120,11 +139,7 @@ mod tests {
             .uri("/admin/products")
             .body(())
             .unwrap();
-        let resp = RespondLayer(metrics.clone())
-            .layer(inner)
-            .oneshot(req)
-            .await
-            .unwrap();
+        let resp = as_default(metrics).layer(inner).oneshot(req).await.unwrap();
         assert_eq!(probe.calls(), 1);
         resp
     }
@@ -160,7 +175,7 @@ mod tests {
         assert_eq!(v["message"], "path is in policy.deny_paths");
         assert!(counted(
             &metrics,
-            "medusa_auth_proxy_denied_requests_total{reason=\"route_denied\"} 1"
+            "medusa_auth_proxy_denied_requests_total{identity=\"default\",reason=\"route_denied\"} 1"
         ));
     }
 
@@ -183,11 +198,11 @@ mod tests {
         assert_eq!(json(resp).await["error"], "upstream_encoded");
         assert!(counted(
             &metrics,
-            "medusa_auth_proxy_upstream_errors_total{kind=\"timeout\"} 1"
+            "medusa_auth_proxy_upstream_errors_total{identity=\"default\",kind=\"timeout\"} 1"
         ));
         assert!(counted(
             &metrics,
-            "medusa_auth_proxy_upstream_errors_total{kind=\"encoded\"} 1"
+            "medusa_auth_proxy_upstream_errors_total{identity=\"default\",kind=\"encoded\"} 1"
         ));
         // Not also counted as a denial.
         assert!(!metrics.encode().contains("reason=\"upstream_timeout\""));
@@ -220,11 +235,11 @@ mod tests {
 
         assert!(counted(
             &metrics,
-            "medusa_auth_proxy_denied_requests_total{reason=\"overloaded\"} 1"
+            "medusa_auth_proxy_denied_requests_total{identity=\"default\",reason=\"overloaded\"} 1"
         ));
         assert!(counted(
             &metrics,
-            "medusa_auth_proxy_denied_requests_total{reason=\"no_token\"} 2"
+            "medusa_auth_proxy_denied_requests_total{identity=\"default\",reason=\"no_token\"} 2"
         ));
     }
 
@@ -250,6 +265,8 @@ mod tests {
     #[tokio::test]
     async fn an_answer_passes_through_and_counts_nothing() {
         let metrics = Metrics::new();
+        // The identity's series exist (as 0) from when its listener is built.
+        let layer = as_default(&metrics);
         let before = metrics.encode();
         let (inner, probe) = stand_in(|_| {
             let mut resp = response(StatusCode::NOT_FOUND, "medusa's own 404");
@@ -257,11 +274,7 @@ mod tests {
                 .insert("x-medusa", HeaderValue::from_static("1"));
             Ok(resp)
         });
-        let resp = RespondLayer(metrics.clone())
-            .layer(inner)
-            .oneshot(Request::new(()))
-            .await
-            .unwrap();
+        let resp = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
         assert_eq!(probe.calls(), 1);
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()["x-medusa"], "1");

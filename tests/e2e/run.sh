@@ -2,7 +2,8 @@
 # The e2e suite's one entry point: real Medusa servers, the real proxy, a client with no
 # credential. See tests/e2e/README.md.
 #
-#   tests/e2e/run.sh [v1|v2|all]            (default all)
+#   tests/e2e/run.sh [v1|v2|identities|all] (default all; identities: only that group, which
+#                                            runs Medusa v1 and v2 at once)
 #   tests/e2e/run.sh --self-check [v1|v2|all]
 #        the same scenarios with the driver's own reference client instead of the proxy:
 #        proves the servers and the scenarios themselves, needs no proxy binary
@@ -15,8 +16,9 @@
 #                      target/{debug,release}/examples/, built with `cargo build [--release]
 #                      --examples --locked` when missing)
 #   E2E_REQUIRE        flavors that must run, never SKIP (default "v1"; "all" = every flavor)
-#   E2E_FLAVORS        run only these flavors (default: all four, each skipped loudly when
-#                      `medusa-auth-proxy check` rejects its config, i.e. not supported yet)
+#   E2E_FLAVORS        run only these flavor groups (default: all five flavors and the
+#                      `identities` group, each skipped loudly when `medusa-auth-proxy check`
+#                      rejects its config, i.e. not supported yet)
 #   E2E_SOAK_SECONDS   v2 short-token soak length (default 120)
 #   E2E_SKIP_SETUP=1   skip setup.sh (servers already installed)
 #   RUST_LOG           passed to the proxy (default info)
@@ -27,10 +29,10 @@ set -euo pipefail
 VIA=proxy
 if [ "${1:-}" = --self-check ]; then VIA=direct; shift; fi
 WHICH=${1:-all}
-case $WHICH in v1 | v2 | all) ;; *) e2e_die "usage: run.sh [--self-check] [v1|v2|all]" ;; esac
+case $WHICH in v1 | v2 | identities | all) ;; *) e2e_die "usage: run.sh [--self-check] [v1|v2|identities|all]" ;; esac
 
 E2E_REQUIRE=${E2E_REQUIRE:-v1}
-E2E_FLAVORS=${E2E_FLAVORS:-v1 v1-api-token v2 v2-secret-key auto}
+E2E_FLAVORS=${E2E_FLAVORS:-v1 v1-api-token v2 v2-secret-key auto identities}
 SOAK_SECONDS=${E2E_SOAK_SECONDS:-120}
 DRIVER=(python3 "$E2E_SRC/driver.py")
 CTL=$E2E_SRC/ctl.sh
@@ -409,6 +411,135 @@ run_v2() {
     e2e_stop medusa-v2
 }
 
+# ---- identities: one proxy, Medusa v1 and v2 at once, three identities ---------------------
+# write_identities_config MEDUSA_V1_PORT MEDUSA_V2_PORT: $PROXY_CFG with fresh $PROXY_PORT (the
+# main listener: v2-reader by client key), $V1_LISTENER_PORT (v1-admin), $V2_LISTENER_PORT
+# (v2-admin) and $OPS_PORT; the reader's client key in $E2E_READER_CLIENT_KEY (exported) and
+# its keys_file; the reader's password in a password_file (the admins' from the environment).
+write_identities_config() {
+    local m1=$1 m2=$2 f=$E2E_STATE/proxy-identities.toml p used=" "
+    PROXY_CFG=$f
+    for p in PROXY_PORT V1_LISTENER_PORT V2_LISTENER_PORT OPS_PORT; do
+        printf -v "$p" '%s' "$(e2e_free_port)"
+        while [[ "$used" == *" ${!p} "* ]]; do printf -v "$p" '%s' "$(e2e_free_port)"; done
+        used+="${!p} "
+    done
+    export E2E_READER_CLIENT_KEY
+    E2E_READER_CLIENT_KEY=e2e-reader-$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+    (umask 077 && printf '# callers acting as the v2-reader identity\n%s\n' "$E2E_READER_CLIENT_KEY" \
+        >"$E2E_STATE/identities-reader.keys")
+    (umask 077 && printf '%s\n' "$E2E_READER_PASSWORD" >"$E2E_STATE/identities-reader.password")
+    local upstream_opts login_opts
+    upstream_opts=$(printf '%s\n' 'connect_timeout = "2s"' 'request_timeout = "30s"')
+    login_opts=$(printf '%s\n' 'refresh_before_expiry = "60s"' 'login_timeout = "10s"' 'default_token_lifetime = "1h"')
+    cat >"$f" <<EOF
+# written by tests/e2e/run.sh for scenario group identities: one process, Medusa v1 and v2
+[proxy]
+listen = "127.0.0.1:$PROXY_PORT"
+shutdown_grace = "5s"
+
+[upstreams.v1]
+url = "http://127.0.0.1:$m1"
+$upstream_opts
+
+[upstreams.v2]
+url = "http://127.0.0.1:$m2"
+$upstream_opts
+
+[identities.v1-admin]
+upstream = "v1"
+flavor = "v1"
+email = "$E2E_ADMIN_EMAIL"
+password_env = "MEDUSA_ADMIN_PASSWORD"
+$login_opts
+
+[identities.v2-admin]
+upstream = "v2"
+flavor = "v2"
+email = "$E2E_ADMIN_EMAIL"
+password_env = "MEDUSA_ADMIN_PASSWORD"
+$login_opts
+
+[identities.v2-reader]
+upstream = "v2"
+flavor = "v2"
+email = "$E2E_READER_EMAIL"
+password_file = "$E2E_STATE/identities-reader.password"
+$login_opts
+
+[identities.v2-reader.policy]
+read_only = true
+
+# The main listener: every request needs a client key, which picks the identity.
+[[clients]]
+keys_file = "$E2E_STATE/identities-reader.keys"
+identity = "v2-reader"
+
+[[listeners]]
+listen = "127.0.0.1:$V1_LISTENER_PORT"
+identity = "v1-admin"
+
+[[listeners]]
+listen = "127.0.0.1:$V2_LISTENER_PORT"
+identity = "v2-admin"
+
+[ops]
+listen = "127.0.0.1:$OPS_PORT"
+EOF
+}
+
+# Both Medusas at once, one proxy with three identities in front of them (identities.py).
+run_identities() {
+    local name=proxy-identities cfg m1 m2 s1 s2 sp
+    banner "identities: one proxy in front of Medusa v1 and v2 at once"
+    if ! wanted identities; then
+        skip identities "not in E2E_FLAVORS ($E2E_FLAVORS)"
+        return 0
+    fi
+    if [ "$VIA" = direct ]; then
+        skip identities "the reference client has no identities (they are the proxy's feature)"
+        return 0
+    fi
+    "$CTL" start-medusa v1 --jwt-secret "e2e-jwt-v1-ids-$(date +%s)"
+    "$CTL" start-medusa v2 --jwt-secret "e2e-jwt-v2-ids-$(date +%s)" --jwt-expires-in 1h
+    m1=$("$CTL" port v1)
+    m2=$("$CTL" port v2)
+    write_identities_config "$m1" "$m2"
+    cfg=$PROXY_CFG
+    if ! flavor_supported identities "$cfg"; then
+        if required identities; then
+            fail identities "medusa-auth-proxy check rejected the config: $CHECK_ERROR"
+        else
+            skip identities "medusa-auth-proxy check rejects the identities config (not supported yet?): $CHECK_ERROR"
+        fi
+    else
+        sed 's/^/    /' "$cfg"
+        s1=$(stat -c %s "$E2E_LOGS/medusa-v1.log")
+        s2=$(stat -c %s "$E2E_LOGS/medusa-v2.log")
+        sp=$(stat -c %s "$E2E_LOGS/$name.log" 2>/dev/null || echo 0)
+        if ! start_proxy "$name" "$cfg"; then
+            fail identities-start "the proxy did not become ready (log $E2E_LOGS/$name.log)"
+            e2e_stop "$name"
+        else
+            e2e_log "$name: v1-admin on 127.0.0.1:$V1_LISTENER_PORT, v2-admin on 127.0.0.1:$V2_LISTENER_PORT, v2-reader by client key on 127.0.0.1:$PROXY_PORT"
+            scenario identities python3 "$E2E_SRC/identities.py" \
+                --proxy "http://127.0.0.1:$PROXY_PORT" --v1-proxy "http://127.0.0.1:$V1_LISTENER_PORT" \
+                --v2-proxy "http://127.0.0.1:$V2_LISTENER_PORT" --ops "http://127.0.0.1:$OPS_PORT" \
+                --medusa-v1 "http://127.0.0.1:$m1" --medusa-v2 "http://127.0.0.1:$m2" \
+                --v1-log "$E2E_LOGS/medusa-v1.log" --v2-log "$E2E_LOGS/medusa-v2.log" \
+                --v1-since "$s1" --v2-since "$s2" --proxy-log "$E2E_LOGS/$name.log" --proxy-since "$sp" \
+                --v1-modules "$E2E_DIR/v1/node_modules" --v2-modules "$E2E_DIR/v2/node_modules" \
+                --email "$E2E_ADMIN_EMAIL" --reader-email "$E2E_READER_EMAIL" \
+                --reader-key-env E2E_READER_CLIENT_KEY
+            e2e_stop "$name" 10
+            check_reload_loop "$name" "$E2E_LOGS/$name.log"
+        fi
+    fi
+    unset E2E_READER_CLIENT_KEY
+    e2e_stop medusa-v1
+    e2e_stop medusa-v2
+}
+
 main() {
     # Leftovers of an earlier run (ours: recorded in pidfiles) go first.
     e2e_stop_all
@@ -416,7 +547,7 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     if [ "${E2E_SKIP_SETUP:-0}" != 1 ]; then
-        "$E2E_SRC/setup.sh" "$WHICH"
+        if [ "$WHICH" = identities ]; then "$E2E_SRC/setup.sh" all; else "$E2E_SRC/setup.sh" "$WHICH"; fi
     fi
     rm -f "$E2E_STATE"/medusa-*.port "$E2E_STATE"/medusa-*.jwt_* "$E2E_STATE"/*.key "$E2E_LOGS"/scenario-*.log
     if [ "$VIA" = proxy ]; then
@@ -425,6 +556,7 @@ main() {
     fi
     if [ "$WHICH" = v1 ] || [ "$WHICH" = all ]; then run_v1; fi
     if [ "$WHICH" = v2 ] || [ "$WHICH" = all ]; then run_v2; fi
+    if [ "$WHICH" = identities ] || [ "$WHICH" = all ]; then run_identities; fi
 }
 
 main

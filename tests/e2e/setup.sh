@@ -6,7 +6,8 @@
 #    loopback-only role and one database per Medusa version;
 #  - Medusa 1.20.11 and 2.21.2 with `npm ci` from the lockfiles in tests/e2e/v1 and v2, into
 #    $E2E_DIR/v1 and $E2E_DIR/v2 (default /tmp/medusa-auth-proxy-e2e);
-#  - migrations run, admin user created (only if missing: `medusa user` fails if it exists).
+#  - migrations run, admin user created (only if missing: `medusa user` fails if it exists);
+#    v2 also gets a second user, the read-only identity's account.
 # MEDUSA_DISABLE_TELEMETRY=true everywhere (lib/common.sh); nothing here calls out except
 # apt and the npm registry.
 set -euo pipefail
@@ -159,16 +160,17 @@ migrate_medusa() {
     step_end
 }
 
-ensure_admin_user() {
-    local ver=$1 log=$E2E_LOGS/setup-$1.log db=medusa_e2e_$1 n
-    n=$(psql_pg -d "$db" -c "select count(*) from \"user\" where email='$E2E_ADMIN_EMAIL' and deleted_at is null")
+# ensure_user VER EMAIL PASSWORD : `medusa user` only if the user is missing
+ensure_user() {
+    local ver=$1 email=$2 pw=$3 log=$E2E_LOGS/setup-$1.log db=medusa_e2e_$1 n
+    n=$(psql_pg -d "$db" -c "select count(*) from \"user\" where email='$email' and deleted_at is null")
     if [ "$n" != 0 ]; then
-        e2e_log "Medusa $ver admin user $E2E_ADMIN_EMAIL exists"
+        e2e_log "Medusa $ver user $email exists"
         return 0
     fi
-    step_begin "creating Medusa $ver admin user $E2E_ADMIN_EMAIL"
-    medusa_cmd "$ver" "$log" user -e "$E2E_ADMIN_EMAIL" -p "$E2E_ADMIN_PASSWORD" ||
-        { tail -n 30 "$log" >&2; e2e_die "medusa user failed for $ver"; }
+    step_begin "creating Medusa $ver user $email"
+    medusa_cmd "$ver" "$log" user -e "$email" -p "$pw" ||
+        { tail -n 30 "$log" >&2; e2e_die "medusa user failed for $ver ($email)"; }
     step_end
 }
 
@@ -183,7 +185,9 @@ main() {
     for ver in "${vers[@]}"; do
         install_medusa "$ver"
         migrate_medusa "$ver"
-        ensure_admin_user "$ver"
+        ensure_user "$ver" "$E2E_ADMIN_EMAIL" "$E2E_ADMIN_PASSWORD"
+        # The `identities` group's read-only identity logs in as its own v2 user.
+        if [ "$ver" = v2 ]; then ensure_user v2 "$E2E_READER_EMAIL" "$E2E_READER_PASSWORD"; fi
     done
     e2e_log "setup ($WHICH) complete in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s; work dir $E2E_DIR"
 }

@@ -16,6 +16,9 @@ E2E_DB_PASSWORD=medusa_e2e   # a throwaway role on a loopback-only cluster
 # The admin user that setup.sh creates in both servers; the proxy gets the password via env.
 E2E_ADMIN_EMAIL=admin@example.com
 E2E_ADMIN_PASSWORD=${E2E_ADMIN_PASSWORD:-e2e-admin-password-not-secret}
+# A second v2 user: the account of the read-only identity in the `identities` group.
+E2E_READER_EMAIL=reader@example.com
+E2E_READER_PASSWORD=${E2E_READER_PASSWORD:-e2e-reader-password-not-secret}
 
 export MEDUSA_DISABLE_TELEMETRY=true
 export DO_NOT_TRACK=1
