@@ -570,6 +570,10 @@ def cmd_docker(dockerfile, ignorefile, metadata_json, *renders):
             parts = [p for p in v.split() if not p.startswith("--")]
             copied += parts[:-1]
     needed = ["Cargo.toml", "Cargo.lock", "src"] + (["build.rs"] if os.path.exists(os.path.join(root, "build.rs")) else [])
+    # Targets the manifest declares must exist for cargo to read it at all, even for `--bin`.
+    manifest = open(os.path.join(root, "Cargo.toml")).read()
+    needed += [d for t, d in (("bench", "benches"), ("test", "tests"), ("example", "examples"))
+               if re.search(rf"^\[\[{t}\]\]", manifest, re.M)]
     for n in needed:
         if n not in copied:
             problems.append(f"the builder does not COPY {n}, which the build needs")

@@ -258,6 +258,14 @@ pub async fn start_with_overrides(
     )?;
     let identities = roster.identities();
     let tokens = identities[0].tokens().clone();
+    // Start-up ends when every identity's first login has answered (or failed): then hand
+    // back the code pages only start-up ran (`memory`). No timer: idle must mean asleep.
+    let firsts: Vec<_> = identities.iter().map(|i| i.tokens().clone()).collect();
+    crate::memory::release_code_after(async move {
+        for t in firsts {
+            let _ = t.token().await;
+        }
+    });
 
     let access_log = Arc::new(AccessLog::stderr(settings.log.format));
     let flusher = access_log.spawn_flusher();

@@ -55,6 +55,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod live;
+mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

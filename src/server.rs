@@ -350,14 +350,19 @@ impl Drop for ConnSlot {
         if was == 1
             && let Some(after) = self.release_after
         {
+            // What the client connections held is free now (their Medusa connections' share
+            // follows when the pool lets them go): hand it back before the next burst piles
+            // on top of it, not only after a quiet spell.
+            crate::memory::trim_heap(Duration::from_secs(1));
             release_memory_soon(self.open.clone(), after);
         }
     }
 }
 
 /// The last connection closed: `after` that ([`Limits::release_memory_after`]), if still none
-/// is open, give freed heap memory back to the system. glibc keeps what many connections
-/// freed (per-thread arenas, fragmented pages), so after a burst of slow clients the process
+/// is open, give freed heap memory, and the code pages mapped since, back to the system
+/// (`memory::release_unused`). glibc keeps what many connections freed (per-thread arenas,
+/// fragmented pages), so after a burst of slow clients the process
 /// would stay at its peak; `malloc_trim` returns free pages inside the heap too. The delay
 /// lets the pooled connections to Medusa those clients used time out and free their buffers
 /// first (measured: a trim 1 s after left ~10 MiB that one 5 s after returned), and makes it
@@ -381,10 +386,7 @@ fn release_memory_soon(open: Arc<AtomicUsize>, after: Duration) {
                 if open.load(Ordering::Acquire) != 0 {
                     break;
                 }
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                crate::memory::release_unused();
             }
             PENDING.store(false, Ordering::Release);
         });
