@@ -114,6 +114,30 @@ identity = "staging-admin"
     cfg
 }
 
+/// prod (v1, accepting catalog's API token), staging (v2), and [`config`] for them in a
+/// temporary directory (kept while this lives).
+struct Fakes {
+    prod: FakeMedusa,
+    staging: FakeMedusa,
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+}
+
+/// [`Fakes`] with staging-admin's password file holding `staging_password`.
+async fn fakes(staging_password: &str) -> Fakes {
+    let prod = FakeMedusa::start().await;
+    prod.set_api_key(Some(CATALOG_API_TOKEN));
+    let staging = FakeMedusa::start_v2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &prod.url(), &staging.url(), staging_password);
+    Fakes {
+        prod,
+        staging,
+        dir,
+        cfg,
+    }
+}
+
 /// (main, ops, the staging listener) base URLs, from the start-up line.
 async fn urls(p: &Proc) -> (String, String, String) {
     let (main, ops) = p.urls().await;
@@ -140,16 +164,12 @@ async fn wait_ready(c: &HttpClient, ops: &str, query: &str, want: u16) -> String
 
 #[tokio::test]
 async fn each_caller_reaches_only_its_identitys_upstream_with_its_credential_and_policy() {
-    let prod = FakeMedusa::start().await;
-    prod.set_api_key(Some(CATALOG_API_TOKEN));
-    let staging = FakeMedusa::start_v2().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &prod.url(),
-        &staging.url(),
-        fake_medusa::DEFAULT_PASSWORD,
-    );
+    let Fakes {
+        prod,
+        staging,
+        dir: _dir,
+        cfg,
+    } = fakes(fake_medusa::DEFAULT_PASSWORD).await;
     let p = Proc::start(&cfg, &[]);
     let (main, ops, staging_listener) = urls(&p).await;
     let c = client();
@@ -271,16 +291,12 @@ async fn each_caller_reaches_only_its_identitys_upstream_with_its_credential_and
 
 #[tokio::test]
 async fn metrics_count_each_request_under_its_identity() {
-    let prod = FakeMedusa::start().await;
-    prod.set_api_key(Some(CATALOG_API_TOKEN));
-    let staging = FakeMedusa::start_v2().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &prod.url(),
-        &staging.url(),
-        fake_medusa::DEFAULT_PASSWORD,
-    );
+    let Fakes {
+        prod: _prod,
+        staging: _staging,
+        dir: _dir,
+        cfg,
+    } = fakes(fake_medusa::DEFAULT_PASSWORD).await;
     let p = Proc::start(&cfg, &[]);
     let (main, ops, staging_listener) = urls(&p).await;
     let c = client();
@@ -349,12 +365,13 @@ async fn metrics_count_each_request_under_its_identity() {
 
 #[tokio::test]
 async fn one_identitys_failure_leaves_the_others_serving() {
-    let prod = FakeMedusa::start().await;
-    prod.set_api_key(Some(CATALOG_API_TOKEN));
-    let staging = FakeMedusa::start_v2().await;
-    let dir = tempfile::tempdir().unwrap();
     // staging-admin's password is wrong.
-    let cfg = config(dir.path(), &prod.url(), &staging.url(), "wrong-password");
+    let Fakes {
+        prod: _prod,
+        staging,
+        dir: _dir,
+        cfg,
+    } = fakes("wrong-password").await;
     let p = Proc::start(&cfg, &[]);
     let (main, ops, staging_listener) = urls(&p).await;
     let c = client();
@@ -471,16 +488,12 @@ async fn reload(p: &Proc, n: usize) {
 /// listener says it needs a restart and keeps serving where it is.
 #[tokio::test]
 async fn a_reload_changes_identities_live_and_logs_in_only_the_new_one() {
-    let prod = FakeMedusa::start().await;
-    prod.set_api_key(Some(CATALOG_API_TOKEN));
-    let staging = FakeMedusa::start_v2().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &prod.url(),
-        &staging.url(),
-        fake_medusa::DEFAULT_PASSWORD,
-    );
+    let Fakes {
+        prod,
+        staging,
+        dir,
+        cfg,
+    } = fakes(fake_medusa::DEFAULT_PASSWORD).await;
     let p = Proc::start(&cfg, &[]);
     let (main, ops, staging_listener) = urls(&p).await;
     let c = client();
@@ -622,16 +635,12 @@ async fn a_reload_changes_identities_live_and_logs_in_only_the_new_one() {
 /// listener's callers are not affected.
 #[tokio::test]
 async fn each_listener_has_its_own_slots() {
-    let prod = FakeMedusa::start().await;
-    prod.set_api_key(Some(CATALOG_API_TOKEN));
-    let staging = FakeMedusa::start_v2().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &prod.url(),
-        &staging.url(),
-        fake_medusa::DEFAULT_PASSWORD,
-    );
+    let Fakes {
+        prod: _prod,
+        staging,
+        dir: _dir,
+        cfg,
+    } = fakes(fake_medusa::DEFAULT_PASSWORD).await;
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "identity = \"staging-admin\"\n",
         "identity = \"staging-admin\"\nmax_concurrent_requests = 1\n",
