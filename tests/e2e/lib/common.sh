@@ -85,11 +85,18 @@ e2e_stop() {
         return 0
     fi
     kill -TERM "$pid" 2>/dev/null || true
+    # Once seen gone, it is gone: a process that exits within the first check can still read
+    # as alive a moment later in /proc (seen: "ignored SIGTERM" logged the millisecond the
+    # proxy said "drained; bye"), and must not be reported as ignoring SIGTERM.
+    local gone=0
     for ((i = 0; i < grace * 10; i++)); do
-        e2e_service_pid "$name" >/dev/null || break
+        if ! e2e_service_pid "$name" >/dev/null; then
+            gone=1
+            break
+        fi
         sleep 0.1
     done
-    if e2e_service_pid "$name" >/dev/null; then
+    if [ "$gone" = 0 ] && e2e_service_pid "$name" >/dev/null; then
         e2e_log "$name (pid $pid) ignored SIGTERM for ${grace}s; SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         for ((i = 0; i < 50; i++)); do
