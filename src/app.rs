@@ -214,19 +214,13 @@ pub async fn start_with_overrides(
         );
     }
     let max_connections = connection_budget(&settings.proxy)?;
-    // With [[clients]], every request on the main listener carries a key.
-    let main_keys = settings.access.client_keys_file.is_some() || !settings.clients.is_empty();
-    let tls = listener_tls(
-        "proxy",
-        settings.proxy.listen,
-        &settings.proxy.tls,
-        main_keys,
-    )?;
+    let tls = listener_tls(&settings.proxy.tls)?;
     let mut listener_tls_acceptors = Vec::with_capacity(settings.listeners.len());
-    for (n, l) in settings.listeners.iter().enumerate() {
-        let table = format!("listeners[{n}]");
-        let keys = settings.access.client_keys_file.is_some();
-        listener_tls_acceptors.push(listener_tls(&table, l.listen, &l.tls, keys)?);
+    for l in &settings.listeners {
+        listener_tls_acceptors.push(listener_tls(&l.tls)?);
+    }
+    for warning in crate::tls::cleartext_keys_warnings(&settings) {
+        tracing::warn!("{warning}");
     }
     let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;
     let ops_listener = bind("ops.listen", settings.ops.listen).await?;
@@ -430,24 +424,14 @@ pub async fn start_with_overrides(
     })
 }
 
-/// The TLS acceptor of a listener (`table`: `proxy` or `listeners[N]`) serving `files`, if
-/// set, and the warning when callers send client keys to a remote listener in clear text.
+/// The TLS acceptor of a listener serving `files`, if set.
 fn listener_tls(
-    table: &str,
-    listen: SocketAddr,
     files: &Option<crate::config::TlsFiles>,
-    client_keys: bool,
 ) -> Result<Option<TlsAcceptor>, StartError> {
-    let tls = match files {
+    Ok(match files {
         Some(files) => Some(TlsAcceptor::new(files.clone())?),
         None => None,
-    };
-    if let Some(warning) =
-        crate::tls::cleartext_keys_warning(table, listen, client_keys, tls.is_some())
-    {
-        tracing::warn!("{warning}");
-    }
-    Ok(tls)
+    })
 }
 
 /// Connections the ops listener (probes, scrapes) holds at most.

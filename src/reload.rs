@@ -227,6 +227,10 @@ impl Reloader {
                 "identities reloaded"
             );
         }
+        // A reload can put client keys on a remote listener without TLS ([[clients]] added).
+        for warning in crate::tls::cleartext_keys_warnings(&kept) {
+            tracing::warn!("{warning}");
+        }
         let rewatch = named_files(&current) != named_files(&kept);
         *current = kept;
         drop(current);

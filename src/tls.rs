@@ -401,9 +401,55 @@ pub fn cleartext_keys_warning(
     ))
 }
 
+/// [`cleartext_keys_warning`] for every listener of `settings`: the main one (its callers send
+/// keys with `access.client_keys_file` or `[[clients]]`) and each `[[listeners]]` entry (with
+/// `access.client_keys_file`). Logged at start-up and after each reload, printed by `check`.
+pub fn cleartext_keys_warnings(settings: &crate::config::Settings) -> Vec<String> {
+    let keys = settings.access.client_keys_file.is_some();
+    let main_keys = keys || !settings.clients.is_empty();
+    let p = &settings.proxy;
+    let main = cleartext_keys_warning("proxy", p.listen, main_keys, p.tls.is_some());
+    let others = settings.listeners.iter().enumerate().filter_map(|(n, l)| {
+        cleartext_keys_warning(&format!("listeners[{n}]"), l.listen, keys, l.tls.is_some())
+    });
+    main.into_iter().chain(others).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_remote_listener_without_tls_whose_callers_send_keys_is_named() {
+        let general = |listen: &str, extra: &str| {
+            crate::config::Settings::from_toml(&format!(
+                "[proxy]\nlisten = \"{listen}\"\n\
+                 [upstreams.u]\nurl = \"http://127.0.0.1:9\"\n\
+                 [identities.a]\nupstream = \"u\"\nflavor = \"v1\"\nemail = \"a@b.c\"\n\
+                 password_env = \"P\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        // No keys: nothing to leak.
+        let cidrs = "[access]\nallow_cidrs = [\"10.0.0.0/8\"]\n";
+        assert!(cleartext_keys_warnings(&general("10.1.2.3:7000", cidrs)).is_empty());
+        // [[clients]] puts keys on the main listener only.
+        let clients = "[[clients]]\nkeys_file = \"/k\"\nidentity = \"a\"\n\
+                       [[listeners]]\nlisten = \"10.1.2.3:7002\"\nidentity = \"a\"\n";
+        let w = cleartext_keys_warnings(&general("10.1.2.3:7000", &format!("{cidrs}{clients}")));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("proxy.listen = \"10.1.2.3:7000\""),
+            "{w:?}"
+        );
+        // access.client_keys_file: every listener's callers send keys; loopback is exempt.
+        let access = format!(
+            "[access]\nclient_keys_file = \"/k\"\nallow_cidrs = [\"10.0.0.0/8\"]\n{clients}"
+        );
+        let w = cleartext_keys_warnings(&general("127.0.0.1:7000", &access));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("listeners[0].listen"), "{w:?}");
+    }
 
     fn files(dir: &Path) -> TlsFiles {
         TlsFiles {

@@ -8,7 +8,7 @@ use medusa_auth_proxy::auth::jwt;
 use medusa_auth_proxy::auth::login::Login;
 use medusa_auth_proxy::config::{IdentitySettings, Rules, Settings, UpstreamSettings};
 use medusa_auth_proxy::secret::Secret;
-use medusa_auth_proxy::tls::cleartext_keys_warning;
+use medusa_auth_proxy::tls::cleartext_keys_warnings;
 use medusa_auth_proxy::upstream::{Upstream, error_chain};
 
 /// Print the config's warnings and summary (never a secret); exit 2 for what the config must
@@ -57,27 +57,16 @@ pub async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCod
     }
     // Every listener: its TLS pair (the key is a secret: with --no-secrets no file is read,
     // they may exist only in the pod), and the clear-text keys warning.
-    let main_keys = settings.access.client_keys_file.is_some() || !settings.clients.is_empty();
-    let mut listeners = vec![(
-        "proxy".to_owned(),
-        settings.proxy.listen,
-        &settings.proxy.tls,
-        main_keys,
-    )];
-    for (n, l) in settings.listeners.iter().enumerate() {
-        let keys = settings.access.client_keys_file.is_some();
-        listeners.push((format!("listeners[{n}]"), l.listen, &l.tls, keys));
-    }
-    for (table, listen, tls, keys) in listeners {
-        if let (Some(files), false) = (tls, no_secrets)
-            && let Err(e) = medusa_auth_proxy::tls::load_pair(files)
-        {
+    let pairs =
+        std::iter::once(&settings.proxy.tls).chain(settings.listeners.iter().map(|l| &l.tls));
+    for files in pairs.flatten() {
+        if !no_secrets && let Err(e) = medusa_auth_proxy::tls::load_pair(files) {
             eprintln!("error: {}", error_chain(&e));
             return ExitCode::from(2);
         }
-        if let Some(warning) = cleartext_keys_warning(&table, listen, keys, tls.is_some()) {
-            println!("WARNING: {warning}");
-        }
+    }
+    for warning in cleartext_keys_warnings(&settings) {
+        println!("WARNING: {warning}");
     }
     for up in &settings.upstreams {
         if up.settings.pool_idle_timeout >= std::time::Duration::from_secs(5) {
