@@ -197,15 +197,9 @@ pub async fn start_with_overrides(
     overrides: Overrides,
 ) -> Result<Running, StartError> {
     // Every secret first: a missing one is a config error before anything listens.
-    let mut secrets = Vec::with_capacity(settings.identities.len());
-    for id in &settings.identities {
-        secrets.push(
-            id.auth
-                .secret
-                .load()
-                .map_err(|e| StartError::Secret(id.auth.secret_name.clone(), e))?,
-        );
-    }
+    let secrets = settings
+        .load_secrets()
+        .map_err(|(key, e)| StartError::Secret(key, e))?;
     let rules = Rules::from_settings(&settings)?;
     for name in rules.policy.lifted() {
         tracing::warn!(

@@ -20,7 +20,7 @@ use crate::config::{ConfigError, Overrides, Settings};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::roster::{Changes, RosterError};
-use crate::secret::{Secret, SecretError};
+use crate::secret::SecretError;
 use crate::watch::FileWatch;
 
 /// Why a reload was rejected (the previous configuration keeps serving). Names the key or
@@ -209,7 +209,9 @@ impl Reloader {
         let settings_changed = *current != new;
         let needs_restart = restart_keys(&current, &new);
         let kept = keep_running(&current, new, !needs_restart.is_empty())?;
-        let secrets = load_secrets(&kept)?;
+        let secrets = kept
+            .load_secrets()
+            .map_err(|(key, source)| ReloadError::Secret { key, source })?;
         let rules = Rules::from_settings(&kept).map_err(ReloadError::Rules)?;
         for name in rules.policy.lifted() {
             tracing::warn!(rule = %name, "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies");
@@ -244,19 +246,6 @@ impl Reloader {
             needs_restart,
         })
     }
-}
-
-/// Every identity's secret, loaded (a reload that cannot read one changes nothing).
-fn load_secrets(s: &Settings) -> Result<Vec<Secret>, ReloadError> {
-    s.identities
-        .iter()
-        .map(|id| {
-            id.auth.secret.load().map_err(|source| ReloadError::Secret {
-                key: id.auth.secret_name.clone(),
-                source,
-            })
-        })
-        .collect()
 }
 
 /// `new`, with the values that need a restart as they run now (`restart`: some differ), so

@@ -327,11 +327,6 @@ impl<U: Clone> Stack<U> {
         (stack, handles)
     }
 
-    /// The identities this stack serves, in order.
-    pub fn identities(&self) -> &[Identity] {
-        &self.identities
-    }
-
     /// The request path of one listener, with `max_concurrent` slots of its own
     /// (`proxy.max_concurrent_requests`, or the listener's): the `Service` for
     /// [`crate::server::serve_tls`]. `U` gets the request as the steps above left it (headers

@@ -15,18 +15,17 @@ use medusa_auth_proxy::upstream::{Upstream, error_chain};
 /// change, 1 for a failed login.
 pub async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCode {
     // Every identity's secret (the single form's `[auth]` is the one identity `default`).
-    let mut secrets = Vec::with_capacity(settings.identities.len());
-    if !no_secrets {
-        for id in &settings.identities {
-            match id.auth.secret.load() {
-                Ok(p) => secrets.push(p),
-                Err(e) => {
-                    eprintln!("error: {}: {e}", id.auth.secret_name);
-                    return ExitCode::from(2);
-                }
+    let secrets = if no_secrets {
+        Vec::new()
+    } else {
+        match settings.load_secrets() {
+            Ok(secrets) => secrets,
+            Err((key, e)) => {
+                eprintln!("error: {key}: {e}");
+                return ExitCode::from(2);
             }
         }
-    }
+    };
     let rules = if no_secrets {
         Ok(Rules::without_secrets(&settings))
     } else {

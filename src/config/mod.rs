@@ -20,7 +20,7 @@ use http::uri::{Authority, Scheme};
 
 use crate::access::{Cidr, HostList};
 use crate::policy::Policy;
-use crate::secret::SecretSource;
+use crate::secret::{Secret, SecretError, SecretSource};
 
 pub use identities::{
     ClientSettings, DEFAULT_IDENTITY, IdentitySettings, ListenerSettings, MAX_IDENTITIES,
@@ -319,6 +319,33 @@ pub struct OpsSettings {
 }
 
 impl Settings {
+    /// Every identity's secret, in identity order (the single form's `[auth]` is its one
+    /// identity). An error names the key the first unreadable one was given by
+    /// (`auth.password`, `identities.NAME.api_key`, ...) and why, never its value.
+    ///
+    /// ```
+    /// use medusa_auth_proxy::config::Settings;
+    ///
+    /// let s = Settings::from_toml(
+    ///     "[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+    ///      [auth]\nflavor = \"v2\"\nemail = \"a@example.com\"\npassword_env = \"UNSET_IN_THIS_EXAMPLE\"\n",
+    /// )
+    /// .unwrap();
+    /// let (key, _why) = s.load_secrets().unwrap_err();
+    /// assert_eq!(key, "auth.password");
+    /// ```
+    pub fn load_secrets(&self) -> Result<Vec<Secret>, (Cow<'static, str>, SecretError)> {
+        self.identities
+            .iter()
+            .map(|id| {
+                id.auth
+                    .secret
+                    .load()
+                    .map_err(|e| (id.auth.secret_name.clone(), e))
+            })
+            .collect()
+    }
+
     /// The config file (if any) with the command line's values over it, validated as one:
     /// a flag is checked exactly like the key it stands for. Without a file, the flags must
     /// name at least `upstream.url` and the credential; `auth.flavor` is then `auto`.
