@@ -25,6 +25,8 @@
 #             PrometheusRule (promtool from Debian's prometheus package: if it is not on PATH,
 #             `apt-get download prometheus` and only promtool is unpacked, so no Prometheus
 #             service is installed or started)
+#   rules-test `promtool test rules` runs monitoring/rules.test.yaml: each alert fires for the
+#             right identity / pod, and only for it
 #   systemd   `systemd-analyze verify` accepts the unit (ExecStart pointed at the built
 #             binary), `systemd-analyze security --offline` rates it OK, and the unit fits
 #             deploy/systemd/config.toml (credential path, stop timeout)
@@ -996,6 +998,25 @@ yaml.safe_dump({"groups": doc["spec"]["groups"]}, open(sys.argv[2], "w"))' "$RUL
 else
   fail "rules: promtool check rules refused deploy/kubernetes/monitoring/prometheusrule.yaml"
   indent <"$WORK/rules.log"
+fi
+
+# The expressions' behaviour: which series fire, with which labels (per identity; scrape
+# failures; no metrics at all). Annotations are dropped from the copy under test: their
+# templates are what `check rules` above validates, and the tests assert labels.
+if [[ -z $PROMTOOL || -z $PY ]]; then
+  fail "rules-test: no promtool or Python venv"
+elif mkdir -p "$WORK/rules-test" && cp "$DEPLOY/kubernetes/monitoring/rules.test.yaml" "$WORK/rules-test/" &&
+  "$PY" -c 'import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for group in doc["spec"]["groups"]:
+    for rule in group["rules"]:
+        rule.pop("annotations", None)
+yaml.safe_dump({"groups": doc["spec"]["groups"]}, open(sys.argv[2], "w"))' "$RULES" "$WORK/rules-test/rules.yaml" >"$WORK/rules-test.log" 2>&1 &&
+  "$PROMTOOL" test rules "$WORK/rules-test/rules.test.yaml" >>"$WORK/rules-test.log" 2>&1; then
+  pass "rules-test: promtool test rules (deploy/kubernetes/monitoring/rules.test.yaml)"
+else
+  fail "rules-test: promtool test rules failed"
+  indent <"$WORK/rules-test.log"
 fi
 
 echo "deploy/validate.sh: $passed passed, $failed failed"
