@@ -1,5 +1,5 @@
 //! A fake Medusa admin API for the integration tests, modelled on what real servers do on the
-//! wire (`../shared/medusa/README.md`). Every knob takes `&self`, so a test can change behaviour
+//! wire (as observed against Medusa 1.20.11 and 2.21.2; `tests/e2e/` checks the same against them). Every knob takes `&self`, so a test can change behaviour
 //! mid-flight, and every counter is there so tests count instead of sleeping.
 //!
 //! - [`FakeMedusa::start`]: v1 (1.20.11). Login `POST /admin/auth/token` -> `{access_token}`;
