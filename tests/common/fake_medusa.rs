@@ -1,6 +1,7 @@
 //! A fake Medusa admin API for the integration tests, modelled on what real servers do on the
-//! wire (as observed against Medusa 1.20.11 and 2.21.2; `tests/e2e/` checks the same against them). Every knob takes `&self`, so a test can change behaviour
-//! mid-flight, and every counter is there so tests count instead of sleeping.
+//! wire (observed against Medusa 1.20.11 and 2.21.2, which `tests/e2e/` runs). Every knob
+//! takes `&self`, so a test can change behaviour mid-flight, and every counter is there so
+//! tests count instead of sleeping.
 //!
 //! - [`FakeMedusa::start`]: v1 (1.20.11). Login `POST /admin/auth/token` -> `{access_token}`;
 //!   JWT claims `{user_id, domain, iat, exp}`; a bare-text 401; a fresh `connect.sid` session on
