@@ -385,19 +385,28 @@ fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {
             keys.push(key);
         }
     };
-    check(old.proxy.listen != new.proxy.listen, "proxy.listen");
+    // Every [proxy] key is the listeners' and read once, when they start.
+    let (o, n) = (&old.proxy, &new.proxy);
+    check(o.listen != n.listen, "proxy.listen");
+    check(o.shutdown_grace != n.shutdown_grace, "proxy.shutdown_grace");
     check(
-        old.proxy.shutdown_grace != new.proxy.shutdown_grace,
-        "proxy.shutdown_grace",
-    );
-    check(
-        old.proxy.header_read_timeout != new.proxy.header_read_timeout,
+        o.header_read_timeout != n.header_read_timeout,
         "proxy.header_read_timeout",
     );
     check(
-        old.proxy.max_concurrent_requests != new.proxy.max_concurrent_requests,
+        o.max_concurrent_requests != n.max_concurrent_requests,
         "proxy.max_concurrent_requests",
     );
+    check(
+        o.max_connections != n.max_connections,
+        "proxy.max_connections",
+    );
+    check(
+        o.max_streams_per_connection != n.max_streams_per_connection,
+        "proxy.max_streams_per_connection",
+    );
+    check(o.idle_timeout != n.idle_timeout, "proxy.idle_timeout");
+    check(o.send_timeout != n.send_timeout, "proxy.send_timeout");
     // The files' contents are reloaded when they change (tls::TlsAcceptor::watch); which
     // files, and whether there is TLS at all, is the listener's and needs a restart.
     check(
@@ -489,6 +498,36 @@ identity = "b"
             err.contains("127.0.0.1:7002") && err.contains("restart"),
             "{err}"
         );
+    }
+
+    /// Every `[proxy]` key is read when the listeners start: a reload that changes one says
+    /// it needs a restart, naming it (the limits were once silently left as they were).
+    #[test]
+    fn every_proxy_key_is_a_restart_key_named_as_such() {
+        let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[auth]\nflavor = \"v1\"\nemail = \"a@b.c\"\npassword_env = \"P\"\n";
+        let cases = [
+            ("listen = \"127.0.0.1:7100\"", "proxy.listen"),
+            ("shutdown_grace = \"3s\"", "proxy.shutdown_grace"),
+            ("header_read_timeout = \"3s\"", "proxy.header_read_timeout"),
+            (
+                "max_concurrent_requests = 7",
+                "proxy.max_concurrent_requests",
+            ),
+            ("max_connections = 70", "proxy.max_connections"),
+            (
+                "max_streams_per_connection = 7",
+                "proxy.max_streams_per_connection",
+            ),
+            ("idle_timeout = \"3s\"", "proxy.idle_timeout"),
+            ("send_timeout = \"3s\"", "proxy.send_timeout"),
+        ];
+        for (line, key) in cases {
+            let keys = restart_keys(
+                &settings(base),
+                &settings(&format!("{base}[proxy]\n{line}\n")),
+            );
+            assert_eq!(keys, vec![key], "{line}");
+        }
     }
 
     #[test]
