@@ -310,6 +310,7 @@ pub async fn start_with_overrides(
         // throughput for 1 MiB bodies (bench/), for at most 256 KiB per busy connection.
         read_buf_max: 256 * 1024,
         max_connections,
+        max_connections_per_peer: settings.proxy.max_connections_per_peer,
         max_streams_per_connection: settings.proxy.max_streams_per_connection,
         idle_timeout: settings.proxy.idle_timeout,
         send_timeout: settings.proxy.send_timeout,

@@ -124,6 +124,8 @@ pub struct ConnMetrics {
     pub refused_peer: Counter,
     /// Closed at accept: `proxy.max_connections` were open.
     pub refused_full: Counter,
+    /// Closed at accept: the peer held `proxy.max_connections_per_peer`.
+    pub refused_per_peer: Counter,
     /// Closed by the proxy: no request head within `proxy.header_read_timeout`.
     pub closed_header_timeout: Counter,
     /// Closed by the proxy: no request in flight for `proxy.idle_timeout`.
@@ -284,7 +286,7 @@ impl Metrics {
         let refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_refused",
-            "Client connections closed at accept, by reason (peer_not_allowed, max_connections)",
+            "Client connections closed at accept, by reason (peer_not_allowed, max_connections, max_connections_per_peer)",
             refused.clone(),
         );
         let closed = Family::<ReasonLabel, Counter>::default();
@@ -300,6 +302,7 @@ impl Metrics {
         let conns = ConnMetrics {
             refused_peer: counter(&refused, "peer_not_allowed"),
             refused_full: counter(&refused, "max_connections"),
+            refused_per_peer: counter(&refused, "max_connections_per_peer"),
             closed_header_timeout: counter(&closed, "header_read_timeout"),
             closed_idle: counter(&closed, "idle_timeout"),
             closed_send_timeout: counter(&closed, "send_timeout"),

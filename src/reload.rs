@@ -402,6 +402,10 @@ fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {
         "proxy.max_connections",
     );
     check(
+        o.max_connections_per_peer != n.max_connections_per_peer,
+        "proxy.max_connections_per_peer",
+    );
+    check(
         o.max_streams_per_connection != n.max_streams_per_connection,
         "proxy.max_streams_per_connection",
     );
@@ -514,6 +518,10 @@ identity = "b"
                 "proxy.max_concurrent_requests",
             ),
             ("max_connections = 70", "proxy.max_connections"),
+            (
+                "max_connections_per_peer = 7",
+                "proxy.max_connections_per_peer",
+            ),
             (
                 "max_streams_per_connection = 7",
                 "proxy.max_streams_per_connection",

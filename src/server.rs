@@ -18,12 +18,14 @@ use tokio::sync::watch;
 use tower::Service;
 
 mod conn;
+mod peers;
 
 pub use conn::Watched;
 
 use crate::metrics::ConnMetrics;
 use crate::tls::TlsAcceptor;
 use conn::Conn;
+use peers::PeerCounts;
 
 /// How [`serve`] ended, after `shutdown` turned true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,9 @@ pub struct Limits {
     pub read_buf_max: usize,
     /// Connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Connections one peer (an IPv4 address, an IPv6 /64) may hold open at once; more from
+    /// it are closed at accept. `None`: no per-peer cap.
+    pub max_connections_per_peer: Option<usize>,
     /// HTTP/2: concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams_per_connection: u32,
     /// HTTP/2: response bytes buffered per stream for a client that does not open its window.
@@ -94,6 +99,7 @@ impl Default for Limits {
             max_head_bytes: 64 * 1024,
             read_buf_max: 64 * 1024,
             max_connections: 4096,
+            max_connections_per_peer: None,
             max_streams_per_connection: 100,
             h2_send_buf: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
@@ -228,6 +234,8 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let mut refusals_peer = Sparse::default();
     let mut refusals_full = Sparse::default();
+    let peers = Arc::new(PeerCounts::default());
+    let mut refusals_per_peer = Sparse::default();
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -251,6 +259,20 @@ where
                     }
                     continue;
                 }
+                // Taken before the listener's slot, and given back if that is refused.
+                let peer_slot = match limits.max_connections_per_peer {
+                    None => None,
+                    Some(max) => {
+                        let Some(s) = PeerCounts::take(&peers, peer.ip(), max) else {
+                            counters.refused_per_peer.inc();
+                            if let Some(more) = refusals_per_peer.log_now() {
+                                tracing::warn!(peer = %peer, limit = max, more_since_last_line = more, "connection refused: this peer holds proxy.max_connections_per_peer");
+                            }
+                            continue;
+                        };
+                        Some(s)
+                    }
+                };
                 let Some(slot) = ConnSlot::take(&open, &limits, &counters) else {
                     counters.refused_full.inc();
                     if let Some(more) = refusals_full.log_now() {
@@ -271,13 +293,13 @@ where
                 match tls.clone() {
                     None => {
                         tokio::spawn(async move {
-                            let _slot = slot;
+                            let _slots = (slot, peer_slot);
                             conn.serve(stream).await;
                         });
                     }
                     Some(tls) => {
                         tokio::spawn(async move {
-                            let _slot = slot;
+                            let _slots = (slot, peer_slot);
                             let deadline = conn.opened + limits.header_read_timeout;
                             match tls.accept(stream, deadline).await {
                                 Ok(session) => conn.serve(session).await,

@@ -144,6 +144,7 @@ pub(super) struct RawProxy {
     pub(super) header_read_timeout: Option<String>,
     pub(super) max_concurrent_requests: Option<usize>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_peer: Option<usize>,
     pub(super) max_streams_per_connection: Option<u32>,
     pub(super) idle_timeout: Option<String>,
     pub(super) send_timeout: Option<String>,

@@ -154,6 +154,10 @@ pub struct ProxySettings {
     /// or less when the file descriptor limit cannot hold that many
     /// ([`crate::app::connection_budget`]).
     pub max_connections: Option<usize>,
+    /// Client connections one peer may hold open at once on a listener (an IPv6 peer is its
+    /// /64); more from it are closed at accept. `None` (the default): no per-peer cap, only
+    /// `max_connections`.
+    pub max_connections_per_peer: Option<usize>,
     /// HTTP/2 streams open at once on one connection (default
     /// [`defaults::MAX_STREAMS_PER_CONNECTION`]).
     pub max_streams_per_connection: u32,
@@ -552,6 +556,10 @@ password_env = "PW"
                 "proxy.shutdown_grace",
             ),
             (
+                format!("[proxy]\nmax_connections_per_peer = 0\n{MINIMAL}"),
+                "proxy.max_connections_per_peer",
+            ),
+            (
                 format!("[proxy]\nmax_connections = 0\n{MINIMAL}"),
                 "proxy.max_connections",
             ),
@@ -642,6 +650,7 @@ password_env = "PW"
         assert_eq!(s.proxy.max_concurrent_requests, 1024);
         assert_eq!(s.proxy.header_read_timeout, Duration::from_secs(10));
         assert_eq!(s.proxy.max_connections, None);
+        assert_eq!(s.proxy.max_connections_per_peer, None);
         assert_eq!(s.proxy.max_streams_per_connection, 100);
         assert_eq!(s.proxy.idle_timeout, Duration::from_secs(60));
         assert_eq!(s.proxy.send_timeout, Duration::from_secs(60));

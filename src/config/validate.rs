@@ -99,6 +99,10 @@ fn proxy(raw: RawProxy) -> Result<ProxySettings, ConfigError> {
         .unwrap_or(defaults::MAX_CONCURRENT_REQUESTS),
         // No default here: the app picks one that fits the file descriptor limit.
         max_connections: at_least_one("proxy.max_connections", raw.max_connections)?,
+        max_connections_per_peer: at_least_one(
+            "proxy.max_connections_per_peer",
+            raw.max_connections_per_peer,
+        )?,
         max_streams_per_connection: at_least_one(
             "proxy.max_streams_per_connection",
             raw.max_streams_per_connection,

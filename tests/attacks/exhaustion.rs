@@ -388,6 +388,77 @@ async fn quiet_connections_are_closed() {
     assert_eq!(metric(&ops, header).await, 4.0);
 }
 
+/// Beyond the issue: a caller inside `allow_cidrs` (a runaway client, a compromised pod on a
+/// shared deployment) that opens connections and sends nothing would hold every
+/// `max_connections` slot until its header timeouts, and keep them by reconnecting.
+/// `proxy.max_connections_per_peer` caps each peer: the flood from 127.0.0.2 keeps its 20,
+/// the rest are closed at accept, and other peers still connect and are served; a peer's
+/// connections count again once they close.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_peer_cannot_take_every_connection() {
+    raise_own_fd_limit(4096);
+    let s = setup(
+        "max_connections = 60\nmax_connections_per_peer = 20\nheader_read_timeout = \"12s\"",
+        "",
+        "",
+    )
+    .await;
+    let text = std::fs::read_to_string(&s.cfg)
+        .unwrap()
+        .replace("127.0.0.1/32", "127.0.0.0/8");
+    std::fs::write(&s.cfg, text).unwrap();
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        if let Ok(c) = connect_from("127.0.0.2", to).await {
+            flood.push(c);
+        }
+    }
+    assert!(flood.len() > 60, "only {} connected", flood.len());
+    let per_peer =
+        "medusa_auth_proxy_connections_refused_total{reason=\"max_connections_per_peer\"}";
+    let full = "medusa_auth_proxy_connections_refused_total{reason=\"max_connections\"}";
+    wait_metric(&ops, per_peer, (flood.len() - 20) as f64).await;
+    assert_eq!(metric(&ops, per_peer).await, (flood.len() - 20) as f64);
+    // Without the per-peer cap the flood alone would have filled max_connections (60).
+    assert_eq!(metric(&ops, full).await, 0.0);
+
+    // Another peer gets its own 20 and is served on them.
+    let mut other = Vec::new();
+    for _ in 0..20 {
+        other.push(connect_from("127.0.0.3", to).await.unwrap());
+    }
+    let last = other.last_mut().unwrap();
+    last.write_all(format!("GET /healthz-not-here HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = crate::common::wire::read_response(last).await;
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
+    assert_eq!(metric(&ops, per_peer).await, (flood.len() - 20) as f64);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+
+    // The flood's connections count again once they are closed: the peer may reconnect.
+    drop(flood);
+    wait::until(LONG, "127.0.0.2 may connect again", async || {
+        let mut c = connect_from("127.0.0.2", to)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.write_all(format!("GET /admin/products HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = [0u8; 12];
+        match tokio::io::AsyncReadExt::read_exact(&mut c, &mut head).await {
+            Ok(_) if head.starts_with(b"HTTP/1.1 ") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    drop(other);
+}
+
 /// Attack 3 and `proxy.send_timeout`: a client that takes no response bytes is disconnected,
 /// and the proxy stops reading from Medusa after a small buffer: the download is abandoned
 /// (the fake produced far less than the whole body) and Medusa's connection is closed.
