@@ -45,23 +45,28 @@ pub enum StartError {
     /// The listener's certificate or key (`proxy.tls_cert_file`, `proxy.tls_key_file`).
     #[error(transparent)]
     ListenerTls(#[from] crate::tls::TlsError),
-    /// `proxy.max_connections`, plus what the proxy needs besides, exceeds the file
-    /// descriptor limit even after the soft limit was raised to the hard one.
+    /// The client connections of every listener (`[proxy]` and each `[[listeners]]`), plus
+    /// the connections to Medusa their slots can hold and what the proxy needs besides,
+    /// exceed the file descriptor limit even after the soft limit was raised to the hard one.
     #[error(
-        "config key `proxy.max_connections`: {max_connections} client connections, plus \
-         {upstream} for Medusa (proxy.max_concurrent_requests) and {reserve} for the ops \
+        "config key `proxy.max_connections`: {max_connections} client connections and \
+         {upstream} connections to Medusa (max_concurrent_requests), the sum over the \
+         {listeners} listener(s) ([proxy] and each [[listeners]]), plus {reserve} for the ops \
          listener and files, need {needed} file descriptors, but the limit (RLIMIT_NOFILE, \
-         raised to its hard limit) is {limit}; lower proxy.max_connections or raise the limit \
-         (systemd LimitNOFILE=, docker --ulimit nofile=)"
+         raised to its hard limit) is {limit}; lower max_connections ([proxy] or \
+         [[listeners]]) or raise the limit (systemd LimitNOFILE=, docker --ulimit nofile=)"
     )]
     FileDescriptors {
-        /// Client connections allowed (`proxy.max_connections`, or its default).
+        /// Client connections allowed, summed over the listeners (each one's
+        /// `max_connections`, or `[proxy]`'s, or its default).
         max_connections: usize,
-        /// Connections to Medusa at most (`proxy.max_concurrent_requests`).
+        /// Connections to Medusa at most: the listeners' `max_concurrent_requests`, summed.
         upstream: usize,
+        /// How many listeners were summed: `[proxy]` and each `[[listeners]]` entry.
+        listeners: usize,
         /// Descriptors kept for the ops listener's connections, listeners, files and logins.
         reserve: usize,
-        /// The sum of the three.
+        /// `max_connections + upstream + reserve`.
         needed: usize,
         /// The soft `RLIMIT_NOFILE` in force.
         limit: libc::rlim_t,
@@ -207,7 +212,7 @@ pub async fn start_with_overrides(
             "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies; callers can reach a route that mints or ends credentials"
         );
     }
-    let max_connections = connection_budget(&settings.proxy)?;
+    let max_connections = connection_budget(&settings)?;
     let tls = listener_tls(&settings.proxy.tls)?;
     let mut listener_tls_acceptors = Vec::with_capacity(settings.listeners.len());
     for l in &settings.listeners {
@@ -437,24 +442,41 @@ const FD_RESERVE: usize = 64;
 /// `proxy.max_connections`, checked against the file descriptor limit: raise the soft limit to
 /// the hard one first (as the Go runtime does; the default soft limit of 1024 is a relic of
 /// `select`), then make sure client connections cannot take the descriptors the proxy needs
-/// for its own connections to Medusa.
-pub fn connection_budget(p: &crate::config::ProxySettings) -> Result<usize, StartError> {
+/// for its own connections to Medusa. Every listener counts: `[proxy]` and each
+/// `[[listeners]]` entry has its own connections and its own slots (each slot a connection to
+/// Medusa at most), so the need is their sum. Unset, `proxy.max_connections` is the default or
+/// what fits, shared by the listeners that inherit it.
+pub fn connection_budget(settings: &crate::config::Settings) -> Result<usize, StartError> {
     let limit = raise_fd_limit();
-    let upstream = p.max_concurrent_requests;
+    let p = &settings.proxy;
+    let extra = &settings.listeners;
+    let upstream: usize = p.max_concurrent_requests
+        + extra
+            .iter()
+            .map(|l| {
+                l.max_concurrent_requests
+                    .unwrap_or(p.max_concurrent_requests)
+            })
+            .sum::<usize>();
+    let own: usize = extra.iter().filter_map(|l| l.max_connections).sum();
+    // The main listener and each entry without a max_connections of its own.
+    let inheriting = 1 + extra.iter().filter(|l| l.max_connections.is_none()).count();
     let reserve = OPS_MAX_CONNECTIONS + FD_RESERVE;
     let room = usize::try_from(limit)
         .unwrap_or(usize::MAX)
-        .saturating_sub(upstream + reserve);
+        .saturating_sub(upstream + reserve + own);
     let max_connections = match p.max_connections {
         Some(n) => n,
         // Unset: the default, or what fits.
-        None => DEFAULT_MAX_CONNECTIONS.min(room).max(1),
+        None => DEFAULT_MAX_CONNECTIONS.min(room / inheriting).max(1),
     };
-    let needed = max_connections + upstream + reserve;
+    let clients = max_connections * inheriting + own;
+    let needed = clients + upstream + reserve;
     if (needed as u64) > limit {
         return Err(StartError::FileDescriptors {
-            max_connections,
+            max_connections: clients,
             upstream,
+            listeners: 1 + extra.len(),
             reserve,
             needed,
             limit,

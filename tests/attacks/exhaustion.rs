@@ -516,3 +516,104 @@ async fn max_connections_must_fit_the_file_descriptor_limit() {
     assert!(line.contains("max_connections=640"), "{line}");
     assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
 }
+
+/// The descriptor budget counts every listener: each `[[listeners]]` entry has its own
+/// `max_connections` and its own slots (each one a connection to Medusa at most), so two
+/// listeners that each fit the limit alone can together exceed it. `run` and `check` refuse
+/// such a config (exit 2) naming the sums; one whose sum fits starts and serves on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_of_every_listener_must_fit_the_file_descriptor_limit() {
+    let listener = |max_connections| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\nmax_connections = {max_connections}\n"
+        )
+    };
+    // Each listener alone: 400 + 64 + 128 (reserve) = 592 of 1024. Both: 800 client
+    // connections and 128 to Medusa (64 slots each), plus 128: 1056.
+    let s = setup(
+        "max_concurrent_requests = 64\nmax_connections = 400",
+        "",
+        &listener(400),
+    )
+    .await;
+    let mut p = Proc::start_limited(&s.cfg, &[], Some(1024));
+    let status = p.wait_exit(LONG).await;
+    assert_eq!(status.code(), Some(2), "{}", p.log());
+    let names_the_sums = |log: &str| {
+        [
+            "800 client connections",
+            "128 connections to Medusa",
+            "1056",
+            "1024",
+        ]
+        .iter()
+        .all(|n| log.contains(n))
+            && log.contains("sum over the 2 listener")
+    };
+    assert!(names_the_sums(&p.log()), "{}", p.log());
+    // `check` runs the same count (under its own shell's limit).
+    let args = [
+        "check".to_owned(),
+        "--config".to_owned(),
+        s.cfg.display().to_string(),
+    ];
+    let mut c = Proc::start_args_limited(&args, &[], 1024);
+    let status = c.wait_exit(LONG).await;
+    assert_eq!(status.code(), Some(2), "{}", c.log());
+    assert!(names_the_sums(&c.log()), "{}", c.log());
+
+    // 2 x 300 + 128 + 128 = 856: fits, and both listeners serve.
+    let s = setup(
+        "max_concurrent_requests = 64\nmax_connections = 300",
+        "",
+        &listener(300),
+    )
+    .await;
+    let p = Proc::start_limited(&s.cfg, &[], Some(1024));
+    let (proxy, _) = p.urls().await;
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let line = p.wait_line("medusa-auth-proxy started").await;
+    let start = line.find("listeners=[").unwrap() + "listeners=[".len();
+    let second = &line[start..line[start..].find(']').unwrap() + start];
+    assert_eq!(
+        allowed_get(&format!("http://{second}"), "/admin/products")
+            .await
+            .0,
+        200
+    );
+}
+
+/// The soft `RLIMIT_NOFILE` is raised to the hard one at start-up (the default soft limit
+/// of 1024 is a relic of `select`): under soft 1024 / hard 4096, `max_connections = 2000`
+/// (3152 descriptors with the defaults) starts, and the process runs with a soft limit of
+/// 4096.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) };
+    if own.rlim_max < 4096 {
+        println!(
+            "SKIPPED: this process's hard RLIMIT_NOFILE is {}, below the 4096 the test gives the proxy",
+            own.rlim_max
+        );
+        return;
+    }
+    let s = setup("max_connections = 2000", "", "").await;
+    let p = Proc::start_soft_limited(&s.cfg, &[], 1024, 4096);
+    let (proxy, ops) = p.urls().await;
+    wait::until(LONG, "ready", async || {
+        let r = crate::common::harness::get(&client(), &format!("{ops}/readyz")).await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await;
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    assert_eq!(p.soft_nofile(), 4096);
+}
