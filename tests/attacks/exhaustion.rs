@@ -617,3 +617,65 @@ async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
     assert_eq!(p.soft_nofile(), 4096);
 }
+
+/// `proxy.send_timeout` over HTTP/2: a client that opens a download with a zero receive
+/// window (it takes no DATA) holds the connection's only slot. After the timeout its
+/// connection is closed, the request to Medusa aborted (Medusa sees its body dropped
+/// mid-way), and the slot serves the next caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_client_that_stops_reading_is_cut_off_and_medusa_stops_sending() {
+    // The watchdog first looks at a connection after header_read_timeout: short, so the
+    // stall is seen from the start.
+    let s = setup(
+        "send_timeout = \"2s\"\nheader_read_timeout = \"1s\"\nmax_concurrent_requests = 1",
+        "",
+        "",
+    )
+    .await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let total: u64 = 64 << 20;
+    let tcp = connect_from("127.0.0.1", to).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = Request::get(format!("http://{to}/admin/download?bytes={total}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, true)
+        .unwrap();
+    // The head is not flow-controlled: it arrives; the body never can.
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The download holds the one slot.
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 503);
+
+    let cut = "medusa_auth_proxy_connections_closed_total{reason=\"send_timeout\"}";
+    wait_metric(&ops, cut, 1.0).await;
+    // The client's connection is gone...
+    let ended = tokio::time::timeout(LONG, driver).await;
+    assert!(ended.is_ok(), "the stalled HTTP/2 connection is still open");
+    // ...and so is the request to Medusa: its body was dropped before the end.
+    wait::eventually(LONG, "Medusa's download aborted", || {
+        s.fake.download_aborts() >= 1
+    })
+    .await;
+    let produced = s.fake.download_bytes() as u64;
+    assert!(
+        produced < 16 << 20,
+        "Medusa was read {produced} bytes for a client that read none"
+    );
+    println!("Medusa produced {produced} bytes before the stalled HTTP/2 client was cut off");
+    // The slot is free again.
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    drop(resp);
+}
