@@ -252,7 +252,9 @@ async fn v1_api_token_flavor_never_hands_out_its_own_key() {
     let text = config_text(&fake.url(), "", &auth, "");
     let t = Target::binary_with(fake, dir, &text).await;
     let own = format!("/admin/users/{}", fake_medusa::USER_ID);
-    let reads: [(&str, fn(&Value) -> &Value); 4] = [
+    // Each route, and where user 0 is in its answer.
+    type User0 = fn(&Value) -> &Value;
+    let reads: [(&str, User0); 4] = [
         ("/admin/auth", |v| &v["user"]),
         ("/admin/users", |v| &v["users"][0]),
         (&own, |v| &v["user"]),
