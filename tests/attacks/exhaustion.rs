@@ -679,3 +679,81 @@ async fn an_h2_client_that_stops_reading_is_cut_off_and_medusa_stops_sending() {
     assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
     drop(resp);
 }
+
+/// Refusals of every kind hold no slot while their answers go unread: with a single slot,
+/// HTTP/2 streams with a zero receive window keep a 403 `route_denied` (a built-in route
+/// rule), a 413 (a declared body above the 64 KiB inspected on /admin/users) and a 400 (a path
+/// spelled ambiguously) open, and an HTTP/1 client that stops reading keeps its 400 for
+/// Content-Length + Transfer-Encoding; an allowed GET is still served. A forwarded stream held
+/// the same way does take the slot: the probe can see one held.
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_refusals_of_every_kind_take_no_slot() {
+    let s = setup("max_concurrent_requests = 1", "", "").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+
+    // (method, path, declared body length: the body itself is never sent)
+    let user1 = crate::common::fake_medusa::v1_user_id(1);
+    let refused = [
+        ("GET", "/auth/session".to_owned(), None, 403),
+        ("POST", format!("/admin/users/{user1}"), Some(100_000), 413),
+        ("GET", "/admin//products".to_owned(), None, 400),
+    ];
+    let tcp = connect_from("127.0.0.1", to).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        for (method, path, len, want) in &refused {
+            let mut req = Request::builder()
+                .method(*method)
+                .uri(format!("http://{to}{path}"));
+            if let Some(n) = len {
+                req = req
+                    .header("content-type", "application/json")
+                    .header("content-length", n.to_string());
+            }
+            let mut ready = client.clone().ready().await.unwrap();
+            let (resp, body) = ready
+                .send_request(req.body(()).unwrap(), len.is_none())
+                .unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), *want, "{method} {path}");
+            // Neither the refusal's body nor the rest of the request ever moves.
+            held.push((resp, body));
+        }
+    }
+    // HTTP/1: the framing guard's 400, never read.
+    let mut framing = connect_from("127.0.0.1", to).await.unwrap();
+    framing
+        .write_all(
+            format!(
+                "POST /admin/products HTTP/1.1\r\nHost: {to}\r\nContent-Length: 5\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    let (status, took) = allowed_get(&proxy, "/admin/products").await;
+    assert_eq!(status, 200, "a held refusal took the only slot");
+    println!("allowed caller served in {took:?} with 9 unread refusals held open");
+
+    // The probe can fail: a forwarded stream held the same way keeps the only slot.
+    let mut ready = client.clone().ready().await.unwrap();
+    let req = Request::get(format!("http://{to}/admin/products"))
+        .body(())
+        .unwrap();
+    let (forwarded, _) = ready.send_request(req, true).unwrap();
+    let forwarded = forwarded.await.unwrap();
+    assert_eq!(forwarded.status(), 200);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 503);
+    drop((held, forwarded, framing, driver));
+}
