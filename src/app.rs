@@ -447,7 +447,14 @@ const FD_RESERVE: usize = 64;
 /// Medusa at most), so the need is their sum. Unset, `proxy.max_connections` is the default or
 /// what fits, shared by the listeners that inherit it.
 pub fn connection_budget(settings: &crate::config::Settings) -> Result<usize, StartError> {
-    let limit = raise_fd_limit();
+    fit_connections(raise_fd_limit(), settings)
+}
+
+/// [`connection_budget`] under the descriptor limit `limit`.
+fn fit_connections(
+    limit: libc::rlim_t,
+    settings: &crate::config::Settings,
+) -> Result<usize, StartError> {
     let p = &settings.proxy;
     let extra = &settings.listeners;
     let upstream: usize = p.max_concurrent_requests
@@ -522,4 +529,65 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings with `proxy` lines in `[proxy]` and `listeners` appended.
+    fn settings(proxy: &str, listeners: &str) -> Settings {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy}\n[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+             [auth]\nflavor = \"v1\"\nemail = \"a@b.c\"\npassword_env = \"X\"\n{listeners}"
+        );
+        Settings::from_toml(&text).unwrap()
+    }
+
+    const ENTRY: &str = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\n";
+
+    #[test]
+    fn every_listener_counts_against_the_limit() {
+        let two = format!("{ENTRY}max_connections = 400\n");
+        let s = settings("max_concurrent_requests = 64\nmax_connections = 400", &two);
+        // Alone, each fits 1024 (400 + 64 + 128); together: 800 + 128 + 128 = 1056.
+        match fit_connections(1024, &s) {
+            Err(e @ StartError::FileDescriptors { .. }) => {
+                let text = e.to_string();
+                for n in [
+                    "800 client",
+                    "128 connections to Medusa",
+                    "1056",
+                    "1024",
+                    "2 listener",
+                ] {
+                    assert!(text.contains(n), "{n}: {text}");
+                }
+                assert!(e.is_config());
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(fit_connections(1056, &s).unwrap(), 400);
+        // An entry's own max_concurrent_requests counts as its own connections to Medusa.
+        let own = format!("{ENTRY}max_connections = 400\nmax_concurrent_requests = 8\n");
+        let s = settings("max_concurrent_requests = 64\nmax_connections = 400", &own);
+        assert_eq!(fit_connections(1000, &s).unwrap(), 400);
+        assert!(fit_connections(999, &s).is_err());
+    }
+
+    #[test]
+    fn unset_max_connections_is_shared_by_the_listeners_that_inherit_it() {
+        let s = settings("max_concurrent_requests = 64", ENTRY);
+        // 1024 - 128 (two listeners' slots) - 128 (reserve) = 768, for two listeners.
+        assert_eq!(fit_connections(1024, &s).unwrap(), 384);
+        // An entry with its own value takes it off the room first.
+        let own = format!("{ENTRY}max_connections = 168\n");
+        let s = settings("max_concurrent_requests = 64", &own);
+        assert_eq!(fit_connections(1024, &s).unwrap(), 600);
+        let s = settings("max_concurrent_requests = 64", "");
+        assert_eq!(
+            fit_connections(1 << 20, &s).unwrap(),
+            DEFAULT_MAX_CONNECTIONS
+        );
+    }
 }
