@@ -45,23 +45,28 @@ pub enum StartError {
     /// The listener's certificate or key (`proxy.tls_cert_file`, `proxy.tls_key_file`).
     #[error(transparent)]
     ListenerTls(#[from] crate::tls::TlsError),
-    /// `proxy.max_connections`, plus what the proxy needs besides, exceeds the file
-    /// descriptor limit even after the soft limit was raised to the hard one.
+    /// The client connections of every listener (`[proxy]` and each `[[listeners]]`), plus
+    /// the connections to Medusa their slots can hold and what the proxy needs besides,
+    /// exceed the file descriptor limit even after the soft limit was raised to the hard one.
     #[error(
-        "config key `proxy.max_connections`: {max_connections} client connections, plus \
-         {upstream} for Medusa (proxy.max_concurrent_requests) and {reserve} for the ops \
+        "config key `proxy.max_connections`: {max_connections} client connections and \
+         {upstream} connections to Medusa (max_concurrent_requests), the sum over the \
+         {listeners} listener(s) ([proxy] and each [[listeners]]), plus {reserve} for the ops \
          listener and files, need {needed} file descriptors, but the limit (RLIMIT_NOFILE, \
-         raised to its hard limit) is {limit}; lower proxy.max_connections or raise the limit \
-         (systemd LimitNOFILE=, docker --ulimit nofile=)"
+         raised to its hard limit) is {limit}; lower max_connections ([proxy] or \
+         [[listeners]]) or raise the limit (systemd LimitNOFILE=, docker --ulimit nofile=)"
     )]
     FileDescriptors {
-        /// Client connections allowed (`proxy.max_connections`, or its default).
+        /// Client connections allowed, summed over the listeners (each one's
+        /// `max_connections`, or `[proxy]`'s, or its default).
         max_connections: usize,
-        /// Connections to Medusa at most (`proxy.max_concurrent_requests`).
+        /// Connections to Medusa at most: the listeners' `max_concurrent_requests`, summed.
         upstream: usize,
+        /// How many listeners were summed: `[proxy]` and each `[[listeners]]` entry.
+        listeners: usize,
         /// Descriptors kept for the ops listener's connections, listeners, files and logins.
         reserve: usize,
-        /// The sum of the three.
+        /// `max_connections + upstream + reserve`.
         needed: usize,
         /// The soft `RLIMIT_NOFILE` in force.
         limit: libc::rlim_t,
@@ -207,7 +212,7 @@ pub async fn start_with_overrides(
             "UNSAFE: built-in deny rule lifted by policy.unsafe_lift_builtin_denies; callers can reach a route that mints or ends credentials"
         );
     }
-    let max_connections = connection_budget(&settings.proxy)?;
+    let max_connections = connection_budget(&settings)?;
     let tls = listener_tls(&settings.proxy.tls)?;
     let mut listener_tls_acceptors = Vec::with_capacity(settings.listeners.len());
     for l in &settings.listeners {
@@ -438,24 +443,48 @@ const FD_RESERVE: usize = 64;
 /// `proxy.max_connections`, checked against the file descriptor limit: raise the soft limit to
 /// the hard one first (as the Go runtime does; the default soft limit of 1024 is a relic of
 /// `select`), then make sure client connections cannot take the descriptors the proxy needs
-/// for its own connections to Medusa.
-pub fn connection_budget(p: &crate::config::ProxySettings) -> Result<usize, StartError> {
-    let limit = raise_fd_limit();
-    let upstream = p.max_concurrent_requests;
+/// for its own connections to Medusa. Every listener counts: `[proxy]` and each
+/// `[[listeners]]` entry has its own connections and its own slots (each slot a connection to
+/// Medusa at most), so the need is their sum. Unset, `proxy.max_connections` is the default or
+/// what fits, shared by the listeners that inherit it.
+pub fn connection_budget(settings: &crate::config::Settings) -> Result<usize, StartError> {
+    fit_connections(raise_fd_limit(), settings)
+}
+
+/// [`connection_budget`] under the descriptor limit `limit`.
+fn fit_connections(
+    limit: libc::rlim_t,
+    settings: &crate::config::Settings,
+) -> Result<usize, StartError> {
+    let p = &settings.proxy;
+    let extra = &settings.listeners;
+    let upstream: usize = p.max_concurrent_requests
+        + extra
+            .iter()
+            .map(|l| {
+                l.max_concurrent_requests
+                    .unwrap_or(p.max_concurrent_requests)
+            })
+            .sum::<usize>();
+    let own: usize = extra.iter().filter_map(|l| l.max_connections).sum();
+    // The main listener and each entry without a max_connections of its own.
+    let inheriting = 1 + extra.iter().filter(|l| l.max_connections.is_none()).count();
     let reserve = OPS_MAX_CONNECTIONS + FD_RESERVE;
     let room = usize::try_from(limit)
         .unwrap_or(usize::MAX)
-        .saturating_sub(upstream + reserve);
+        .saturating_sub(upstream + reserve + own);
     let max_connections = match p.max_connections {
         Some(n) => n,
         // Unset: the default, or what fits.
-        None => DEFAULT_MAX_CONNECTIONS.min(room).max(1),
+        None => DEFAULT_MAX_CONNECTIONS.min(room / inheriting).max(1),
     };
-    let needed = max_connections + upstream + reserve;
+    let clients = max_connections * inheriting + own;
+    let needed = clients + upstream + reserve;
     if (needed as u64) > limit {
         return Err(StartError::FileDescriptors {
-            max_connections,
+            max_connections: clients,
             upstream,
+            listeners: 1 + extra.len(),
             reserve,
             needed,
             limit,
@@ -501,4 +530,65 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings with `proxy` lines in `[proxy]` and `listeners` appended.
+    fn settings(proxy: &str, listeners: &str) -> Settings {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy}\n[upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+             [auth]\nflavor = \"v1\"\nemail = \"a@b.c\"\npassword_env = \"X\"\n{listeners}"
+        );
+        Settings::from_toml(&text).unwrap()
+    }
+
+    const ENTRY: &str = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\n";
+
+    #[test]
+    fn every_listener_counts_against_the_limit() {
+        let two = format!("{ENTRY}max_connections = 400\n");
+        let s = settings("max_concurrent_requests = 64\nmax_connections = 400", &two);
+        // Alone, each fits 1024 (400 + 64 + 128); together: 800 + 128 + 128 = 1056.
+        match fit_connections(1024, &s) {
+            Err(e @ StartError::FileDescriptors { .. }) => {
+                let text = e.to_string();
+                for n in [
+                    "800 client",
+                    "128 connections to Medusa",
+                    "1056",
+                    "1024",
+                    "2 listener",
+                ] {
+                    assert!(text.contains(n), "{n}: {text}");
+                }
+                assert!(e.is_config());
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(fit_connections(1056, &s).unwrap(), 400);
+        // An entry's own max_concurrent_requests counts as its own connections to Medusa.
+        let own = format!("{ENTRY}max_connections = 400\nmax_concurrent_requests = 8\n");
+        let s = settings("max_concurrent_requests = 64\nmax_connections = 400", &own);
+        assert_eq!(fit_connections(1000, &s).unwrap(), 400);
+        assert!(fit_connections(999, &s).is_err());
+    }
+
+    #[test]
+    fn unset_max_connections_is_shared_by_the_listeners_that_inherit_it() {
+        let s = settings("max_concurrent_requests = 64", ENTRY);
+        // 1024 - 128 (two listeners' slots) - 128 (reserve) = 768, for two listeners.
+        assert_eq!(fit_connections(1024, &s).unwrap(), 384);
+        // An entry with its own value takes it off the room first.
+        let own = format!("{ENTRY}max_connections = 168\n");
+        let s = settings("max_concurrent_requests = 64", &own);
+        assert_eq!(fit_connections(1024, &s).unwrap(), 600);
+        let s = settings("max_concurrent_requests = 64", "");
+        assert_eq!(
+            fit_connections(1 << 20, &s).unwrap(),
+            DEFAULT_MAX_CONNECTIONS
+        );
+    }
 }

@@ -824,23 +824,39 @@ async fn v1_api_token_learns_its_own_user_and_the_own_user_rule_protects_it() {
     fake.set_api_key(Some(V1_KEY));
     let h = harness(fake, "v1-api-token", Some(V1_KEY), "").await;
     assert_eq!(h.wait_readyz(200).await.status, 200);
-    let own = format!("/admin/users/{}", fake_medusa::USER_ID);
-    for method in ["DELETE", "POST"] {
+    h.fake.set_record_requests(true);
+    // Bodies no other rule refuses (no api_token): only the own-user rule can stop them.
+    let call = async |method: &str, path: &str| {
+        let body: &'static [u8] = if method == "POST" {
+            br#"{"first_name":"x"}"#
+        } else {
+            b""
+        };
         let req = Request::builder()
             .method(method)
-            .uri(h.url(&own))
+            .uri(h.url(path))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"api_token":"mine"}"#)))
+            .body(Full::new(Bytes::from_static(body)))
             .unwrap();
-        let r = h.send(req).await;
+        h.send(req).await
+    };
+    let own = format!("/admin/users/{}", fake_medusa::USER_ID);
+    for method in ["DELETE", "POST"] {
+        let r = call(method, &own).await;
         assert_eq!(r.status, 403, "{method} {own}: {:?}", r.body);
         assert_eq!(r.json()["error"], "route_denied", "{method}");
+        assert!(r.text().contains("own-user"), "{method}: {}", r.text());
     }
     assert!(
         h.fake.requests_to(&own).is_empty(),
         "nothing reached Medusa"
     );
-    // Another user stays reachable.
-    let other = h.get("/admin/users/usr_01OTHER").await;
-    assert_eq!(other.status, 200);
+    // Another user stays reachable, with the same requests.
+    let other = format!("/admin/users/{}", fake_medusa::v1_user_id(1));
+    for method in ["DELETE", "POST"] {
+        let r = call(method, &other).await;
+        assert_eq!(r.status, 200, "{method} {other}: {:?}", r.body);
+    }
+    assert_eq!(h.fake.requests_to(&other).len(), 2, "both reached Medusa");
+    assert_eq!(h.get(&other).await.status, 200);
 }

@@ -50,7 +50,7 @@ pub async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCod
         }
     }
     // The limit here is this shell's, which may differ from the service's (LimitNOFILE=).
-    if let Err(e) = app::connection_budget(&settings.proxy) {
+    if let Err(e) = app::connection_budget(&settings) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

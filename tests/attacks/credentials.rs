@@ -56,8 +56,14 @@ impl Target {
     /// The proxy binary in front of `fake`.
     async fn binary(fake: FakeMedusa, tail: &str) -> Target {
         let dir = tempfile::tempdir().unwrap();
+        let text = config(&fake, dir.path(), tail);
+        Target::binary_with(fake, dir, &text).await
+    }
+
+    /// The proxy binary in front of `fake`, run with the config `text` (written in `dir`).
+    async fn binary_with(fake: FakeMedusa, dir: tempfile::TempDir, text: &str) -> Target {
         let cfg = dir.path().join("proxy.toml");
-        std::fs::write(&cfg, config(&fake, dir.path(), tail)).unwrap();
+        std::fs::write(&cfg, text).unwrap();
         let proc = Proc::start(&cfg, &[]);
         let addr = proc.addr().await.parse().unwrap();
         Target {
@@ -224,6 +230,58 @@ async fn v1_credentials_never_reach_the_client() {
     )
     .await;
     read_clean(&t, "/admin/users?limit=12000", &[], &big, &["api_token"]).await;
+}
+
+/// With the `v1-api-token` flavor the proxy's own credential *is* a user's `api_token`: user
+/// 0's, which Medusa returns from `GET /admin/auth`, `GET /admin/users`, `GET /admin/users/{id}`
+/// and as an embedded note author. The configured key appears in none of those bodies (in
+/// one piece or chunked); the field is null.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_api_token_flavor_never_hands_out_its_own_key() {
+    let fake = FakeMedusa::start().await;
+    // The key the proxy is configured with is the one Medusa returns as user 0's api_token.
+    let key = fake_medusa::v1_api_token(0);
+    fake.set_api_key(Some(&key));
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let auth = format!(
+        "flavor = \"v1-api-token\"\napi_key_file = \"{}\"\n",
+        key_file.display()
+    );
+    let text = config_text(&fake.url(), "", &auth, "");
+    let t = Target::binary_with(fake, dir, &text).await;
+    let own = format!("/admin/users/{}", fake_medusa::USER_ID);
+    // Each route, and where user 0 is in its answer.
+    type User0 = fn(&Value) -> &Value;
+    let reads: [(&str, User0); 4] = [
+        ("/admin/auth", |v| &v["user"]),
+        ("/admin/users", |v| &v["users"][0]),
+        (&own, |v| &v["user"]),
+        ("/admin/notes", |v| &v["notes"][0]["author"]),
+    ];
+    for (path, user0) in reads {
+        for chunk in [None, Some("5")] {
+            let headers: Vec<(&str, &str)> =
+                chunk.map(|n| (CHUNK_BYTES_HEADER, n)).into_iter().collect();
+            let r = t.get(path, &headers).await;
+            assert_eq!(
+                r.status,
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert!(
+                memchr::memmem::find(&r.body, key.as_bytes()).is_none(),
+                "{path} ({headers:?}): the proxy's own key reached the client"
+            );
+            let v = r.json();
+            assert_eq!(user0(&v)["id"], fake_medusa::USER_ID, "{path}: {v}");
+            assert!(user0(&v)["api_token"].is_null(), "{path}: {v}");
+        }
+    }
+    // The key did work: every answer above was authenticated by it.
+    assert!(t.fake.key_requests() >= 8);
 }
 
 #[tokio::test]

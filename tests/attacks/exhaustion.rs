@@ -587,3 +587,244 @@ async fn max_connections_must_fit_the_file_descriptor_limit() {
     assert!(line.contains("max_connections=640"), "{line}");
     assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
 }
+
+/// The descriptor budget counts every listener: each `[[listeners]]` entry has its own
+/// `max_connections` and its own slots (each one a connection to Medusa at most), so two
+/// listeners that each fit the limit alone can together exceed it. `run` and `check` refuse
+/// such a config (exit 2) naming the sums; one whose sum fits starts and serves on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_of_every_listener_must_fit_the_file_descriptor_limit() {
+    let listener = |max_connections| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\nmax_connections = {max_connections}\n"
+        )
+    };
+    // Each listener alone: 400 + 64 + 128 (reserve) = 592 of 1024. Both: 800 client
+    // connections and 128 to Medusa (64 slots each), plus 128: 1056.
+    let s = setup(
+        "max_concurrent_requests = 64\nmax_connections = 400",
+        "",
+        &listener(400),
+    )
+    .await;
+    let mut p = Proc::start_limited(&s.cfg, &[], Some(1024));
+    let status = p.wait_exit(LONG).await;
+    assert_eq!(status.code(), Some(2), "{}", p.log());
+    let names_the_sums = |log: &str| {
+        [
+            "800 client connections",
+            "128 connections to Medusa",
+            "1056",
+            "1024",
+        ]
+        .iter()
+        .all(|n| log.contains(n))
+            && log.contains("sum over the 2 listener")
+    };
+    assert!(names_the_sums(&p.log()), "{}", p.log());
+    // `check` runs the same count (under its own shell's limit).
+    let args = [
+        "check".to_owned(),
+        "--config".to_owned(),
+        s.cfg.display().to_string(),
+    ];
+    let mut c = Proc::start_args_limited(&args, &[], 1024);
+    let status = c.wait_exit(LONG).await;
+    assert_eq!(status.code(), Some(2), "{}", c.log());
+    assert!(names_the_sums(&c.log()), "{}", c.log());
+
+    // 2 x 300 + 128 + 128 = 856: fits, and both listeners serve.
+    let s = setup(
+        "max_concurrent_requests = 64\nmax_connections = 300",
+        "",
+        &listener(300),
+    )
+    .await;
+    let p = Proc::start_limited(&s.cfg, &[], Some(1024));
+    let (proxy, _) = p.urls().await;
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let line = p.wait_line("medusa-auth-proxy started").await;
+    let start = line.find("listeners=[").unwrap() + "listeners=[".len();
+    let second = &line[start..line[start..].find(']').unwrap() + start];
+    assert_eq!(
+        allowed_get(&format!("http://{second}"), "/admin/products")
+            .await
+            .0,
+        200
+    );
+}
+
+/// The soft `RLIMIT_NOFILE` is raised to the hard one at start-up (the default soft limit
+/// of 1024 is a relic of `select`): under soft 1024 / hard 4096, `max_connections = 2000`
+/// (3152 descriptors with the defaults) starts, and the process runs with a soft limit of
+/// 4096.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) };
+    if own.rlim_max < 4096 {
+        println!(
+            "SKIPPED: this process's hard RLIMIT_NOFILE is {}, below the 4096 the test gives the proxy",
+            own.rlim_max
+        );
+        return;
+    }
+    let s = setup("max_connections = 2000", "", "").await;
+    let p = Proc::start_soft_limited(&s.cfg, &[], 1024, 4096);
+    let (proxy, ops) = p.urls().await;
+    wait::until(LONG, "ready", async || {
+        let r = crate::common::harness::get(&client(), &format!("{ops}/readyz")).await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await;
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    assert_eq!(p.soft_nofile(), 4096);
+}
+
+/// `proxy.send_timeout` over HTTP/2: a client that opens a download with a zero receive
+/// window (it takes no DATA) holds the connection's only slot. After the timeout its
+/// connection is closed, the request to Medusa aborted (Medusa sees its body dropped
+/// mid-way), and the slot serves the next caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_client_that_stops_reading_is_cut_off_and_medusa_stops_sending() {
+    // The watchdog first looks at a connection after header_read_timeout: short, so the
+    // stall is seen from the start.
+    let s = setup(
+        "send_timeout = \"2s\"\nheader_read_timeout = \"1s\"\nmax_concurrent_requests = 1",
+        "",
+        "",
+    )
+    .await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, ops) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    let total: u64 = 64 << 20;
+    let tcp = connect_from("127.0.0.1", to).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = Request::get(format!("http://{to}/admin/download?bytes={total}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, true)
+        .unwrap();
+    // The head is not flow-controlled: it arrives; the body never can.
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The download holds the one slot.
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 503);
+
+    let cut = "medusa_auth_proxy_connections_closed_total{reason=\"send_timeout\"}";
+    wait_metric(&ops, cut, 1.0).await;
+    // The client's connection is gone...
+    let ended = tokio::time::timeout(LONG, driver).await;
+    assert!(ended.is_ok(), "the stalled HTTP/2 connection is still open");
+    // ...and so is the request to Medusa: its body was dropped before the end.
+    wait::eventually(LONG, "Medusa's download aborted", || {
+        s.fake.download_aborts() >= 1
+    })
+    .await;
+    let produced = s.fake.download_bytes() as u64;
+    assert!(
+        produced < 16 << 20,
+        "Medusa was read {produced} bytes for a client that read none"
+    );
+    println!("Medusa produced {produced} bytes before the stalled HTTP/2 client was cut off");
+    // The slot is free again.
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+    drop(resp);
+}
+
+/// Refusals of every kind hold no slot while their answers go unread: with a single slot,
+/// HTTP/2 streams with a zero receive window keep a 403 `route_denied` (a built-in route
+/// rule), a 413 (a declared body above the 64 KiB inspected on /admin/users) and a 400 (a path
+/// spelled ambiguously) open, and an HTTP/1 client that stops reading keeps its 400 for
+/// Content-Length + Transfer-Encoding; an allowed GET is still served. A forwarded stream held
+/// the same way does take the slot: the probe can see one held.
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_refusals_of_every_kind_take_no_slot() {
+    let s = setup("max_concurrent_requests = 1", "", "").await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let to = addr_of(&proxy);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
+
+    // (method, path, declared body length: the body itself is never sent)
+    let user1 = crate::common::fake_medusa::v1_user_id(1);
+    let refused = [
+        ("GET", "/auth/session".to_owned(), None, 403),
+        ("POST", format!("/admin/users/{user1}"), Some(100_000), 413),
+        ("GET", "/admin//products".to_owned(), None, 400),
+    ];
+    let tcp = connect_from("127.0.0.1", to).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        for (method, path, len, want) in &refused {
+            let mut req = Request::builder()
+                .method(*method)
+                .uri(format!("http://{to}{path}"));
+            if let Some(n) = len {
+                req = req
+                    .header("content-type", "application/json")
+                    .header("content-length", n.to_string());
+            }
+            let mut ready = client.clone().ready().await.unwrap();
+            let (resp, body) = ready
+                .send_request(req.body(()).unwrap(), len.is_none())
+                .unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), *want, "{method} {path}");
+            // Neither the refusal's body nor the rest of the request ever moves.
+            held.push((resp, body));
+        }
+    }
+    // HTTP/1: the framing guard's 400, never read.
+    let mut framing = connect_from("127.0.0.1", to).await.unwrap();
+    framing
+        .write_all(
+            format!(
+                "POST /admin/products HTTP/1.1\r\nHost: {to}\r\nContent-Length: 5\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    let (status, took) = allowed_get(&proxy, "/admin/products").await;
+    assert_eq!(status, 200, "a held refusal took the only slot");
+    println!("allowed caller served in {took:?} with 9 unread refusals held open");
+
+    // The probe can fail: a forwarded stream held the same way keeps the only slot.
+    let mut ready = client.clone().ready().await.unwrap();
+    let req = Request::get(format!("http://{to}/admin/products"))
+        .body(())
+        .unwrap();
+    let (forwarded, _) = ready.send_request(req, true).unwrap();
+    let forwarded = forwarded.await.unwrap();
+    assert_eq!(forwarded.status(), 200);
+    assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 503);
+    drop((held, forwarded, framing, driver));
+}

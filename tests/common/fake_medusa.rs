@@ -40,7 +40,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -158,7 +158,8 @@ struct Knobs {
 /// [`FakeMedusa::open_connections`]), `expired_token_requests`, `rejected_requests` (every auth 401 off the login and
 /// refresh routes), `key_requests` (requests authenticated by the static key),
 /// `sessions_created` (v1 only), `download_bytes` (body bytes produced by `/admin/download`,
-/// counted as the client pulls them), `idle_closes` (connections closed by the idle timeout),
+/// counted as the client pulls them), `download_aborts` (`/admin/download` bodies dropped
+/// before their last byte was produced: the client went away mid-body), `idle_closes` (connections closed by the idle timeout),
 /// `resets` (connections cut by the cut/reset knobs), `health_checks` (`GET /health`, which
 /// needs no credential).
 macro_rules! counters {
@@ -182,6 +183,7 @@ counters!(
     key_requests,
     sessions_created,
     download_bytes,
+    download_aborts,
     idle_closes,
     resets,
     health_checks
@@ -1247,11 +1249,16 @@ fn download(
         });
     let send = cut.map_or(total, |(after, _, _)| after.min(total));
     let st = st.clone();
+    let aborted = Arc::new(DownloadAbort {
+        st: st.clone(),
+        done: AtomicBool::new(false),
+    });
     let chunks = stream::unfold(Some(0u64), move |off| {
-        let (st, conn) = (st.clone(), conn.clone());
+        let (st, conn, aborted) = (st.clone(), conn.clone(), aborted.clone());
         async move {
             let off = off?;
             if off >= send {
+                aborted.done.store(true, SeqCst);
                 let (_, rst, _) = cut?;
                 // Let what was sent reach the peer, then break the connection.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1284,6 +1291,20 @@ fn download(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
     }
     r
+}
+
+/// Counts a download body dropped before it was produced to its end (`download_aborts`).
+struct DownloadAbort {
+    st: Arc<State>,
+    done: AtomicBool,
+}
+
+impl Drop for DownloadAbort {
+    fn drop(&mut self) {
+        if !self.done.load(SeqCst) {
+            self.st.n.download_aborts.fetch_add(1, SeqCst);
+        }
+    }
 }
 
 fn resp(status: u16, content_type: Option<&'static str>, body: impl Into<Bytes>) -> Response<Body> {

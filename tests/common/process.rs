@@ -89,7 +89,19 @@ impl Proc {
     /// Like [`Proc::start`], with soft and hard `RLIMIT_NOFILE` set to `nofile` (as
     /// `ulimit -n` does) when given.
     pub fn start_limited(cfg: &Path, env: &[(&str, &str)], nofile: Option<u64>) -> Proc {
-        Proc::spawn(cfg, env, nofile, None)
+        Proc::spawn(cfg, env, nofile.map(|n| (n, n)), None)
+    }
+
+    /// Like [`Proc::start`], with the soft `RLIMIT_NOFILE` at `soft` and the hard one at
+    /// `hard` (as `prlimit --nofile=soft:hard` does): the proxy may raise the one to the
+    /// other. The caller's own hard limit must be at least `hard`.
+    pub fn start_soft_limited(cfg: &Path, env: &[(&str, &str)], soft: u64, hard: u64) -> Proc {
+        Proc::spawn(cfg, env, Some((soft, hard)), None)
+    }
+
+    /// Like [`Proc::start_args`], with soft and hard `RLIMIT_NOFILE` set to `nofile`.
+    pub fn start_args_limited(args: &[String], env: &[(&str, &str)], nofile: u64) -> Proc {
+        Proc::spawn_args(args, env, Some((nofile, nofile)), None)
     }
 
     /// Like [`Proc::start`], with stderr appended to `log_file` (`2>> log_file`), as an
@@ -104,10 +116,11 @@ impl Proc {
         Proc::spawn_args(args, env, None, None)
     }
 
+    /// `nofile`: the soft and hard `RLIMIT_NOFILE` to run under, if given.
     fn spawn(
         cfg: &Path,
         env: &[(&str, &str)],
-        nofile: Option<u64>,
+        nofile: Option<(u64, u64)>,
         log_file: Option<&Path>,
     ) -> Proc {
         let args = [
@@ -121,20 +134,20 @@ impl Proc {
     fn spawn_args(
         args: &[String],
         env: &[(&str, &str)],
-        nofile: Option<u64>,
+        nofile: Option<(u64, u64)>,
         log_file: Option<&Path>,
     ) -> Proc {
         // The attack suite's figures can be taken on a release build.
         let bin = std::env::var("MEDUSA_AUTH_PROXY_BIN").unwrap_or_else(|_| BIN.to_owned());
         let mut cmd = Command::new(bin);
-        if let Some(n) = nofile {
+        if let Some((soft, hard)) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -325,6 +338,17 @@ impl Proc {
                 .ok()?
                 .count(),
         )
+    }
+
+    /// The soft "Max open files" limit in force in the process (`/proc/<pid>/limits`).
+    pub fn soft_nofile(&self) -> u64 {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_else(|| panic!("no Max open files in\n{limits}"));
+        // "Max open files  <soft>  <hard>  files"
+        line.split_whitespace().nth(3).unwrap().parse().unwrap()
     }
 
     /// The process's peak resident set (VmHWM), in KiB.
