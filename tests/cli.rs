@@ -583,6 +583,31 @@ async fn startup_ready_and_refused_host_are_named() {
     assert!(line.contains("request denied"), "{line}");
 }
 
+/// Issue 15: a peer outside `allow_cidrs`, closed at accept before a byte is read, is named in
+/// the log line: the address the operator would add.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_refused_at_accept_is_named_in_the_log() {
+    use tokio::io::AsyncReadExt;
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        "[access]\nallow_cidrs = [\"10.0.0.0/8\"]",
+    );
+    let p = spawn(&cfg, &[]);
+    let addr = p.addr().await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Closed without an answer.
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let line = p
+        .wait_line("connection refused: peer not in access.allow_cidrs")
+        .await;
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+}
+
 /// Issue 15: `check` warns about a listener other machines can reach that refuses them all.
 #[test]
 fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
