@@ -213,7 +213,11 @@ pub async fn start_with_overrides(
     for l in &settings.listeners {
         listener_tls_acceptors.push(listener_tls(&l.tls)?);
     }
-    for warning in crate::tls::cleartext_keys_warnings(&settings) {
+    let warnings = crate::tls::cleartext_keys_warnings(&settings);
+    for warning in warnings
+        .into_iter()
+        .chain(settings.unreachable_listener_warnings())
+    {
         tracing::warn!("{warning}");
     }
     let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;

@@ -229,8 +229,13 @@ impl Reloader {
                 "identities reloaded"
             );
         }
-        // A reload can put client keys on a remote listener without TLS ([[clients]] added).
-        for warning in crate::tls::cleartext_keys_warnings(&kept) {
+        // A reload can put client keys on a remote listener without TLS ([[clients]] added),
+        // or narrow allow_cidrs to loopback under a remote listener.
+        let warnings = crate::tls::cleartext_keys_warnings(&kept);
+        for warning in warnings
+            .into_iter()
+            .chain(kept.unreachable_listener_warnings())
+        {
             tracing::warn!("{warning}");
         }
         let rewatch = named_files(&current) != named_files(&kept);

@@ -608,17 +608,22 @@ async fn a_peer_refused_at_accept_is_named_in_the_log() {
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
 }
 
-/// Issue 15: `check` warns about a listener other machines can reach that refuses them all.
-#[test]
-fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
+/// Issue 15: `check` and start-up warn about each listener other machines can reach that
+/// refuses them all (`proxy.listen` and every `[[listeners]]` entry, named by its key).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "a-client-key-of-32-characters-xx\n").unwrap();
-    let cfg = config(
-        dir.path(),
-        "http://127.0.0.1:9",
-        &format!("[access]\nclient_keys_file = \"{}\"", keys.display()),
-    );
+    let listeners = |second: &str| {
+        format!(
+            "[access]\nclient_keys_file = \"{}\"\n\
+             [[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\n\
+             [[listeners]]\nlisten = \"{second}\"\nidentity = \"default\"",
+            keys.display()
+        )
+    };
+    let cfg = config(dir.path(), "http://127.0.0.1:9", &listeners("0.0.0.0:0"));
     let text = std::fs::read_to_string(&cfg).unwrap().replacen(
         "listen = \"127.0.0.1:0\"",
         "listen = \"0.0.0.0:0\"",
@@ -630,10 +635,34 @@ fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
         &[(PW_VAR, "x")],
     );
     assert_eq!(code, Some(0), "{out}{err}");
+    let warnings: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("WARNING") && l.contains("allow_cidrs"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{out}");
     assert!(
-        out.contains("WARNING") && out.contains("allow_cidrs") && out.contains("0.0.0.0:0"),
+        warnings[0].contains("proxy.listen = \"0.0.0.0:0\""),
         "{out}"
     );
+    assert!(
+        warnings[1].contains("listeners[1].listen = \"0.0.0.0:0\""),
+        "{out}"
+    );
+
+    // At start-up too (logged before anything listens: the remote address here is of no
+    // local interface, so nothing is exposed and the bind then fails).
+    let cfg = config(dir.path(), "http://127.0.0.1:9", &listeners("192.0.2.1:0"));
+    let p = spawn(&cfg, &[]);
+    let line = p
+        .wait_line(
+            "listeners[1].listen = \"192.0.2.1:0\" accepts connections from other machines, but",
+        )
+        .await;
+    assert!(
+        line.contains("WARN") && line.contains("allow_cidrs"),
+        "{line}"
+    );
+    assert_eq!(p.count_lines("proxy.listen = "), 0, "{}", p.log());
 }
 
 /// Issue 15: every subcommand's `--help` ends with an example.
