@@ -552,6 +552,27 @@ async fn startup_ready_and_refused_host_are_named() {
     );
     let addr = p.addr().await;
     p.wait_line("ready").await;
+    // `ready` follows `started`, as the README says: the start-up line is logged before any
+    // login starts.
+    let log = p.log();
+    let started = log.find("medusa-auth-proxy started").unwrap();
+    let ready = log.find("ready: holding a Medusa credential").unwrap();
+    assert!(started < ready, "{log}");
+    // The same for the quickest line a login can log: a refused connection (a port nothing
+    // listens on). Before the start-up line came first by construction, it won this race in
+    // most starts; three starts make a regression all but certain to show.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for n in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let q = spawn(&config(dir.path(), &closed_url, ""), &[]);
+        q.wait_line("login to Medusa failed").await;
+        let log = q.log();
+        let started = log.find("medusa-auth-proxy started").unwrap();
+        let failed = log.find("login to Medusa failed").unwrap();
+        assert!(started < failed, "start {n}: {log}");
+    }
     // Two requests, and a token refresh would not log `ready` again.
     let client = client();
     for _ in 0..2 {
