@@ -279,6 +279,59 @@ async fn log_next_to_the_config_does_not_cause_a_reload_loop() {
     );
 }
 
+/// Issue 15: with `--config` and flags, a flag keeps replacing the file's value across reloads:
+/// an edit of the file's `auth.email` under `--email` changes nothing about the account, while
+/// the rest of the edit is applied; the next login (forced by the fake rotating its signing
+/// secret) still uses the flag's email.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flag_keeps_overriding_the_file_across_reloads() {
+    let s = setup("").await;
+    let flag_email = "flag@example.com";
+    s.fake
+        .set_credentials(flag_email, fake_medusa::DEFAULT_PASSWORD);
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        s.cfg.to_str().unwrap(),
+        "--email",
+        flag_email,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let p = Proc::start_args(&args, &[]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    assert_eq!(s.fake.logins(), 1);
+
+    // The file's email changes, and a live key with it.
+    let text = std::fs::read_to_string(&s.cfg)
+        .unwrap()
+        .replace(fake_medusa::DEFAULT_EMAIL, "file-edit@example.com");
+    std::fs::write(&s.cfg, format!("{text}\n[policy]\nread_only = true\n")).unwrap();
+    p.wait_lines("configuration reloaded", 1).await;
+    assert_eq!(
+        post(&c, &format!("{proxy}/admin/products"), b"{}")
+            .await
+            .status,
+        403,
+        "the edit is in force"
+    );
+    // A new login: with the flag's email, which the fake accepts (it refuses the file's).
+    s.fake.rotate_secret();
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    assert_eq!(s.fake.logins(), 2);
+    assert_eq!(p.count_lines("login to Medusa failed"), 0, "{}", p.log());
+    assert!(!p.log().contains("file-edit@example.com"), "{}", p.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_with_new_password_logs_in_again() {
     let s = setup("").await;
