@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
 use common::harness::{client, client_for, fetch, get, proxy_config};
-use common::process::{Proc, Ran, run, run_async};
+use common::process::{Proc, Ran, run, run_async, run_in};
 use common::wait::{self, LONG};
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -791,6 +791,85 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
         &[],
     );
     assert!(code == Some(2) && err.contains("--password-env"), "{err}");
+}
+
+/// Issue 15: `init` names the command from a source checkout too (the binary is not on `PATH`
+/// after `cargo run`), and writes a relative `--password-file` as the absolute path it meant
+/// (secret paths are taken in the proxy's working directory, not the config's folder), so the
+/// config checks from another folder.
+#[test]
+fn init_hints_cargo_run_and_writes_secret_paths_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("pw"), "not-the-real-one\n").unwrap();
+    let Ran { code, err, .. } = run_in(
+        Some(dir),
+        &[
+            "init",
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--email",
+            "a@b.c",
+            "--password-file",
+            "pw",
+            "--output",
+            "sub/r.toml",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("next: medusa-auth-proxy check --config sub/r.toml --login")
+            && err.contains("cargo run --release -- check --config sub/r.toml --login"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(dir.join("sub/r.toml")).unwrap();
+    assert!(text.contains("cargo run --release --"), "{text}");
+    let absolute = std::fs::canonicalize(dir).unwrap().join("pw");
+    let written = text
+        .lines()
+        .find_map(|l| l.strip_prefix("password_file = "))
+        .unwrap();
+    assert_eq!(
+        std::fs::canonicalize(written.trim_matches('"')).unwrap(),
+        absolute,
+        "{text}"
+    );
+    let Ran { code, out, err } = run_in(
+        Some(&dir.join("sub")),
+        &["check", "--config", "r.toml"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// Issue 15: a refused value given as a `run` flag names the flag typed, and the key it stands for.
+#[test]
+fn a_refused_flag_value_names_the_flag() {
+    let base = ["run", "--email", "a@b.c", "--password-env", PW_VAR];
+    for (flag, value, key) in [
+        ("--upstream", "ftp://127.0.0.1:9", "upstream.url"),
+        ("--listen", "0.0.0.0:7000", "proxy.listen"),
+    ] {
+        let mut args = base.to_vec();
+        if flag != "--upstream" {
+            args.extend(["--upstream", "http://127.0.0.1:9"]);
+        }
+        args.extend([flag, value]);
+        let Ran { code, err, .. } = run(&args, &[(PW_VAR, "x")]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(&format!("`{flag}` ({key}): ")), "{err}");
+    }
+    // The same value from a file is named by its key.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "ftp://127.0.0.1:9", "");
+    let Ran { code, err, .. } = run(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[(PW_VAR, "x")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("config key `upstream.url`"), "{err}");
 }
 
 /// Issue 15: `check --no-secrets` passes every shipped config without their secrets (CI of
