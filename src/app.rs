@@ -218,7 +218,11 @@ pub async fn start_with_overrides(
     for l in &settings.listeners {
         listener_tls_acceptors.push(listener_tls(&l.tls)?);
     }
-    for warning in crate::tls::cleartext_keys_warnings(&settings) {
+    let warnings = crate::tls::cleartext_keys_warnings(&settings);
+    for warning in warnings
+        .into_iter()
+        .chain(settings.unreachable_listener_warnings())
+    {
         tracing::warn!("{warning}");
     }
     let proxy_listener = bind("proxy.listen", settings.proxy.listen).await?;
@@ -243,12 +247,15 @@ pub async fn start_with_overrides(
     // One pooled client per upstream; per identity its token manager, whose driver is its own
     // task: logins at start run concurrently, and one identity's failures and backoff never
     // hold up another's.
-    let roster = Roster::start(&settings, secrets, metrics.clone(), shutdown_rx.clone()).map_err(
-        |e| match e {
-            RosterError::Config(e) => StartError::Rules(e),
-            RosterError::Tls(e) => StartError::Tls(e),
-        },
-    )?;
+    let roster_error = |e| match e {
+        RosterError::Config(e) => StartError::Rules(e),
+        RosterError::Tls(e) => StartError::Tls(e),
+    };
+    let mut roster =
+        Roster::prepare(&settings, metrics.clone(), shutdown_rx.clone()).map_err(roster_error)?;
+    // Nothing can fail now: say so before any driver logs (`ready` follows `started`).
+    log_started(&settings, proxy_addr, ops_addr, &listener_addrs);
+    roster.next(&settings, secrets).map_err(roster_error)?;
     let identities = roster.identities();
     let tokens = identities[0].tokens().clone();
     // Start-up ends when every identity's first login has answered (or failed): then hand
@@ -372,6 +379,33 @@ pub async fn start_with_overrides(
         crate::metrics::ConnMetrics::default(),
     ));
     reloader.watch();
+    Ok(Running {
+        proxy_addr,
+        ops_addr,
+        listener_addrs,
+        tokens,
+        identities,
+        metrics,
+        reloader,
+        shutdown,
+        proxy_task,
+        listener_tasks,
+        ops_task,
+        live,
+        access_log,
+        flusher,
+        _tls_watch: tls_watch,
+    })
+}
+
+/// The start-up line: which build, which addresses, which account (the first questions when a
+/// login is refused); with several identities, one line each before it.
+fn log_started(
+    settings: &Settings,
+    proxy_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    listener_addrs: &[SocketAddr],
+) {
     // Which build and which account: the first two questions when a login is refused.
     let account = |auth: &crate::config::AuthSettings| match &auth.email {
         Some(email) => email.clone(),
@@ -402,26 +436,9 @@ pub async fn start_with_overrides(
         upstream = %settings.upstream.url,
         flavor = settings.auth.flavor.as_str(),
         account = %account(&settings.auth),
-        identities = identities.len(),
+        identities = settings.identities.len(),
         "medusa-auth-proxy started"
     );
-    Ok(Running {
-        proxy_addr,
-        ops_addr,
-        listener_addrs,
-        tokens,
-        identities,
-        metrics,
-        reloader,
-        shutdown,
-        proxy_task,
-        listener_tasks,
-        ops_task,
-        live,
-        access_log,
-        flusher,
-        _tls_watch: tls_watch,
-    })
 }
 
 /// The TLS acceptor of a listener serving `files`, if set.

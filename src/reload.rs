@@ -59,9 +59,13 @@ pub struct Reloader {
     current: Mutex<Settings>,
     /// What the last attempt read: SHA-256 over the config file and the files it names.
     last_attempt: Mutex<[u8; 32]>,
+    /// The files the last attempt's config names (accepted or not; a config that does not
+    /// parse: those of the one in force): the watch covers them, so creating a secret file
+    /// that a rejected edit named is what brings that edit in.
+    named: Mutex<Vec<PathBuf>>,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
-    /// The watch on the config and the files it names (renewed when a reload names others).
+    /// The watch on the config and the files it names (renewed when an attempt names others).
     watch: Mutex<Option<FileWatch>>,
     me: Weak<Reloader>,
 }
@@ -92,11 +96,12 @@ impl Reloader {
         live: Arc<Live>,
         metrics: Arc<Metrics>,
     ) -> Arc<Reloader> {
-        let last_attempt = Mutex::new(inputs_digest(config_path.as_deref(), &overrides, &settings));
+        let (digest, named) = inputs_digest(config_path.as_deref(), &overrides, &settings);
         Arc::new_cyclic(|me| Reloader {
             config_path,
             overrides,
-            last_attempt,
+            last_attempt: Mutex::new(digest),
+            named: Mutex::new(named),
             current: Mutex::new(settings),
             live,
             metrics,
@@ -108,7 +113,8 @@ impl Reloader {
     /// Reload when the config file or a file it names changes (directory watches, so
     /// Kubernetes' `..data` symlink swaps are seen), and only when the bytes differ from what
     /// the last attempt read: a rejected edit is reported once, not at every event until it
-    /// is fixed. Called at start and again by a reload that names other files.
+    /// is fixed. Called at start and again by an attempt whose config names other files (also
+    /// one that is rejected: a secret file it names may appear next).
     pub fn watch(&self) {
         let files = self.watched_files();
         let mut slot = self.watch.lock().unwrap_or_else(|e| e.into_inner());
@@ -129,11 +135,17 @@ impl Reloader {
         }
     }
 
-    /// Files whose change should trigger a reload.
+    /// Files whose change should trigger a reload: the config file and the files the last
+    /// attempt's config names.
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        let s = self.lock();
         let mut files: Vec<PathBuf> = self.config_path.iter().cloned().collect();
-        files.extend(named_files(&s));
+        files.extend(
+            self.named
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         files
     }
 
@@ -160,10 +172,20 @@ impl Reloader {
         self.apply(trigger)
     }
 
-    /// Remember what this attempt reads; false when that is what the last one read.
+    /// Remember what this attempt reads, and watch the files its config names; false when
+    /// that is what the last one read.
     fn record_attempt(&self) -> bool {
         let current = self.lock().clone();
-        let digest = inputs_digest(self.config_path.as_deref(), &self.overrides, &current);
+        let (digest, named) = inputs_digest(self.config_path.as_deref(), &self.overrides, &current);
+        let renamed = {
+            let mut watched = self.named.lock().unwrap_or_else(|e| e.into_inner());
+            let renamed = *watched != named;
+            *watched = named;
+            renamed
+        };
+        if renamed {
+            self.watch();
+        }
         let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *last, digest) != digest
     }
@@ -229,16 +251,17 @@ impl Reloader {
                 "identities reloaded"
             );
         }
-        // A reload can put client keys on a remote listener without TLS ([[clients]] added).
-        for warning in crate::tls::cleartext_keys_warnings(&kept) {
+        // A reload can put client keys on a remote listener without TLS ([[clients]] added),
+        // or narrow allow_cidrs to loopback under a remote listener.
+        let warnings = crate::tls::cleartext_keys_warnings(&kept);
+        for warning in warnings
+            .into_iter()
+            .chain(kept.unreachable_listener_warnings())
+        {
             tracing::warn!("{warning}");
         }
-        let rewatch = named_files(&current) != named_files(&kept);
         *current = kept;
         drop(current);
-        if rewatch {
-            self.watch();
-        }
         Ok(Applied {
             changed: settings_changed || changes.any(),
             credential_changed: !changes.credential_changed.is_empty(),
@@ -340,13 +363,13 @@ fn is_single(s: &Settings) -> bool {
 }
 
 /// SHA-256 over the config file's bytes and those of the files it names (or, when it does
-/// not parse, the files `current` names). Paths and read errors are hashed too, so a file
-/// that disappears or is renamed in the config is a change.
+/// not parse, the files `current` names), and those files. Paths and read errors are hashed
+/// too, so a file that disappears or is renamed in the config is a change.
 fn inputs_digest(
     config_path: Option<&Path>,
     overrides: &Overrides,
     current: &Settings,
-) -> [u8; 32] {
+) -> ([u8; 32], Vec<PathBuf>) {
     let mut h = Sha256::new();
     let feed = |h: &mut Sha256, path: &Path| {
         h.update(path.as_os_str().as_encoded_bytes());
@@ -375,7 +398,7 @@ fn inputs_digest(
     for f in &named {
         feed(&mut h, f);
     }
-    h.finalize().into()
+    (h.finalize().into(), named)
 }
 
 fn restart_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {

@@ -92,13 +92,27 @@ impl Roster {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Roster, RosterError> {
+        let mut roster = Roster::prepare(settings, metrics, shutdown)?;
+        roster.next(settings, secrets)?;
+        Ok(roster)
+    }
+
+    /// Every fallible step of [`Roster::start`] (each upstream's client, each identity's
+    /// upstream), no identity started yet: [`Roster::next`] with the same `settings` then
+    /// starts them and cannot fail. Start-up logs its `started` line in between, so the
+    /// drivers' lines (`ready`) come after it.
+    pub fn prepare(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Roster, RosterError> {
         let mut roster = Roster {
             pools: Vec::new(),
             members: Vec::new(),
             metrics,
             shutdown,
         };
-        roster.next(settings, secrets)?;
+        roster.pools = roster.plan(settings)?.0;
         Ok(roster)
     }
 
@@ -109,40 +123,8 @@ impl Roster {
         settings: &Settings,
         mut secrets: Vec<Secret>,
     ) -> Result<Changes, RosterError> {
-        // Every fallible step first: the pools of the new upstreams.
-        let mut pools = Vec::with_capacity(settings.upstreams.len());
-        for u in &settings.upstreams {
-            let kept = self.pools.iter().find(|p| p.settings == u.settings);
-            let client = match kept {
-                Some(p) => p.client.clone(),
-                None => {
-                    let resent = self.metrics.upstream_error_counter("resent");
-                    Upstream::counting(&u.settings, move || {
-                        resent.inc();
-                    })?
-                }
-            };
-            pools.push(Pool {
-                settings: u.settings.clone(),
-                client,
-            });
-        }
-        let mut placed = Vec::with_capacity(settings.identities.len());
-        for id in &settings.identities {
-            let Some(at) = settings
-                .upstreams
-                .iter()
-                .position(|u| u.name == id.upstream)
-            else {
-                return Err(ConfigError::Invalid {
-                    key: format!("identities.{}.upstream", id.name).into(),
-                    problem: "names no upstream".into(),
-                }
-                .into());
-            };
-            placed.push(at);
-        }
-
+        // Every fallible step first.
+        let (pools, placed) = self.plan(settings)?;
         let mut changes = Changes::default();
         let mut old: Vec<Option<Member>> = std::mem::take(&mut self.members)
             .into_iter()
@@ -199,6 +181,44 @@ impl Roster {
         }
         self.pools = pools;
         Ok(changes)
+    }
+
+    /// The pools of `settings`' upstreams (a kept client where its settings are unchanged, a
+    /// new one where not) and each identity's upstream's index among them.
+    fn plan(&self, settings: &Settings) -> Result<(Vec<Pool>, Vec<usize>), RosterError> {
+        let mut pools = Vec::with_capacity(settings.upstreams.len());
+        for u in &settings.upstreams {
+            let kept = self.pools.iter().find(|p| p.settings == u.settings);
+            let client = match kept {
+                Some(p) => p.client.clone(),
+                None => {
+                    let resent = self.metrics.upstream_error_counter("resent");
+                    Upstream::counting(&u.settings, move || {
+                        resent.inc();
+                    })?
+                }
+            };
+            pools.push(Pool {
+                settings: u.settings.clone(),
+                client,
+            });
+        }
+        let mut placed = Vec::with_capacity(settings.identities.len());
+        for id in &settings.identities {
+            let Some(at) = settings
+                .upstreams
+                .iter()
+                .position(|u| u.name == id.upstream)
+            else {
+                return Err(ConfigError::Invalid {
+                    key: format!("identities.{}.upstream", id.name).into(),
+                    problem: "names no upstream".into(),
+                }
+                .into());
+            };
+            placed.push(at);
+        }
+        Ok((pools, placed))
     }
 
     fn member(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::fake_medusa::{self, FakeMedusa};
 use common::harness::{client, client_for, fetch, get, proxy_config};
-use common::process::{Proc, Ran, run, run_async};
+use common::process::{Proc, Ran, run, run_async, run_in};
 use common::wait::{self, LONG};
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -552,6 +552,27 @@ async fn startup_ready_and_refused_host_are_named() {
     );
     let addr = p.addr().await;
     p.wait_line("ready").await;
+    // `ready` follows `started`, as the README says: the start-up line is logged before any
+    // login starts.
+    let log = p.log();
+    let started = log.find("medusa-auth-proxy started").unwrap();
+    let ready = log.find("ready: holding a Medusa credential").unwrap();
+    assert!(started < ready, "{log}");
+    // The same for the quickest line a login can log: a refused connection (a port nothing
+    // listens on). Before the start-up line came first by construction, it won this race in
+    // most starts; three starts make a regression all but certain to show.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for n in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let q = spawn(&config(dir.path(), &closed_url, ""), &[]);
+        q.wait_line("login to Medusa failed").await;
+        let log = q.log();
+        let started = log.find("medusa-auth-proxy started").unwrap();
+        let failed = log.find("login to Medusa failed").unwrap();
+        assert!(started < failed, "start {n}: {log}");
+    }
     // Two requests, and a token refresh would not log `ready` again.
     let client = client();
     for _ in 0..2 {
@@ -583,17 +604,47 @@ async fn startup_ready_and_refused_host_are_named() {
     assert!(line.contains("request denied"), "{line}");
 }
 
-/// Issue 15: `check` warns about a listener other machines can reach that refuses them all.
-#[test]
-fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
+/// Issue 15: a peer outside `allow_cidrs`, closed at accept before a byte is read, is named in
+/// the log line: the address the operator would add.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_refused_at_accept_is_named_in_the_log() {
+    use tokio::io::AsyncReadExt;
+    let fake = FakeMedusa::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        "[access]\nallow_cidrs = [\"10.0.0.0/8\"]",
+    );
+    let p = spawn(&cfg, &[]);
+    let addr = p.addr().await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Closed without an answer.
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let line = p
+        .wait_line("connection refused: peer not in access.allow_cidrs")
+        .await;
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+}
+
+/// Issue 15: `check` and start-up warn about each listener other machines can reach that
+/// refuses them all (`proxy.listen` and every `[[listeners]]` entry, named by its key).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "a-client-key-of-32-characters-xx\n").unwrap();
-    let cfg = config(
-        dir.path(),
-        "http://127.0.0.1:9",
-        &format!("[access]\nclient_keys_file = \"{}\"", keys.display()),
-    );
+    let listeners = |second: &str| {
+        format!(
+            "[access]\nclient_keys_file = \"{}\"\n\
+             [[listeners]]\nlisten = \"127.0.0.1:0\"\nidentity = \"default\"\n\
+             [[listeners]]\nlisten = \"{second}\"\nidentity = \"default\"",
+            keys.display()
+        )
+    };
+    let cfg = config(dir.path(), "http://127.0.0.1:9", &listeners("0.0.0.0:0"));
     let text = std::fs::read_to_string(&cfg).unwrap().replacen(
         "listen = \"127.0.0.1:0\"",
         "listen = \"0.0.0.0:0\"",
@@ -605,10 +656,34 @@ fn check_warns_about_a_remote_listener_no_remote_peer_may_use() {
         &[(PW_VAR, "x")],
     );
     assert_eq!(code, Some(0), "{out}{err}");
+    let warnings: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("WARNING") && l.contains("allow_cidrs"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{out}");
     assert!(
-        out.contains("WARNING") && out.contains("allow_cidrs") && out.contains("0.0.0.0:0"),
+        warnings[0].contains("proxy.listen = \"0.0.0.0:0\""),
         "{out}"
     );
+    assert!(
+        warnings[1].contains("listeners[1].listen = \"0.0.0.0:0\""),
+        "{out}"
+    );
+
+    // At start-up too (logged before anything listens: the remote address here is of no
+    // local interface, so nothing is exposed and the bind then fails).
+    let cfg = config(dir.path(), "http://127.0.0.1:9", &listeners("192.0.2.1:0"));
+    let p = spawn(&cfg, &[]);
+    let line = p
+        .wait_line(
+            "listeners[1].listen = \"192.0.2.1:0\" accepts connections from other machines, but",
+        )
+        .await;
+    assert!(
+        line.contains("WARN") && line.contains("allow_cidrs"),
+        "{line}"
+    );
+    assert_eq!(p.count_lines("proxy.listen = "), 0, "{}", p.log());
 }
 
 /// Issue 15: every subcommand's `--help` ends with an example.
@@ -716,6 +791,85 @@ fn init_writes_configs_that_pass_check_and_never_overwrites() {
         &[],
     );
     assert!(code == Some(2) && err.contains("--password-env"), "{err}");
+}
+
+/// Issue 15: `init` names the command from a source checkout too (the binary is not on `PATH`
+/// after `cargo run`), and writes a relative `--password-file` as the absolute path it meant
+/// (secret paths are taken in the proxy's working directory, not the config's folder), so the
+/// config checks from another folder.
+#[test]
+fn init_hints_cargo_run_and_writes_secret_paths_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("pw"), "not-the-real-one\n").unwrap();
+    let Ran { code, err, .. } = run_in(
+        Some(dir),
+        &[
+            "init",
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--email",
+            "a@b.c",
+            "--password-file",
+            "pw",
+            "--output",
+            "sub/r.toml",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("next: medusa-auth-proxy check --config sub/r.toml --login")
+            && err.contains("cargo run --release -- check --config sub/r.toml --login"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(dir.join("sub/r.toml")).unwrap();
+    assert!(text.contains("cargo run --release --"), "{text}");
+    let absolute = std::fs::canonicalize(dir).unwrap().join("pw");
+    let written = text
+        .lines()
+        .find_map(|l| l.strip_prefix("password_file = "))
+        .unwrap();
+    assert_eq!(
+        std::fs::canonicalize(written.trim_matches('"')).unwrap(),
+        absolute,
+        "{text}"
+    );
+    let Ran { code, out, err } = run_in(
+        Some(&dir.join("sub")),
+        &["check", "--config", "r.toml"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// Issue 15: a refused value given as a `run` flag names the flag typed, and the key it stands for.
+#[test]
+fn a_refused_flag_value_names_the_flag() {
+    let base = ["run", "--email", "a@b.c", "--password-env", PW_VAR];
+    for (flag, value, key) in [
+        ("--upstream", "ftp://127.0.0.1:9", "upstream.url"),
+        ("--listen", "0.0.0.0:7000", "proxy.listen"),
+    ] {
+        let mut args = base.to_vec();
+        if flag != "--upstream" {
+            args.extend(["--upstream", "http://127.0.0.1:9"]);
+        }
+        args.extend([flag, value]);
+        let Ran { code, err, .. } = run(&args, &[(PW_VAR, "x")]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(&format!("`{flag}` ({key}): ")), "{err}");
+    }
+    // The same value from a file is named by its key.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "ftp://127.0.0.1:9", "");
+    let Ran { code, err, .. } = run(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[(PW_VAR, "x")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("config key `upstream.url`"), "{err}");
 }
 
 /// Issue 15: `check --no-secrets` passes every shipped config without their secrets (CI of

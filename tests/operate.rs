@@ -279,6 +279,102 @@ async fn log_next_to_the_config_does_not_cause_a_reload_loop() {
     );
 }
 
+/// Issue 15: with `--config` and flags, a flag keeps replacing the file's value across reloads:
+/// an edit of the file's `auth.email` under `--email` changes nothing about the account, while
+/// the rest of the edit is applied; the next login (forced by the fake rotating its signing
+/// secret) still uses the flag's email.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flag_keeps_overriding_the_file_across_reloads() {
+    let s = setup("").await;
+    let flag_email = "flag@example.com";
+    s.fake
+        .set_credentials(flag_email, fake_medusa::DEFAULT_PASSWORD);
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        s.cfg.to_str().unwrap(),
+        "--email",
+        flag_email,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let p = Proc::start_args(&args, &[]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    assert_eq!(s.fake.logins(), 1);
+
+    // The file's email changes, and a live key with it.
+    let text = std::fs::read_to_string(&s.cfg)
+        .unwrap()
+        .replace(fake_medusa::DEFAULT_EMAIL, "file-edit@example.com");
+    std::fs::write(&s.cfg, format!("{text}\n[policy]\nread_only = true\n")).unwrap();
+    p.wait_lines("configuration reloaded", 1).await;
+    assert_eq!(
+        post(&c, &format!("{proxy}/admin/products"), b"{}")
+            .await
+            .status,
+        403,
+        "the edit is in force"
+    );
+    // A new login: with the flag's email, which the fake accepts (it refuses the file's).
+    s.fake.rotate_secret();
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    assert_eq!(s.fake.logins(), 2);
+    assert_eq!(p.count_lines("login to Medusa failed"), 0, "{}", p.log());
+    assert!(!p.log().contains("file-edit@example.com"), "{}", p.log());
+}
+
+/// Issue 15: an edit naming a secret file that does not exist yet is rejected once; creating
+/// that file then brings the edit in (the watch covers the files the latest attempt named,
+/// accepted or not), and re-saving the unchanged config in between does nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn creating_the_secret_file_a_rejected_edit_named_reloads_it() {
+    // The reloader's debug line says when a file event found nothing new to try.
+    let log = "[log]\nlevel = \"info,medusa_auth_proxy::reload=debug\"";
+    let s = setup(log).await;
+    let p = Proc::start(&s.cfg, &[]);
+    let (proxy, _) = p.urls().await;
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    let new_pw = s.dir.path().join("new-password");
+    write_config(&s.cfg, &s.fake.url(), &new_pw, log);
+    let line = p.wait_line("configuration reload rejected").await;
+    assert!(line.contains("new-password"), "{line}");
+    // The same bytes again: still nothing new to try (waited for, so that this event is not
+    // the one that notices the file created next).
+    let unchanged = "files unchanged since the last reload attempt";
+    let seen = p.count_lines(unchanged);
+    std::fs::write(&s.cfg, std::fs::read(&s.cfg).unwrap()).unwrap();
+    p.wait_lines(unchanged, seen + 1).await;
+
+    s.fake
+        .set_credentials(fake_medusa::DEFAULT_EMAIL, "new-password-789");
+    std::fs::write(&new_pw, "new-password-789\n").unwrap();
+    p.wait_lines("configuration reloaded", 1).await;
+    s.fake.wait_until(|f| f.logins() == 2).await;
+    assert_eq!(
+        get(&c, &format!("{proxy}/admin/products")).await.status,
+        200
+    );
+    assert_eq!(
+        p.count_lines("configuration reload rejected"),
+        1,
+        "{}",
+        p.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_with_new_password_logs_in_again() {
     let s = setup("").await;

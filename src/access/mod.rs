@@ -320,6 +320,38 @@ pub fn is_loopback_listen(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
+/// The warning for a listener other machines can reach although `allow_cidrs` admits only
+/// loopback peers: every remote caller is closed at accept, so it serves nobody it could not
+/// serve on 127.0.0.1. `key` is the listener's config key (`proxy.listen`,
+/// `listeners[0].listen`). An empty `allow_cidrs` (nobody at all) is not this mistake.
+///
+/// ```
+/// use medusa_auth_proxy::access::{self, unreachable_listener_warning};
+///
+/// let loopback = access::default_allow_cidrs();
+/// let remote = "0.0.0.0:7000".parse().unwrap();
+/// let w = unreachable_listener_warning("proxy.listen", remote, &loopback).unwrap();
+/// assert!(w.starts_with("proxy.listen = \"0.0.0.0:7000\""));
+/// assert!(unreachable_listener_warning("proxy.listen", "127.0.0.1:7000".parse().unwrap(), &loopback).is_none());
+/// ```
+pub fn unreachable_listener_warning(
+    key: &str,
+    listen: SocketAddr,
+    allow_cidrs: &[Cidr],
+) -> Option<String> {
+    if is_loopback_listen(listen)
+        || allow_cidrs.is_empty()
+        || allow_cidrs.iter().any(|c| !c.is_loopback_only())
+    {
+        return None;
+    }
+    Some(format!(
+        "{key} = \"{listen}\" accepts connections from other machines, but [access] \
+         allow_cidrs admits only loopback peers, so every remote caller will be refused: add \
+         their network to allow_cidrs (e.g. \"10.0.0.0/8\"), or listen on 127.0.0.1"
+    ))
+}
+
 /// Refuses, when a config is loaded, a listener that strangers could reach and use as the
 /// Medusa admin: non-loopback, no client keys, and no allow_cidrs entry beyond loopback. The
 /// message quotes `listen` and says what to set; the config layer names the key.

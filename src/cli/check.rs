@@ -77,22 +77,9 @@ pub async fn check(settings: Settings, login: bool, no_secrets: bool) -> ExitCod
             );
         }
     }
-    if !medusa_auth_proxy::access::is_loopback_listen(settings.proxy.listen)
-        && !rules.access.allow_cidrs.is_empty()
-        && rules
-            .access
-            .allow_cidrs
-            .iter()
-            .all(|c| c.is_loopback_only())
-    {
-        // Peers outside allow_cidrs are closed at accept: such a listener serves nobody remote.
-        println!(
-            "WARNING: proxy.listen = \"{}\" accepts connections from other machines, but \
-             [access] allow_cidrs admits only loopback peers, so every remote caller will be \
-             refused: add their network to allow_cidrs (e.g. \"10.0.0.0/8\"), or listen on \
-             127.0.0.1",
-            settings.proxy.listen
-        );
+    // Peers outside allow_cidrs are closed at accept: such a listener serves nobody remote.
+    for warning in settings.unreachable_listener_warnings() {
+        println!("WARNING: {warning}");
     }
     println!(
         "config ok: proxy {}{} -> {} (flavor {}), ops {}{}",

@@ -9,6 +9,14 @@ use super::InitArgs;
 /// `init`: a commented config for the answers given, validated before it is written.
 pub fn init(args: InitArgs) -> ExitCode {
     let quote = |v: &str| toml::Value::String(v.to_owned()).to_string();
+    // A secret file's path is taken in the working directory of the proxy, not the config's
+    // folder: write it absolute, as meant here, so the config works from anywhere.
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .to_string_lossy()
+            .into_owned()
+    };
     let flavor = args.flavor.as_str();
     let is_static = matches!(flavor, "v1-api-token" | "v2-secret-key");
     let mut auth = String::new();
@@ -22,7 +30,7 @@ pub fn init(args: InitArgs) -> ExitCode {
             (None, Some(path)) => format!(
                 "# The API key is read from this file (one trailing newline is trimmed) and\n\
                  # re-read when it changes.\napi_key_file = {}\n",
-                quote(&path.to_string_lossy())
+                quote(&absolute(path))
             ),
             _ => {
                 eprintln!("error: flavor {flavor} needs --api-key-env NAME or --api-key-file PATH");
@@ -49,7 +57,7 @@ pub fn init(args: InitArgs) -> ExitCode {
             (None, Some(path)) => format!(
                 "# The password is read from this file (one trailing newline is trimmed) and\n\
                  # re-read when it changes.\npassword_file = {}\n",
-                quote(&path.to_string_lossy())
+                quote(&absolute(path))
             ),
             _ => {
                 eprintln!(
@@ -68,6 +76,7 @@ pub fn init(args: InitArgs) -> ExitCode {
         "# medusa-auth-proxy configuration, written by `medusa-auth-proxy init`.\n\
          #   check it:  medusa-auth-proxy check --config {target} --login\n\
          #   run it:    medusa-auth-proxy --config {target}\n\
+         #   (from a source checkout: cargo run --release -- and the same arguments)\n\
          # Every key is documented in config/example.toml; unknown keys are errors. Changes to\n\
          # this file (and to a secret file it names) are applied live.\n\
          \n\
@@ -110,10 +119,10 @@ pub fn init(args: InitArgs) -> ExitCode {
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
     match written {
         Ok(()) => {
+            let next = format!("check --config {} --login", path.display());
             eprintln!(
-                "wrote {}; next: medusa-auth-proxy check --config {} --login",
+                "wrote {}; next: medusa-auth-proxy {next}\n  (from a source checkout: cargo run --release -- {next})",
                 path.display(),
-                path.display()
             );
             ExitCode::SUCCESS
         }

@@ -59,6 +59,16 @@ pub enum ConfigError {
         /// What is wrong, quoting the value where it is not secret.
         problem: String,
     },
+    /// A value given as a `run` flag is refused: named by the flag, and the key it stands for.
+    #[error("`{flag}` ({key}): {problem}")]
+    Flag {
+        /// The flag, e.g. `--email`.
+        flag: &'static str,
+        /// The config key it replaces, e.g. `auth.email`.
+        key: Cow<'static, str>,
+        /// What is wrong, as for [`ConfigError::Invalid`].
+        problem: String,
+    },
 }
 
 fn invalid(key: impl Into<Cow<'static, str>>, problem: impl Into<String>) -> ConfigError {
@@ -393,6 +403,11 @@ impl Settings {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: shown.clone(),
                 message,
+            },
+            // The value came from a flag: name the flag the user typed.
+            ConfigError::Invalid { key, problem } => match overrides.flag_for(&key) {
+                Some(flag) => ConfigError::Flag { flag, key, problem },
+                None => ConfigError::Invalid { key, problem },
             },
             other => other,
         })

@@ -29,6 +29,32 @@ impl Overrides {
         *self == Overrides::default()
     }
 
+    /// The flag that gave config key `key` its value, if one did: errors about that key then
+    /// name the flag the user typed.
+    pub(super) fn flag_for(&self, key: &str) -> Option<&'static str> {
+        let given = [
+            ("upstream.url", "--upstream", self.upstream_url.is_some()),
+            ("auth.flavor", "--flavor", self.flavor.is_some()),
+            ("auth.email", "--email", self.email.is_some()),
+            (
+                "auth.password_env",
+                "--password-env",
+                self.password_env.is_some(),
+            ),
+            (
+                "auth.password_file",
+                "--password-file",
+                self.password_file.is_some(),
+            ),
+            ("proxy.listen", "--listen", self.listen.is_some()),
+            ("ops.listen", "--ops-listen", self.ops_listen.is_some()),
+        ];
+        given
+            .into_iter()
+            .find(|(k, _, set)| *set && *k == key)
+            .map(|(_, flag, _)| flag)
+    }
+
     /// Write the flags into a parsed config file's table, so that one validation covers both.
     pub(super) fn apply(&self, table: &mut toml::Table, file_given: bool) {
         fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {

@@ -88,6 +88,20 @@ impl Rules {
     }
 }
 
+impl Settings {
+    /// [`access::unreachable_listener_warning`] for every listener: the main one and each
+    /// `[[listeners]]` entry (all share `[access]` allow_cidrs), each named by its key
+    /// (`listeners[1].listen`). Logged at start-up and after each reload, printed by `check`.
+    pub fn unreachable_listener_warnings(&self) -> Vec<String> {
+        let cidrs = &self.access.allow_cidrs;
+        let main = access::unreachable_listener_warning("proxy.listen", self.proxy.listen, cidrs);
+        let others = self.listeners.iter().enumerate().filter_map(|(n, l)| {
+            access::unreachable_listener_warning(&format!("listeners[{n}].listen"), l.listen, cidrs)
+        });
+        main.into_iter().chain(others).collect()
+    }
+}
+
 impl AccessSettings {
     /// The access rules these settings describe, with `client_keys` as read (or not).
     fn rules(&self, client_keys: Option<ClientKeys>) -> AccessConfig {
@@ -175,4 +189,36 @@ pub(super) fn policy(raw: RawPolicy) -> Result<PolicySettings, ConfigError> {
             defaults::MAX_BODY,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_remote_listener_loopback_peers_only_could_use_is_named_by_its_key() {
+        let settings = |cidrs: &str| {
+            Settings::from_toml(&format!(
+                "[proxy]\nlisten = \"0.0.0.0:7000\"\n\
+                 [upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                 [auth]\nemail = \"a@b.c\"\npassword_env = \"P\"\n\
+                 [access]\nclient_keys_file = \"/k\"\n{cidrs}\n\
+                 [[listeners]]\nlisten = \"127.0.0.1:7003\"\nidentity = \"default\"\n\
+                 [[listeners]]\nlisten = \"[::]:7002\"\nidentity = \"default\"\n"
+            ))
+            .unwrap()
+        };
+        // Default allow_cidrs: loopback only. The loopback listeners[0] is fine.
+        let w = settings("").unreachable_listener_warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("proxy.listen = \"0.0.0.0:7000\""), "{w:?}");
+        assert!(
+            w[1].starts_with("listeners[1].listen = \"[::]:7002\""),
+            "{w:?}"
+        );
+        assert!(w.iter().all(|w| w.contains("allow_cidrs")), "{w:?}");
+        // One remote range admits someone remote on every listener (they share [access]).
+        let w = settings("allow_cidrs = [\"127.0.0.0/8\", \"10.0.0.0/8\"]");
+        assert!(w.unreachable_listener_warnings().is_empty());
+    }
 }

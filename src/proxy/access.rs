@@ -134,9 +134,9 @@ where
     }
 }
 
-/// The client's answer to a refusal. The refused host is what the operator must add to
-/// `allow_hosts` (or tell the tool to stop using): say it, in the log and to the caller who
-/// sent it.
+/// The client's answer to a refusal. The refused host (or peer address) is what the operator
+/// must add to `allow_hosts` (`allow_cidrs`), or tell the tool to stop using: say it, in the
+/// log and to the caller who sent it.
 fn refusal<B>(d: Denied, req: &Request<B>, peer: IpAddr) -> ProxyError {
     let host = match d {
         Denied::Host => access::refused_host(req.headers(), req.uri()),
@@ -159,6 +159,12 @@ fn refusal<B>(d: Denied, req: &Request<B>, peer: IpAddr) -> ProxyError {
                 Some(h) => format!(
                     "the Host {h:?} is not in [access] allow_hosts: add it there, or call the \
                      proxy by a name that is"
+                ),
+                // The address the operator must add (a missing `PeerAddr` is 0.0.0.0: say
+                // nothing rather than a made-up address).
+                None if d == Denied::Peer && !peer.is_unspecified() => format!(
+                    "the client's address {peer} is not in [access] allow_cidrs: add its \
+                     network there"
                 ),
                 None => d.message().to_owned(),
             },
@@ -243,6 +249,8 @@ mod tests {
         let (code, message) = forbidden(&err);
         assert_eq!(code, "peer_not_allowed");
         assert!(message.contains("allow_cidrs"), "{message}");
+        // The refused address is what the operator must add: named.
+        assert!(message.contains("10.1.2.3"), "{message}");
         assert_eq!(probe.calls(), 0);
     }
 
@@ -255,6 +263,7 @@ mod tests {
         req.extensions_mut().remove::<PeerAddr>();
         let err = svc.oneshot(req).await.unwrap_err();
         assert_eq!(forbidden(&err).0, "peer_not_allowed");
+        assert_eq!(forbidden(&err).1, Denied::Peer.message());
         assert_eq!(probe.calls(), 0);
     }
 

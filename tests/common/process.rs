@@ -35,7 +35,16 @@ impl Ran {
 /// variables a caller's shell could leak in: `RUST_LOG`, `MEDUSA_AUTH_PROXY_CONFIG` and the
 /// tests' own `MAP_*` secrets. Blocking: from async code use [`run_async`].
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Ran {
+    run_in(None, args, env)
+}
+
+/// [`run`] in the working directory `cwd` (the test's own when `None`): relative paths in
+/// arguments and config files are taken there.
+pub fn run_in(cwd: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Ran {
     let mut cmd = Command::new(BIN);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(args)
         .env_remove("RUST_LOG")
         .env_remove("MEDUSA_AUTH_PROXY_CONFIG");
