@@ -373,6 +373,16 @@ fn verdict(
     }
 }
 
+/// When the watchdog first looks at a connection: by its header or idle deadline, and soon
+/// enough to see a response stuck from the start. (It once looked only at the first two, so a
+/// client that stopped reading its first response was cut `header_read_timeout` late.)
+fn first_look(limits: &Limits) -> Duration {
+    limits
+        .header_read_timeout
+        .min(limits.idle_timeout)
+        .min((limits.send_timeout / 4).max(Duration::from_millis(10)))
+}
+
 /// Drive one connection; close it (by dropping it) when [`verdict`] says so.
 async fn watchdog<C, E>(
     conn: C,
@@ -386,7 +396,7 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut stall = Stall::default();
-    let first = state.start + limits.header_read_timeout.min(limits.idle_timeout);
+    let first = state.start + first_look(limits);
     let sleep = tokio::time::sleep_until(first.into());
     let mut sleep = std::pin::pin!(sleep);
     loop {
@@ -418,6 +428,40 @@ mod tests {
 
     fn state() -> ConnState {
         ConnState::new(Arc::new(Flags::default()), Instant::now())
+    }
+
+    /// A response stuck from the connection's start is noticed within a quarter of
+    /// `send_timeout`, not only at the header deadline: the cut comes within 1.5 x
+    /// `send_timeout` of the stall whatever `header_read_timeout` is.
+    #[test]
+    fn the_first_look_comes_soon_enough_to_time_a_stall() {
+        let l = limits();
+        assert_eq!(first_look(&l), Duration::from_secs(5));
+        let l = Limits {
+            header_read_timeout: Duration::from_secs(2),
+            ..limits()
+        };
+        assert_eq!(first_look(&l), Duration::from_secs(2));
+        // Stuck from the first look on: closed at the first look at or past send_timeout
+        // after it.
+        let (s, mut stall) = (state(), Stall::default());
+        s.in_flight.fetch_add(1, Ordering::AcqRel);
+        s.waiting.fetch_add(1, Ordering::AcqRel);
+        let l = Limits {
+            header_read_timeout: Duration::from_secs(60),
+            ..limits()
+        };
+        let mut at = s.start + first_look(&l);
+        loop {
+            match verdict(&s, false, &l, &mut stall, at) {
+                Verdict::LookAgainAt(t) => at = t,
+                Verdict::Close(why) => {
+                    assert_eq!(why, Why::SendTimeout);
+                    break;
+                }
+            }
+        }
+        assert!(at - s.start <= l.send_timeout * 3 / 2, "{:?}", at - s.start);
     }
 
     #[test]
