@@ -485,6 +485,19 @@ def cmd_unit(unit_path, config_path):
         problems.append(f"TimeoutStopSec {stop} < shutdown_grace {grace:g}s + 5s")
     else:
         notes.append(f"TimeoutStopSec {stop} >= shutdown_grace {grace:g}s + 5s")
+    # The descriptor budget `run` checks at start-up (README, proxy.max_connections), with the
+    # defaults it applies: LimitNOFILE must hold it, or the service refuses to start.
+    nofile = values.get("LimitNOFILE", [None])[-1]
+    budget = (get(cfg, "proxy", "max_connections", 4096)
+              + get(cfg, "proxy", "max_concurrent_requests", 1024) + 128)
+    for lst in cfg.get("listeners", []):
+        budget += lst.get("max_connections", 0) + lst.get("max_concurrent_requests", 0)
+    if nofile is None:
+        problems.append("no LimitNOFILE (the default soft 1024 cannot hold the default max_connections)")
+    elif int(nofile.split(":")[-1]) < budget:
+        problems.append(f"LimitNOFILE {nofile} < the descriptor budget {budget} (max_connections + max_concurrent_requests + 128)")
+    else:
+        notes.append(f"LimitNOFILE {nofile} >= the descriptor budget {budget}")
     if values.get("KillSignal", ["SIGTERM"])[-1] not in ("SIGTERM", "SIGINT"):
         problems.append("KillSignal is neither SIGTERM nor SIGINT: the proxy would not drain")
     if not any("-HUP" in v for v in values.get("ExecReload", [])):
@@ -896,7 +909,7 @@ fi
 # ---- (d) systemd -----------------------------------------------------------------------------
 UNIT=$DEPLOY/systemd/medusa-auth-proxy.service
 if [[ -n $PY ]] && "$PY" "$HELPER" unit "$UNIT" "$DEPLOY/systemd/config.toml" >"$WORK/unit.wiring" 2>&1; then
-  pass "systemd wiring: the unit's credential, ExecStart, stop timeout and hardening fit config.toml"
+  pass "systemd wiring: the unit's credential, ExecStart, stop timeout, LimitNOFILE and hardening fit config.toml"
   indent <"$WORK/unit.wiring"
 else
   fail "systemd wiring"
