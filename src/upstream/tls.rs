@@ -46,6 +46,9 @@ pub enum TlsSetupError {
     Url(#[source] http::Error),
 }
 
+/// `SO_RCVBUF` of each connection to Medusa (see [`connector`]).
+const UPSTREAM_RECV_BUFFER: usize = 128 * 1024;
+
 /// The connector to Medusa: TCP with `upstream.connect_timeout` and no Nagle delay, then TLS
 /// for `https://` (plain TCP for `http://`), HTTP/1.1 only.
 pub(crate) fn connector(
@@ -54,6 +57,12 @@ pub(crate) fn connector(
     let mut tcp = HttpConnector::new();
     tcp.set_connect_timeout(Some(settings.connect_timeout));
     tcp.set_nodelay(true);
+    // What the kernel may hold of Medusa's answers once the proxy stops reading (a client that
+    // stops reading stops the proxy): without a cap the receive buffer autotunes up to
+    // `net.ipv4.tcp_rmem`'s maximum, kernel memory charged to the proxy's memory cgroup (200
+    // stalled downloads: ~240 MiB, measured). Set before connecting, so the window Medusa sees
+    // matches. 128 KiB (doubled by Linux) still moves large answers at LAN speed.
+    tcp.set_recv_buffer_size(Some(UPSTREAM_RECV_BUFFER));
     tcp.enforce_http(false);
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(settings)?)

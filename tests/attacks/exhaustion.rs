@@ -537,6 +537,11 @@ async fn slow_readers_hold_bounded_memory() {
     }
     let stalled_kib = p.status_kib("VmRSS");
     let peak_kib = p.status_kib("VmHWM");
+    // What the kernel queues in the proxy's sockets is memory too (a pod's cgroup is charged
+    // for it): capped per socket (SO_SNDBUF toward clients, SO_RCVBUF from Medusa). Uncapped,
+    // these 200 stalled downloads queued ~1 GiB there (~790 MiB toward the clients, ~240 MiB
+    // from Medusa).
+    let queued_kib = p.socket_queue_bytes() / 1024;
     drop(readers);
     assert_eq!(allowed_get(&proxy, "/admin/products").await.0, 200);
     // Memory is handed back once the pooled connections to Medusa timed out (4 s) after the
@@ -552,7 +557,8 @@ async fn slow_readers_hold_bounded_memory() {
     .await;
     println!(
         "slow readers: RSS start {start_kib} KiB, {n} stalled {stalled_kib} KiB (peak {peak_kib}), \
-         after {after_kib} KiB; Medusa produced {} MiB of {} MiB",
+         after {after_kib} KiB; kernel socket queues {queued_kib} KiB while stalled; Medusa \
+         produced {} MiB of {} MiB",
         last >> 20,
         (n as u64 * size) >> 20
     );
@@ -568,6 +574,11 @@ async fn slow_readers_hold_bounded_memory() {
     assert!(
         stalled_kib - start_kib <= 41 * 1024,
         "{n} slow readers grew RSS from {start_kib} to {stalled_kib} KiB"
+    );
+    // 200 x (128 KiB toward the client + 256 KiB from Medusa), Linux's doubled buffer sizes.
+    assert!(
+        queued_kib <= 200 * (128 + 256),
+        "{n} slow readers queue {queued_kib} KiB in the proxy's sockets"
     );
 }
 

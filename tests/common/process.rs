@@ -334,6 +334,38 @@ impl Proc {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// Bytes the kernel holds in the process's TCP sockets (IPv4 and IPv6): unsent or unacked
+    /// in their send queues plus unread in their receive queues (`tx_queue` + `rx_queue` of
+    /// `/proc/net/tcp{,6}` for the socket inodes among its descriptors). Kernel memory outside
+    /// the RSS, but charged to a pod's memory cgroup.
+    pub fn socket_queue_bytes(&self) -> u64 {
+        let mut inodes = std::collections::HashSet::new();
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for fd in fds.flatten() {
+                if let Ok(target) = std::fs::read_link(fd.path()) {
+                    let t = target.to_string_lossy();
+                    if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                        inodes.insert(n.to_owned());
+                    }
+                }
+            }
+        }
+        let mut total = 0;
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid()))
+                .unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() > 9 && inodes.contains(f[9]) {
+                    let (tx, rx) = f[4].split_once(':').unwrap_or(("0", "0"));
+                    total += u64::from_str_radix(tx, 16).unwrap_or(0)
+                        + u64::from_str_radix(rx, 16).unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
     /// How many file descriptors the process has open.
     pub fn open_fds(&self) -> usize {
         self.try_open_fds()
