@@ -69,10 +69,9 @@ pub struct Changes {
     pub started: Vec<String>,
     /// Stopped: no longer in the configuration.
     pub stopped: Vec<String>,
-    /// Kept with a new email, password or key: their token was dropped.
+    /// Kept with a new email, password or key: their token was dropped. (The others kept
+    /// their token; their policy may have changed.)
     pub credential_changed: Vec<String>,
-    /// Kept as they were (their token too); their policy may have changed.
-    pub kept: Vec<String>,
 }
 
 impl Changes {
@@ -153,8 +152,6 @@ impl Roster {
                         let tokens = m.identity.tokens().clone();
                         // The token held belongs to the old credential (it may be revoked).
                         tokio::spawn(async move { tokens.invalidate().await });
-                    } else {
-                        changes.kept.push(id.name.clone());
                     }
                     Member {
                         identity: Identity::new(

@@ -326,26 +326,13 @@ where
 /// charged to its memory cgroup (`sock` in a pod's `memory.stat`): 200 stalled downloads queued
 /// ~790 MiB that way (measured, `slow_readers_hold_bounded_memory`). 64 KiB still fills a
 /// LAN's bandwidth-delay product several times over; past ~50 ms of latency a large download
-/// is held to about 1.3 MB/s per client.
-const CLIENT_SEND_BUFFER: libc::c_int = 64 * 1024;
+/// is held to about 1.3 MB/s per client. (The connections to Medusa get the receive side's
+/// cap from their connector, `upstream::tls`.)
+const CLIENT_SEND_BUFFER: usize = 64 * 1024;
 
 fn cap_send_buffer(stream: &tokio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = stream.as_raw_fd();
-    let size: libc::c_int = CLIENT_SEND_BUFFER;
-    // SAFETY: `fd` is an open socket owned by `stream` for the duration of the call; the
-    // option value is a plain int read by the kernel.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF not set");
+    if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(CLIENT_SEND_BUFFER) {
+        tracing::debug!(error = %e, "SO_SNDBUF not set");
     }
 }
 
